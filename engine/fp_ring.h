@@ -1,0 +1,125 @@
+/*
+ * fp_ring.h - a lane: one direction of a parent<->worker channel, in shared
+ * memory.  Single producer, single consumer, no locks (a process that dies
+ * mid-operation cannot leave a lock held).
+ *
+ * A lane is a byte ring of power-of-two capacity carrying records, plus a
+ * "big area": a very large MAP_NORESERVE region that carries one record too
+ * large for the ring at a time.
+ *
+ * Record layout in the ring: an 8-byte header {u32 len; u32 type} then len
+ * payload bytes, padded to 8.  Records never wrap: when the contiguous space
+ * before the end of the ring is too small, the producer writes a PAD record
+ * to the end and starts again at offset 0.  A big record is a ring record
+ * with FP_LANE_BIG set in type whose payload is {u64 len} and whose bytes
+ * are at the start of the big area.
+ *
+ * Visibility: a record becomes visible to the consumer only when head moves
+ * past it (store-release of head after the payload is written), so a process
+ * that dies while writing never exposes a partial record.
+ *
+ * Shared fields, who writes them, and the barriers:
+ *   head      producer; store-release after the record bytes; the consumer's
+ *             load-acquire of head pairs with it.
+ *   tail      consumer; store-release after it has finished reading; the
+ *             producer's load-acquire of tail pairs with it (the producer
+ *             never overwrites bytes the consumer may still read).
+ *   head_seq  producer; bumped after every publish: futex word the consumer
+ *             sleeps on.
+ *   tail_seq  consumer; bumped after every release: futex word the producer
+ *             sleeps on when the ring or the big area is full.
+ *   cons_waiting / prod_waiting: set by a side before it sleeps, cleared
+ *             after; seq_cst so that either the sleeper sees the new
+ *             head/tail or the other side sees the flag and wakes it
+ *             (Dekker pattern).
+ *   big_busy  producer sets 1 before publishing a big record; consumer sets
+ *             0 when it releases it.
+ *   cap, big_cap: written once by fp_lane_init before fork, read-only after.
+ */
+#ifndef FP_RING_H
+#define FP_RING_H
+
+#include "fp_common.h"
+#include <stdatomic.h>
+
+#define FP_LANE_BIG   0x80000000u  /* type bit: payload lives in the big area */
+#define FP_LANE_PAD   0x7fffffffu  /* internal filler record type */
+
+typedef struct fp_lane_hdr {
+  _Alignas(64) _Atomic uint64_t head;
+  _Atomic uint32_t head_seq;
+  _Atomic uint32_t cons_waiting;
+  _Alignas(64) _Atomic uint64_t tail;
+  _Atomic uint32_t tail_seq;
+  _Atomic uint32_t prod_waiting;
+  _Alignas(64) _Atomic uint32_t big_busy;
+  uint64_t cap;       /* ring bytes, power of two */
+  uint64_t big_cap;   /* big area bytes */
+} fp_lane_hdr;
+
+/* A process-local handle on a lane: pointers into the shared mappings.
+ * Each side keeps its own copy (the pointers are the same in both, since the
+ * mappings are made before fork). */
+typedef struct fp_lane {
+  fp_lane_hdr *h;
+  unsigned char *ring;   /* h->cap bytes */
+  unsigned char *big;    /* h->big_cap bytes, MAP_NORESERVE */
+} fp_lane;
+
+/* Largest payload that travels inline in a ring of capacity cap; larger
+ * payloads use the big area. */
+#define FP_LANE_INLINE_MAX(cap) ((cap) / 4)
+
+/* Create a lane: header + ring in one shared mapping, big area in another.
+ * ring_cap must be a power of two >= 4096.  FP_OK or FP_ENOMEM. */
+int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap);
+/* Unmap both regions; the handle is zeroed.  Safe on a zeroed handle. */
+void fp_lane_destroy(fp_lane *l);
+
+/* ---- producer side ---- */
+
+/* Try to send one record without blocking.  Returns FP_OK, FP_EFULL (no
+ * room in the ring, or the big area is still held by the consumer: call
+ * again later), or FP_E2BIG (len > big_cap).  type must be < FP_LANE_PAD.
+ * After FP_OK, *must_wake says whether the consumer is sleeping on head_seq
+ * (fp_lane_wake_consumer then wakes it). */
+int fp_lane_try_send(fp_lane *l, uint32_t type, const void *payload,
+                     size_t len, int *must_wake);
+
+/* Same, but a payload given as two pieces (a small header and a body), so a
+ * caller can prepend a fixed header to an encoded buffer without copying. */
+int fp_lane_try_send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
+                      const void *b, size_t blen, int *must_wake);
+
+/* Sleep until the consumer releases something (tail_seq moves) or
+ * timeout_ms passes (-1: no limit).  FP_OK (woken or spurious: retry the
+ * send), FP_ETIMEOUT, or FP_EINTR. */
+int fp_lane_wait_space(fp_lane *l, int timeout_ms);
+
+/* FUTEX_WAKE the consumer. */
+void fp_lane_wake_consumer(fp_lane *l);
+
+/* ---- consumer side ---- */
+
+/* Look at the oldest record without removing it.  FP_OK with *type (the
+ * FP_LANE_BIG bit cleared), *payload and *len (pointing into the ring or
+ * the big area, valid until fp_lane_release), or FP_EEMPTY, or FP_ECORRUPT
+ * (the header is impossible: the producer wrote garbage). */
+int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
+                 size_t *len);
+
+/* Remove the record returned by the last fp_lane_peek.  Returns whether the
+ * producer is sleeping (then call fp_lane_wake_producer). */
+int fp_lane_release(fp_lane *l);
+
+/* Sleep until a record is published (head_seq moves) or timeout_ms passes
+ * (-1: no limit).  FP_OK, FP_ETIMEOUT or FP_EINTR. */
+int fp_lane_wait_data(fp_lane *l, int timeout_ms);
+
+/* FUTEX_WAKE the producer. */
+void fp_lane_wake_producer(fp_lane *l);
+
+/* Bytes published and not yet released (for tests and insights). */
+size_t fp_lane_used(const fp_lane *l);
+
+#endif
