@@ -64,6 +64,15 @@ typedef struct fp_lane {
   fp_lane_hdr *h;
   unsigned char *ring;   /* h->cap bytes */
   unsigned char *big;    /* h->big_cap bytes, MAP_NORESERVE */
+  /* Process-local state, never shared; each side touches only its own.
+   * head/tail only grow, so a stale cache copied by fork is merely
+   * pessimistic.  (A lane is reset only by destroy + create.) */
+  uint64_t tail_cache;   /* producer: last tail read */
+  uint32_t space_seq;    /* producer: tail_seq read before the last FP_EFULL */
+  uint32_t peeked;       /* consumer: a peeked record awaits release */
+  uint64_t head_cache;   /* consumer: last head read */
+  uint64_t peek_next;    /* consumer: tail after the peeked record */
+  uint64_t peek_big;     /* consumer: its big-area length, 0 if inline */
 } fp_lane;
 
 /* Largest payload that travels inline in a ring of capacity cap; larger
@@ -71,7 +80,8 @@ typedef struct fp_lane {
 #define FP_LANE_INLINE_MAX(cap) ((cap) / 4)
 
 /* Create a lane: header + ring in one shared mapping, big area in another.
- * ring_cap must be a power of two >= 4096.  FP_OK or FP_ENOMEM. */
+ * ring_cap must be a power of two in [4096, 2^32]; big_cap may be 0 (no big
+ * area).  FP_OK or FP_ENOMEM (also for an invalid ring_cap). */
 int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap);
 /* Unmap both regions; the handle is zeroed.  Safe on a zeroed handle. */
 void fp_lane_destroy(fp_lane *l);
@@ -81,6 +91,8 @@ void fp_lane_destroy(fp_lane *l);
 /* Try to send one record without blocking.  Returns FP_OK, FP_EFULL (no
  * room in the ring, or the big area is still held by the consumer: call
  * again later), or FP_E2BIG (len > big_cap).  type must be < FP_LANE_PAD.
+ * FP_ECORRUPT: type is invalid, or the shared tail is impossible (the
+ * consumer wrote garbage).
  * After FP_OK, *must_wake says whether the consumer is sleeping on head_seq
  * (fp_lane_wake_consumer then wakes it). */
 int fp_lane_try_send(fp_lane *l, uint32_t type, const void *payload,
@@ -93,7 +105,8 @@ int fp_lane_try_send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
 
 /* Sleep until the consumer releases something (tail_seq moves) or
  * timeout_ms passes (-1: no limit).  FP_OK (woken or spurious: retry the
- * send), FP_ETIMEOUT, or FP_EINTR. */
+ * send), FP_ETIMEOUT, or FP_EINTR.  Call it after a send returned
+ * FP_EFULL: it returns at once if anything was released since then. */
 int fp_lane_wait_space(fp_lane *l, int timeout_ms);
 
 /* FUTEX_WAKE the consumer. */

@@ -1,0 +1,362 @@
+/*
+ * fp_ring.c - lanes: single-producer single-consumer byte rings in shared
+ * memory, with a big area for records too large for the ring.  See
+ * fp_ring.h for the record layout and for who writes each shared field.
+ *
+ * Invariants:
+ *   - head and tail are free-running 64-bit byte counts; the ring offset is
+ *     (x & (cap - 1)).  tail <= head <= tail + cap, both multiples of 8.
+ *   - A record occupies 8 + ALIGN8(len) bytes and never wraps.  When it does
+ *     not fit before the end, a PAD record fills the rest of the ring and the
+ *     record starts at offset 0; PAD and record are published together, so
+ *     a published PAD is always followed by a published record.
+ *   - Inline payloads are <= FP_LANE_INLINE_MAX(cap); larger ones go to the
+ *     big area (one at a time: big_busy), and the ring carries {u64 len}.
+ *   - The consumer trusts nothing in shared memory: every header it reads is
+ *     copied once into a local and bounds-checked against the published
+ *     range, the ring and the big area before any pointer is formed.  Garbage
+ *     gives FP_ECORRUPT, never a read outside the mappings.
+ *   - No locks: a process killed at any instruction leaves either the old or
+ *     the new head/tail, so only whole records are ever visible.
+ *
+ * Barriers (each names its partner):
+ *   [B1] producer store-release of head after writing the record
+ *        <-> [B2] consumer load-acquire of head before reading it.
+ *   [B3] consumer store-release of tail after reading the record
+ *        <-> [B4] producer load-acquire of tail before overwriting it.
+ *   [B5] consumer store-release big_busy = 0 after reading the big area
+ *        (and after MADV_REMOVE) <-> [B6] producer load-acquire of big_busy
+ *        before writing the big area.
+ *   [D1] producer: seq_cst bump of head_seq, then seq_cst load of
+ *        cons_waiting  <->  [D2] consumer: seq_cst store cons_waiting = 1,
+ *        then seq_cst load of head_seq, then the re-check of head.
+ *   [D3] consumer: seq_cst bump of tail_seq, then seq_cst load of
+ *        prod_waiting  <->  [D4] producer: seq_cst store prod_waiting = 1,
+ *        then seq_cst load of tail_seq compared with space_seq (the value
+ *        read, [B8], before the send that found no room).
+ *   [B7] the tail_seq bump is also a release (the tail and big_busy stores
+ *        precede it) <-> [B8] producer load-acquire of tail_seq before it
+ *        re-reads tail and big_busy on the way to FP_EFULL.
+ *   D1/D2 (and D3/D4) form a Dekker pair: in the seq_cst order either the
+ *   sleeper's flag store comes first, and then the waker's flag load sees
+ *   it and issues FUTEX_WAKE; or the waker's seq bump comes first, and then
+ *   the sleeper reads the new seq, hence (release/acquire through the seq
+ *   word) the new head/tail, and does not sleep.  FUTEX_WAIT itself
+ *   re-compares the seq word, so a bump between the re-check and the
+ *   syscall makes it return at once.  The futex ops are the shared (not
+ *   _PRIVATE) ones: the words live in memory shared between processes.
+ */
+#include "fp_ring.h"
+#include "fp_shm.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REC_HDR 8u
+/* Big records larger than this give their pages back on release. */
+#define BIG_DISCARD_MIN ((uint64_t)32 << 20)
+/* The ring starts after the header, on its own cache line. */
+#define RING_OFF FP_ALIGN_UP(sizeof(fp_lane_hdr), 64)
+
+#define RLX memory_order_relaxed
+#define ACQ memory_order_acquire
+#define REL memory_order_release
+#define SEQ memory_order_seq_cst
+
+/* ---- helpers ---- */
+
+/* Record headers are read with memcpy into locals followed by a compiler
+ * barrier, so each shared byte is read exactly once: a producer rewriting
+ * the header after we validated it cannot change the bounds we use. */
+static inline void rd_hdr(const unsigned char *p, uint32_t *len, uint32_t *type) {
+  uint32_t v[2];
+  memcpy(v, p, sizeof v);
+  atomic_signal_fence(SEQ);
+  *len = v[0];
+  *type = v[1];
+}
+
+static inline void wr_hdr(unsigned char *p, uint32_t len, uint32_t type) {
+  uint32_t v[2] = {len, type};
+  memcpy(p, v, sizeof v);
+}
+
+static inline uint64_t rd_u64(const unsigned char *p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  atomic_signal_fence(SEQ);
+  return v;
+}
+
+static inline uint64_t rec_size(uint64_t len) {
+  return REC_HDR + ((len + 7) & ~(uint64_t)7);
+}
+
+static int futex_wait(_Atomic uint32_t *word, uint32_t val, int timeout_ms) {
+  struct timespec ts, *tp = NULL;
+  if (timeout_ms >= 0) {
+    ts.tv_sec = timeout_ms / 1000;
+    ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+    tp = &ts;
+  }
+  if (syscall(SYS_futex, (void *)word, FUTEX_WAIT, val, tp, NULL, 0) == 0)
+    return FP_OK;
+  switch (errno) {
+  case EAGAIN:    return FP_OK;        /* the word had moved already */
+  case ETIMEDOUT: return FP_ETIMEOUT;
+  case EINTR:     return FP_EINTR;
+  default:        return FP_ESYS;
+  }
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+  (void)syscall(SYS_futex, (void *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* ---- create / destroy ---- */
+
+int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
+  memset(l, 0, sizeof *l);
+  if (ring_cap < 4096 || (ring_cap & (ring_cap - 1)) != 0 ||
+      (uint64_t)ring_cap > ((uint64_t)1 << 32))
+    return FP_ENOMEM;
+  void *base, *big = NULL;
+  if (fp_shm_map(RING_OFF + ring_cap, 0, &base) != FP_OK) return FP_ENOMEM;
+  if (big_cap && fp_shm_map(big_cap, 1, &big) != FP_OK) {
+    fp_shm_unmap(base, RING_OFF + ring_cap);
+    return FP_ENOMEM;
+  }
+  /* The mapping is zeroed: head = tail = seqs = flags = big_busy = 0. */
+  fp_lane_hdr *h = base;
+  h->cap = ring_cap;
+  h->big_cap = big_cap;
+  l->h = h;
+  l->ring = (unsigned char *)base + RING_OFF;
+  l->big = big;
+  return FP_OK;
+}
+
+void fp_lane_destroy(fp_lane *l) {
+  if (l->h) {
+    size_t cap = l->h->cap, big_cap = l->h->big_cap;
+    fp_shm_unmap(l->big, big_cap);
+    fp_shm_unmap(l->h, RING_OFF + cap);
+  }
+  memset(l, 0, sizeof *l);
+}
+
+/* ---- producer ---- */
+
+/* Room for `need` bytes at head (plus the PAD up to the end if `need` does
+ * not fit there)?  Refreshes tail_cache only when the cached tail says no,
+ * so a streaming producer rarely touches the consumer's cache line.  Sets
+ * *pad.  FP_OK, FP_EFULL (space_seq recorded) or FP_ECORRUPT. */
+static int reserve(fp_lane *l, uint64_t head, uint64_t need, uint64_t *pad) {
+  uint64_t cap = l->h->cap;
+  uint64_t to_end = cap - (head & (cap - 1));
+  uint64_t p = need > to_end ? to_end : 0;
+  *pad = p;
+  if (head - l->tail_cache + p + need <= cap) return FP_OK;
+  /* [B8] pairs with [B7]: a release we miss here bumps tail_seq past the
+   * value saved for fp_lane_wait_space. */
+  uint32_t s = atomic_load_explicit(&l->h->tail_seq, ACQ);
+  /* [B4] pairs with [B3]. */
+  uint64_t tail = atomic_load_explicit(&l->h->tail, ACQ);
+  if (head - tail > cap || (tail & 7)) return FP_ECORRUPT;
+  l->tail_cache = tail;
+  if (head - tail + p + need <= cap) return FP_OK;
+  l->space_seq = s;
+  return FP_EFULL;
+}
+
+/* Make [head, head + n) visible and report whether the consumer sleeps. */
+static inline void publish(fp_lane_hdr *h, uint64_t head, int *must_wake) {
+  /* [B1] pairs with [B2]: the record bytes are written before head moves. */
+  atomic_store_explicit(&h->head, head, REL);
+  /* [D1] pairs with [D2]. */
+  atomic_fetch_add_explicit(&h->head_seq, 1, SEQ);
+  int w = (int)atomic_load_explicit(&h->cons_waiting, SEQ);
+  if (must_wake) *must_wake = w;
+}
+
+static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
+                 const void *b, size_t blen, int *must_wake) {
+  fp_lane_hdr *h = l->h;
+  if (must_wake) *must_wake = 0;
+  if (type >= FP_LANE_PAD) return FP_ECORRUPT;
+  if (alen > SIZE_MAX - blen) return FP_E2BIG;
+  uint64_t len = (uint64_t)alen + blen;
+  uint64_t cap = h->cap;
+  uint64_t head = atomic_load_explicit(&h->head, RLX);  /* ours */
+  uint64_t pad;
+  int rc;
+
+  if (len <= FP_LANE_INLINE_MAX(cap)) {
+    uint64_t need = rec_size(len);
+    if ((rc = reserve(l, head, need, &pad)) != FP_OK) return rc;
+    unsigned char *p = l->ring + (head & (cap - 1));
+    if (pad) {
+      wr_hdr(p, (uint32_t)(pad - REC_HDR), FP_LANE_PAD);
+      p = l->ring;
+    }
+    wr_hdr(p, (uint32_t)len, type);
+    if (alen) memcpy(p + REC_HDR, a, alen);
+    if (blen) memcpy(p + REC_HDR + alen, b, blen);
+    publish(h, head + pad + need, must_wake);
+    return FP_OK;
+  }
+
+  /* Big record: the bytes go to the big area, the ring carries {u64 len}. */
+  if (len > h->big_cap) return FP_E2BIG;
+  uint64_t need = REC_HDR + 8;
+  if ((rc = reserve(l, head, need, &pad)) != FP_OK) return rc;
+  /* [B6] pairs with [B5]: the consumer is done with the area. */
+  if (atomic_load_explicit(&h->big_busy, ACQ)) {
+    uint32_t s = atomic_load_explicit(&h->tail_seq, ACQ);  /* [B8] */
+    if (atomic_load_explicit(&h->big_busy, ACQ)) {         /* [B6] */
+      l->space_seq = s;
+      return FP_EFULL;
+    }
+  }
+  if (alen) memcpy(l->big, a, alen);
+  if (blen) memcpy(l->big + alen, b, blen);
+  /* Ordered before the record by [B1]. */
+  atomic_store_explicit(&h->big_busy, 1, RLX);
+  unsigned char *p = l->ring + (head & (cap - 1));
+  if (pad) {
+    wr_hdr(p, (uint32_t)(pad - REC_HDR), FP_LANE_PAD);
+    p = l->ring;
+  }
+  wr_hdr(p, 8, type | FP_LANE_BIG);
+  memcpy(p + REC_HDR, &len, 8);
+  publish(h, head + pad + need, must_wake);
+  return FP_OK;
+}
+
+int fp_lane_try_send(fp_lane *l, uint32_t type, const void *payload,
+                     size_t len, int *must_wake) {
+  return send2(l, type, payload, len, NULL, 0, must_wake);
+}
+
+int fp_lane_try_send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
+                      const void *b, size_t blen, int *must_wake) {
+  return send2(l, type, a, alen, b, blen, must_wake);
+}
+
+int fp_lane_wait_space(fp_lane *l, int timeout_ms) {
+  fp_lane_hdr *h = l->h;
+  /* [D4] pairs with [D3]. */
+  atomic_store_explicit(&h->prod_waiting, 1, SEQ);
+  int rc = FP_OK;
+  if (atomic_load_explicit(&h->tail_seq, SEQ) == l->space_seq)
+    rc = futex_wait(&h->tail_seq, l->space_seq, timeout_ms);
+  atomic_store_explicit(&h->prod_waiting, 0, RLX);
+  return rc;
+}
+
+void fp_lane_wake_consumer(fp_lane *l) {
+  futex_wake(&l->h->head_seq);
+}
+
+/* ---- consumer ---- */
+
+int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
+                 size_t *len) {
+  fp_lane_hdr *h = l->h;
+  uint64_t cap = h->cap;
+  uint64_t tail = atomic_load_explicit(&h->tail, RLX);  /* ours */
+  uint64_t head = l->head_cache;
+  l->peeked = 0;
+  if (tail & 7) return FP_ECORRUPT;
+  if (head - tail - 1 >= cap) {  /* cache says empty (or is stale): reload */
+    /* [B2] pairs with [B1]. */
+    head = atomic_load_explicit(&h->head, ACQ);
+    l->head_cache = head;
+    if (head == tail) return FP_EEMPTY;
+    if (head - tail > cap) return FP_ECORRUPT;
+  }
+  uint64_t avail = head - tail;
+  uint64_t pos = tail & (cap - 1);
+  uint64_t skip = 0;
+  uint32_t rlen, rtype;
+  rd_hdr(l->ring + pos, &rlen, &rtype);
+  if (rtype == FP_LANE_PAD) {
+    skip = cap - pos;  /* a PAD runs to the end of the ring */
+    if (rlen != skip - REC_HDR || avail < skip + REC_HDR) return FP_ECORRUPT;
+    avail -= skip;
+    pos = 0;
+    rd_hdr(l->ring, &rlen, &rtype);
+  }
+  uint32_t t = rtype & ~FP_LANE_BIG;
+  if (t >= FP_LANE_PAD) return FP_ECORRUPT;
+  uint64_t size = rec_size(rlen);
+  /* pos + size <= cap: records never wrap; size <= avail: published. */
+  if (size > avail || size > cap - pos) return FP_ECORRUPT;
+  const unsigned char *pl = l->ring + pos + REC_HDR;
+  uint64_t n = rlen, big = 0;
+  if (rtype & FP_LANE_BIG) {
+    if (rlen != 8) return FP_ECORRUPT;
+    n = rd_u64(pl);
+    if (n <= FP_LANE_INLINE_MAX(cap) || n > h->big_cap ||
+        atomic_load_explicit(&h->big_busy, RLX) != 1)
+      return FP_ECORRUPT;
+    pl = l->big;
+    big = n;
+  } else if (n > FP_LANE_INLINE_MAX(cap)) {
+    return FP_ECORRUPT;
+  }
+  l->peek_next = tail + skip + size;
+  l->peek_big = big;
+  l->peeked = 1;
+  *type = t;
+  *payload = pl;
+  *len = (size_t)n;
+  return FP_OK;
+}
+
+int fp_lane_release(fp_lane *l) {
+  fp_lane_hdr *h = l->h;
+  if (!l->peeked) return 0;
+  l->peeked = 0;
+  if (l->peek_big) {
+    /* Before [B5]: once big_busy is 0 the producer may write the area, and
+     * MADV_REMOVE would zero its new bytes. */
+    if (l->peek_big > BIG_DISCARD_MIN)
+      fp_shm_discard(l->big, FP_ALIGN_UP(l->peek_big, fp_shm_page()));
+    /* [B5] pairs with [B6]: our reads of the area are done. */
+    atomic_store_explicit(&h->big_busy, 0, REL);
+  }
+  /* [B3] pairs with [B4]: our reads of the record are done. */
+  atomic_store_explicit(&h->tail, l->peek_next, REL);
+  /* [D3] pairs with [D4]; also [B7] (release) pairs with [B8]. */
+  atomic_fetch_add_explicit(&h->tail_seq, 1, SEQ);
+  return (int)atomic_load_explicit(&h->prod_waiting, SEQ);
+}
+
+int fp_lane_wait_data(fp_lane *l, int timeout_ms) {
+  fp_lane_hdr *h = l->h;
+  /* [D2] pairs with [D1]: flag first, then the seq, then the re-check. */
+  atomic_store_explicit(&h->cons_waiting, 1, SEQ);
+  uint32_t s = atomic_load_explicit(&h->head_seq, SEQ);
+  uint64_t head = atomic_load_explicit(&h->head, ACQ);  /* [B2] */
+  int rc = FP_OK;
+  if (head == atomic_load_explicit(&h->tail, RLX))
+    rc = futex_wait(&h->head_seq, s, timeout_ms);
+  atomic_store_explicit(&h->cons_waiting, 0, RLX);
+  return rc;
+}
+
+void fp_lane_wake_producer(fp_lane *l) {
+  futex_wake(&l->h->tail_seq);
+}
+
+size_t fp_lane_used(const fp_lane *l) {
+  uint64_t tail = atomic_load_explicit(&l->h->tail, ACQ);
+  uint64_t head = atomic_load_explicit(&l->h->head, ACQ);
+  return (size_t)(head - tail);
+}
