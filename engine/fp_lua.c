@@ -1,0 +1,721 @@
+/*
+ * fp_lua.c - the Lua binding: module forkpool.core, one userdata type (the
+ * engine side of a pool).  The only file that turns engine error codes into
+ * Lua errors; the scheduling policy lives in lua/forkpool/init.lua.
+ *
+ * A core pool owns, in the parent:
+ *   ctl        one shared page (fp_ctl) seen by every worker;
+ *   stats      one shared array of fp_wstat, one per worker slot;
+ *   doorbell   an eventfd workers write when they publish while the parent
+ *              sleeps;
+ *   slots[i]   per worker: pid, pidfd, and two lanes (tasks, results) that
+ *              are created anew for every process spawned into the slot.
+ * Invariant: a slot with pid != 0 has a live or not-yet-reaped process and
+ * an open pidfd; its lanes are mapped.  Methods may only be called by the
+ * process that created the pool (owner): a worker holds a copy of the
+ * userdata and must never act on it (__gc in a worker does nothing).
+ */
+#include "fp_codec.h"
+#include "fp_proc.h"
+#include "fp_proto.h"
+#include "fp_ring.h"
+#include "fp_shm.h"
+#include "fp_worker.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define FP_POOL_MT "forkpool.core.pool"
+#define FP_EXPORT __attribute__((visibility("default")))
+
+/* Default ring capacity per lane (records above a quarter of it go through
+ * the lane's big area). */
+#define FP_DEFAULT_RING (1u << 20)
+
+typedef struct fp_slot {
+  pid_t pid;
+  int pidfd;
+  int dead;          /* pidfd became readable: report once its lane is drained */
+  fp_lane tasks, results;
+} fp_slot;
+
+typedef struct fp_pool {
+  pid_t owner;
+  int closed;
+  int n;
+  fp_ctl *ctl;
+  fp_wstat *stats;
+  size_t stats_len;
+  int doorbell;
+  fp_slot *slots;
+  struct pollfd *pfds;
+  int *pfd_slot;
+  fp_buf enc;
+  size_t ring_cap, big_cap;
+  int rr;
+} fp_pool;
+
+/* ---- helpers ---- */
+
+static fp_pool *check_pool(lua_State *L) {
+  fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
+  if (p->owner != getpid())
+    luaL_error(L, "forkpool: a pool can only be used by the process that created it "
+                  "(not from inside a worker)");
+  if (p->closed) luaL_error(L, "forkpool: attempt to use a closed pool");
+  return p;
+}
+
+static int check_wid(lua_State *L, fp_pool *p, int arg) {
+  lua_Integer w = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, w >= 1 && w <= p->n, arg, "worker id out of range");
+  return (int)w - 1;
+}
+
+/* Push the pool's helpers table (its userdata environment). */
+static void push_helpers(lua_State *L, int pool_idx) {
+  lua_getfenv(L, pool_idx);
+}
+
+static void slot_forget(fp_slot *s) {
+  if (s->pidfd >= 0) {
+    fp_proc_untrack_fd(s->pidfd);
+    close(s->pidfd);
+  }
+  s->pidfd = -1;
+  s->pid = 0;
+  s->dead = 0;
+}
+
+static void slot_unmap(fp_slot *s) {
+  fp_lane_destroy(&s->tasks);
+  fp_lane_destroy(&s->results);
+}
+
+/* Kill and reap every live worker, unmap and close everything.  Idempotent;
+ * safe on a half-built pool. */
+static void pool_release(fp_pool *p) {
+  if (p->slots) {
+    for (int i = 0; i < p->n; i++) {
+      fp_slot *s = &p->slots[i];
+      if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        /* SIGKILL cannot be caught: the wait is short; bounded anyway. */
+        if (s->pidfd >= 0) fp_proc_wait_exit(s->pidfd, 5000);
+        int st, known;
+        fp_proc_try_reap(s->pid, &st, &known);
+      }
+      slot_forget(s);
+      slot_unmap(s);
+    }
+    free(p->slots);
+    p->slots = NULL;
+  }
+  free(p->pfds);
+  p->pfds = NULL;
+  free(p->pfd_slot);
+  p->pfd_slot = NULL;
+  if (p->doorbell >= 0) {
+    fp_proc_untrack_fd(p->doorbell);
+    close(p->doorbell);
+    p->doorbell = -1;
+  }
+  fp_shm_unmap(p->ctl, sizeof(fp_ctl));
+  p->ctl = NULL;
+  fp_shm_unmap(p->stats, p->stats_len);
+  p->stats = NULL;
+  fp_buf_free(&p->enc);
+  p->closed = 1;
+}
+
+/* ---- core.new(n, helpers [, ring_cap]) ---- */
+
+static int l_new(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "n_jobs must be in 1..4096");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer ring = luaL_optinteger(L, 3, FP_DEFAULT_RING);
+  luaL_argcheck(L, ring >= 4096 && (ring & (ring - 1)) == 0, 3,
+                "ring capacity must be a power of two >= 4096");
+
+  /* Created closed, then opened: an error midway leaves a consistent
+   * object that __gc can release. */
+  fp_pool *p = (fp_pool *)lua_newuserdata(L, sizeof *p);
+  memset(p, 0, sizeof *p);
+  p->closed = 1;
+  p->doorbell = -1;
+  p->owner = getpid();
+  luaL_getmetatable(L, FP_POOL_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 2);
+  lua_setfenv(L, -2);
+
+  p->n = (int)n;
+  p->ring_cap = (size_t)ring;
+  p->big_cap = fp_shm_big_size();
+  p->slots = calloc((size_t)n, sizeof *p->slots);
+  p->pfds = calloc((size_t)n + 1, sizeof *p->pfds);
+  p->pfd_slot = calloc((size_t)n + 1, sizeof *p->pfd_slot);
+  if (!p->slots || !p->pfds || !p->pfd_slot) return luaL_error(L, "forkpool: out of memory");
+  for (int i = 0; i < p->n; i++) p->slots[i].pidfd = -1;
+  void *m;
+  if (fp_shm_map(sizeof(fp_ctl), 0, &m) != FP_OK)
+    return luaL_error(L, "forkpool: cannot map shared memory: %s", strerror(errno));
+  p->ctl = (fp_ctl *)m;
+  p->stats_len = (size_t)n * sizeof(fp_wstat);
+  if (fp_shm_map(p->stats_len, 0, &m) != FP_OK)
+    return luaL_error(L, "forkpool: cannot map shared memory: %s", strerror(errno));
+  p->stats = (fp_wstat *)m;
+  p->doorbell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (p->doorbell < 0)
+    return luaL_error(L, "forkpool: eventfd: %s", strerror(errno));
+  fp_proc_track_fd(p->doorbell);
+  p->closed = 0;
+  return 1;
+}
+
+/* ---- pool:spawn(wid, ctx) -> pid | nil, message, errno ---- */
+
+static int l_spawn(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  fp_slot *s = &p->slots[w];
+  if (s->pid > 0) return luaL_error(L, "forkpool: worker %d is still running", w + 1);
+  slot_unmap(s);
+  if (fp_lane_create(&s->tasks, p->ring_cap, p->big_cap) != FP_OK ||
+      fp_lane_create(&s->results, p->ring_cap, p->big_cap) != FP_OK) {
+    int e = errno;
+    slot_unmap(s);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot map shared memory for worker %d: %s", w + 1, strerror(e));
+    lua_pushinteger(L, e);
+    return 3;
+  }
+  memset(&p->stats[w], 0, sizeof p->stats[w]);
+  /* Buffered output would otherwise be copied into the child and printed
+   * twice. */
+  fflush(NULL);
+  pid_t parent = getpid(), pid;
+  int pidfd;
+  if (fp_proc_fork(&pid, &pidfd) != FP_OK) {
+    int e = errno;
+    slot_unmap(s);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot start worker %d: fork: %s", w + 1, strerror(e));
+    lua_pushinteger(L, e);
+    return 3;
+  }
+  if (pid == 0) {
+    /* Child: keep only our pool's doorbell, drop other workers' lanes. */
+    int keep = p->doorbell;
+    fp_proc_close_tracked_except(&keep, 1);
+    fp_proc_child_init(parent);
+    fp_worker_io io;
+    memset(&io, 0, sizeof io);
+    io.tasks = s->tasks;
+    io.results = s->results;
+    io.st = &p->stats[w];
+    io.ctl = p->ctl;
+    io.doorbell = p->doorbell;
+    io.parent = parent;
+    for (int i = 0; i < p->n; i++)
+      if (i != w) slot_unmap(&p->slots[i]);
+    p->owner = 0; /* this copy of the pool is not ours to drive */
+    fp_worker_main(L, 3, &io);
+  }
+  s->pid = pid;
+  s->pidfd = pidfd;
+  s->dead = 0;
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+/* ---- sending ---- */
+
+/* After an encode failure, push nil, "marshal", message, path. */
+static int push_marshal(lua_State *L, int rc, const fp_codec_err *err) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "marshal");
+  if (rc == FP_EMARSHAL) {
+    lua_pushfstring(L, "%s: %s", err->path, err->msg);
+    lua_pushstring(L, err->path);
+  } else {
+    lua_pushstring(L, fp_strerror(rc));
+    lua_pushnil(L);
+  }
+  return 4;
+}
+
+static void enc_opts(lua_State *L, int pool_idx, int modmap_idx, fp_enc_opts *o) {
+  o->flags = FP_ENC_FUNCTIONS;
+  o->modmap_idx = lua_istable(L, modmap_idx) ? modmap_idx : 0;
+  push_helpers(L, pool_idx);
+  lua_getfield(L, -1, "cdata_kind");
+  lua_remove(L, -2);
+  o->cdata_idx = lua_gettop(L);
+}
+
+/* Returns true, or false when the lane is full now, or nil + error. */
+static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
+                       const void *a, size_t alen, const void *b, size_t blen) {
+  fp_slot *s = &p->slots[w];
+  if (s->pid <= 0) return luaL_error(L, "forkpool: worker %d is not running", w + 1);
+  int wake = 0;
+  int rc = fp_lane_try_send2(&s->tasks, type, a, alen, b, blen, &wake);
+  if (rc == FP_OK) {
+    if (wake) fp_lane_wake_consumer(&s->tasks);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (rc == FP_EFULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushliteral(L, "marshal");
+  lua_pushfstring(L, "record of %d bytes is too large to send", (int)(alen + blen));
+  return 3;
+}
+
+/* pool:send_setup(wid, tbl [, modmap]) */
+static int l_send_setup(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  fp_enc_opts o;
+  fp_codec_err err;
+  enc_opts(L, 1, 4, &o);
+  p->enc.len = 0;
+  int rc = fp_encode_value(L, 3, &p->enc, &o, "", &err);
+  if (rc != FP_OK) return push_marshal(L, rc, &err);
+  return send_record(L, p, w, FP_M_SETUP, NULL, 0, p->enc.p, p->enc.len);
+}
+
+/* pool:send_chunk(wid, job, start, count [, items [, modmap]]): items nil
+ * means the worker has them in memory (it was forked during this job). */
+static int l_send_chunk(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  fp_chunk_hdr h;
+  memset(&h, 0, sizeof h);
+  h.job = (uint64_t)luaL_checknumber(L, 3);
+  h.start = (int64_t)luaL_checknumber(L, 4);
+  h.count = (uint32_t)luaL_checkinteger(L, 5);
+  p->enc.len = 0;
+  if (lua_isnoneornil(L, 6)) {
+    h.flags = FP_CHUNK_INHERITED;
+  } else {
+    luaL_checktype(L, 6, LUA_TTABLE);
+    fp_enc_opts o;
+    fp_codec_err err;
+    enc_opts(L, 1, 7, &o);
+    int rc = fp_encode_range(L, 6, h.start, h.count, &p->enc, &o, "item", h.start, &err);
+    if (rc != FP_OK) {
+      int nret = push_marshal(L, rc, &err);
+      return nret;
+    }
+  }
+  return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, p->enc.p, p->enc.len);
+}
+
+/* pool:send_stop(wid) */
+static int l_send_stop(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  return send_record(L, p, w, FP_M_STOP, NULL, 0, NULL, 0);
+}
+
+/* pool:cancel(wid, job): the worker stops job's current chunk before its
+ * next item and answers its queued chunks of that job with CANCELLED. */
+static int l_cancel(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  atomic_store(&p->stats[w].cancel_job, (uint64_t)luaL_checknumber(L, 3));
+  return 0;
+}
+
+/* ---- receiving ---- */
+
+static const char *bye_reason(uint32_t r) {
+  switch (r) {
+  case FP_BYE_STOP: return "stop";
+  case FP_BYE_LIFESPAN: return "lifespan";
+  case FP_BYE_INIT_FAILED: return "init_failed";
+  default: return "unknown";
+  }
+}
+
+static const char *phase_name(uint32_t ph) {
+  switch (ph) {
+  case FP_PH_START: return "start";
+  case FP_PH_INIT: return "worker_init";
+  case FP_PH_IDLE: return "idle";
+  case FP_PH_DECODE: return "decode";
+  case FP_PH_TASK: return "task";
+  case FP_PH_ENCODE: return "encode";
+  case FP_PH_EXIT: return "worker_exit";
+  default: return "unknown";
+  }
+}
+
+/* Push a table describing how a dead worker ended. */
+static void push_death(lua_State *L, fp_pool *p, int w, pid_t pid, int status, int known) {
+  fp_wstat *st = &p->stats[w];
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, pid);
+  lua_setfield(L, -2, "pid");
+  if (!known) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "status_unknown");
+  } else if (WIFSIGNALED(status)) {
+    lua_pushstring(L, fp_proc_signame(WTERMSIG(status)));
+    lua_setfield(L, -2, "signal");
+    lua_pushinteger(L, WTERMSIG(status));
+    lua_setfield(L, -2, "signo");
+  } else if (WIFEXITED(status)) {
+    lua_pushinteger(L, WEXITSTATUS(status));
+    lua_setfield(L, -2, "exit_code");
+  }
+  int64_t cur = atomic_load(&st->cur_index);
+  if (cur > 0) {
+    lua_pushnumber(L, (lua_Number)cur);
+    lua_setfield(L, -2, "index");
+    lua_pushnumber(L, (lua_Number)atomic_load(&st->cur_job));
+    lua_setfield(L, -2, "job");
+  }
+  lua_pushstring(L, phase_name(atomic_load(&st->phase)));
+  lua_setfield(L, -2, "phase");
+}
+
+/* Handle one record of worker w's result lane; pushes the event and returns
+ * the number of values.  Event: kind, wid, job, start, count, index, value. */
+static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
+                         uint32_t type, const unsigned char *d, size_t len) {
+  fp_slot *s = &p->slots[w];
+  fp_chunk_hdr h;
+  memset(&h, 0, sizeof h);
+  size_t pos = 0;
+  int has_hdr = type == FP_M_RESULTS || type == FP_M_TASK_ERROR ||
+                type == FP_M_MARSHAL_ERROR || type == FP_M_CANCELLED ||
+                type == FP_M_SETUP_ERROR;
+  if (has_hdr) {
+    if (len < sizeof h) goto corrupt;
+    memcpy(&h, d, sizeof h);
+    pos = sizeof h;
+  }
+  fp_dec_opts o = {.flags = 0, .require_idx = 0, .cdata_new_idx = 0};
+  push_helpers(L, 1);
+  lua_getfield(L, -1, "cdata_new");
+  lua_remove(L, -2);
+  o.cdata_new_idx = lua_gettop(L);
+  int base = lua_gettop(L);
+  fp_codec_err err;
+  const char *kind;
+  int stale = 0;
+  switch (type) {
+  case FP_M_RESULTS: {
+    kind = "results";
+    lua_pushnumber(L, (lua_Number)h.job);
+    lua_rawget(L, jobs_idx);
+    if (lua_istable(L, -1)) {
+      int rc = fp_decode_range(L, lua_gettop(L), h.start, h.count, d, len, &pos, &o, &err);
+      if (rc != FP_OK) goto corrupt_err;
+    } else {
+      stale = 1;
+    }
+    lua_settop(L, base);
+    lua_pushboolean(L, stale); /* value: whether the job was unknown */
+    break;
+  }
+  case FP_M_TASK_ERROR: kind = "task_error"; goto with_value;
+  case FP_M_MARSHAL_ERROR: kind = "marshal_error"; goto with_value;
+  case FP_M_SETUP_ERROR: kind = "setup_error"; goto with_value;
+  case FP_M_INIT_ERROR: kind = "init_error"; goto with_value;
+  case FP_M_EXIT_ERROR: kind = "exit_error"; goto with_value;
+  case FP_M_EXIT_RESULT: kind = "exit_result"; goto with_value;
+  with_value: {
+    int rc = fp_decode_value(L, d, len, &pos, &o, &err);
+    if (rc != FP_OK) goto corrupt_err;
+    break;
+  }
+  case FP_M_CANCELLED:
+    kind = "cancelled";
+    lua_pushnil(L);
+    break;
+  case FP_M_BYE: {
+    fp_bye b;
+    if (len < sizeof b) goto corrupt;
+    memcpy(&b, d, sizeof b);
+    kind = "bye";
+    lua_pushstring(L, bye_reason(b.reason));
+    break;
+  }
+  default:
+    goto corrupt;
+  }
+  if (fp_lane_release(&s->results)) fp_lane_wake_producer(&s->results);
+  /* value is on top; build the event under it */
+  lua_pushstring(L, kind);
+  lua_pushinteger(L, w + 1);
+  lua_pushnumber(L, (lua_Number)h.job);
+  lua_pushnumber(L, (lua_Number)h.start);
+  lua_pushinteger(L, (lua_Integer)h.count);
+  lua_pushnumber(L, (lua_Number)h.index);
+  lua_pushvalue(L, base + 1);
+  return 7;
+
+corrupt_err:
+  lua_settop(L, base);
+  if (fp_lane_release(&s->results)) fp_lane_wake_producer(&s->results);
+  lua_pushliteral(L, "corrupt");
+  lua_pushinteger(L, w + 1);
+  lua_pushfstring(L, "worker %d sent a corrupted record: %s%s%s", w + 1, err.path,
+                  err.path[0] ? ": " : "", err.msg);
+  return 3;
+corrupt:
+  if (fp_lane_release(&s->results)) fp_lane_wake_producer(&s->results);
+  lua_pushliteral(L, "corrupt");
+  lua_pushinteger(L, w + 1);
+  lua_pushfstring(L, "worker %d sent a corrupted record (type %d, %d bytes)", w + 1,
+                  (int)type, (int)len);
+  return 3;
+}
+
+/* Look at every slot once, starting after the last one served.  Returns the
+ * number of values pushed (an event), or 0 when there is nothing. */
+static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
+  for (int k = 0; k < p->n; k++) {
+    int w = (p->rr + k) % p->n;
+    fp_slot *s = &p->slots[w];
+    if (!s->results.h) continue;
+    uint32_t type;
+    const unsigned char *d;
+    size_t len;
+    int rc = fp_lane_peek(&s->results, &type, &d, &len);
+    if (rc == FP_OK) {
+      p->rr = (w + 1) % p->n;
+      return handle_record(L, p, w, jobs_idx, type, d, len);
+    }
+    if (rc == FP_ECORRUPT) {
+      p->rr = (w + 1) % p->n;
+      lua_pushliteral(L, "corrupt");
+      lua_pushinteger(L, w + 1);
+      lua_pushfstring(L, "worker %d wrote a corrupted record header", w + 1);
+      return 3;
+    }
+    if (s->dead && s->pid > 0) {
+      /* Its lane is drained: everything it published has been delivered. */
+      int status = 0, known = 0;
+      pid_t pid = s->pid;
+      fp_proc_try_reap(pid, &status, &known);
+      slot_forget(s);
+      p->rr = (w + 1) % p->n;
+      lua_pushliteral(L, "exit");
+      lua_pushinteger(L, w + 1);
+      push_death(L, p, w, pid, status, known);
+      return 3;
+    }
+  }
+  return 0;
+}
+
+/*
+ * pool:poll(jobs, timeout) -> event
+ *   jobs: table job id -> results table (RESULTS of other jobs are dropped)
+ *   timeout: seconds (negative: no limit)
+ * Events (kind, wid, ...):
+ *   "results", wid, job, start, count, 0, stale
+ *   "task_error"|"marshal_error"|"setup_error", wid, job, start, count, index, err
+ *   "cancelled", wid, job, start, count
+ *   "init_error"|"exit_error"|"exit_result", wid, 0, 0, 0, 0, value
+ *   "bye", wid, 0, 0, 0, 0, reason
+ *   "exit", wid, {pid=, signal=|exit_code=|status_unknown=, index=, job=, phase=}
+ *   "corrupt", wid, message
+ *   "timeout"            nothing arrived in time
+ *   "eintr"              a signal interrupted the wait (the caller decides)
+ */
+static int l_poll(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  double timeout = luaL_optnumber(L, 3, -1);
+  uint64_t deadline = timeout < 0 ? 0 : fp_now_ns() + (uint64_t)(timeout * 1e9);
+  lua_settop(L, 3);
+  for (;;) {
+    int n = scan_slots(L, p, 2);
+    if (n) return n;
+    /* Announce that we are about to sleep, then look once more: pairs with
+     * the fence in the worker's send (fp_worker.c, w_send2). */
+    atomic_store(&p->ctl->parent_sleeping, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    n = scan_slots(L, p, 2);
+    if (n) {
+      atomic_store(&p->ctl->parent_sleeping, 0);
+      return n;
+    }
+    int nfds = 0;
+    p->pfds[nfds].fd = p->doorbell;
+    p->pfds[nfds].events = POLLIN;
+    p->pfd_slot[nfds++] = -1;
+    for (int w = 0; w < p->n; w++) {
+      fp_slot *s = &p->slots[w];
+      if (s->pid > 0 && !s->dead) {
+        p->pfds[nfds].fd = s->pidfd;
+        p->pfds[nfds].events = POLLIN;
+        p->pfd_slot[nfds++] = w;
+      }
+    }
+    int ms = -1;
+    if (deadline) {
+      uint64_t now = fp_now_ns();
+      ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+    }
+    int r = poll(p->pfds, (nfds_t)nfds, ms);
+    atomic_store(&p->ctl->parent_sleeping, 0);
+    if (r < 0) {
+      if (errno == EINTR) {
+        lua_pushliteral(L, "eintr");
+        return 1;
+      }
+      return luaL_error(L, "forkpool: poll: %s", strerror(errno));
+    }
+    if (r == 0) {
+      lua_pushliteral(L, "timeout");
+      return 1;
+    }
+    for (int i = 0; i < nfds; i++) {
+      if (!p->pfds[i].revents) continue;
+      if (p->pfd_slot[i] < 0) {
+        uint64_t v;
+        ssize_t rd = read(p->doorbell, &v, sizeof v);
+        (void)rd;
+      } else {
+        p->slots[p->pfd_slot[i]].dead = 1;
+      }
+    }
+  }
+}
+
+/* ---- process control ---- */
+
+/* pool:kill(wid, signo): send a signal to a live worker. */
+static int l_kill(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  int sig = (int)luaL_optinteger(L, 3, SIGKILL);
+  if (p->slots[w].pid > 0) kill(p->slots[w].pid, sig);
+  return 0;
+}
+
+/* pool:wait_exit(wid, timeout) -> true when the worker's process has exited
+ * (it is reported by poll as "exit" later), false on timeout. */
+static int l_wait_exit(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  double t = luaL_checknumber(L, 3);
+  fp_slot *s = &p->slots[w];
+  if (s->pid <= 0 || s->dead) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  uint64_t deadline = fp_now_ns() + (uint64_t)(t * 1e9);
+  for (;;) {
+    uint64_t now = fp_now_ns();
+    int ms = now >= deadline ? 0 : (int)((deadline - now) / 1000000);
+    int rc = fp_proc_wait_exit(s->pidfd, ms);
+    if (rc == FP_OK) { s->dead = 1; lua_pushboolean(L, 1); return 1; }
+    if (rc == FP_ETIMEOUT) { lua_pushboolean(L, 0); return 1; }
+    if (rc != FP_EINTR) return luaL_error(L, "forkpool: poll: %s", strerror(errno));
+  }
+}
+
+/* pool:pid(wid) -> pid or nil */
+static int l_pid(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  if (p->slots[w].pid > 0) lua_pushinteger(L, p->slots[w].pid);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* pool:worker_status(wid) -> {phase=, index=, items_done=} */
+static int l_worker_status(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  fp_wstat *st = &p->stats[w];
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, phase_name(atomic_load(&st->phase)));
+  lua_setfield(L, -2, "phase");
+  lua_pushnumber(L, (lua_Number)atomic_load(&st->cur_index));
+  lua_setfield(L, -2, "index");
+  lua_pushnumber(L, (lua_Number)atomic_load(&st->items_done));
+  lua_setfield(L, -2, "items_done");
+  return 1;
+}
+
+/* pool:close(): kill and reap everything now.  Idempotent. */
+static int l_close(lua_State *L) {
+  fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
+  if (p->owner != getpid()) return 0; /* a worker's copy: not ours */
+  if (!p->closed || p->slots) pool_release(p);
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
+  if (p->closed) lua_pushliteral(L, "forkpool.core (closed)");
+  else lua_pushfstring(L, "forkpool.core (%d workers) %p", p->n, (void *)p);
+  return 1;
+}
+
+/* forkpool.core._exit(code): leave the process now (tests, worker helpers). */
+static int l__exit(lua_State *L) {
+  int code = (int)luaL_optinteger(L, 1, 0);
+  fflush(NULL);
+  _exit(code);
+}
+
+static const luaL_Reg pool_methods[] = {
+  {"spawn", l_spawn},           {"send_setup", l_send_setup},
+  {"send_chunk", l_send_chunk}, {"send_stop", l_send_stop},
+  {"cancel", l_cancel},         {"poll", l_poll},
+  {"kill", l_kill},             {"wait_exit", l_wait_exit},
+  {"pid", l_pid},               {"worker_status", l_worker_status},
+  {"close", l_close},           {NULL, NULL},
+};
+
+static const luaL_Reg funcs[] = {
+  {"new", l_new},
+  {"_exit", l__exit},
+  {NULL, NULL},
+};
+
+FP_EXPORT int luaopen_forkpool_core(lua_State *L);
+FP_EXPORT int luaopen_forkpool_core(lua_State *L) {
+  if (luaL_newmetatable(L, FP_POOL_MT)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, pool_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  luaL_setfuncs(L, funcs, 0);
+  lua_pushinteger(L, SIGKILL);
+  lua_setfield(L, -2, "SIGKILL");
+  lua_pushinteger(L, SIGTERM);
+  lua_setfield(L, -2, "SIGTERM");
+  return 1;
+}

@@ -1,0 +1,192 @@
+/*
+ * fp_proc.c - process control: fork with signals blocked, pidfds, reaping,
+ * signal names, and the registry of forkpool's own file descriptors.
+ *
+ * Invariant: every fd forkpool opens in a process (doorbell eventfds,
+ * pidfds) is O_CLOEXEC and listed in the registry, so a freshly forked
+ * worker can close all of them except its own: a worker must never hold
+ * another worker's pidfd or another pool's doorbell.
+ */
+#include "fp_proc.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+/* ---- fd registry ---- */
+
+static int *reg_fds;
+static int reg_n, reg_cap;
+
+void fp_proc_track_fd(int fd) {
+  if (reg_n == reg_cap) {
+    int ncap = reg_cap ? reg_cap * 2 : 16;
+    int *np = realloc(reg_fds, (size_t)ncap * sizeof *np);
+    if (!np) return; /* only hygiene in children is lost, not correctness here */
+    reg_fds = np;
+    reg_cap = ncap;
+  }
+  reg_fds[reg_n++] = fd;
+}
+
+void fp_proc_untrack_fd(int fd) {
+  for (int i = 0; i < reg_n; i++) {
+    if (reg_fds[i] == fd) {
+      reg_fds[i] = reg_fds[--reg_n];
+      return;
+    }
+  }
+}
+
+void fp_proc_close_tracked_except(const int *keep, int nkeep) {
+  int w = 0;
+  for (int i = 0; i < reg_n; i++) {
+    int fd = reg_fds[i], kept = 0;
+    for (int k = 0; k < nkeep; k++)
+      if (keep[k] == fd) kept = 1;
+    if (kept)
+      reg_fds[w++] = fd;
+    else
+      close(fd);
+  }
+  reg_n = w;
+}
+
+/* ---- fork ---- */
+
+int fp_proc_fork(pid_t *pid, int *pidfd) {
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, &old);
+  pid_t p = fork();
+  if (p < 0) {
+    int e = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return FP_ESYS;
+  }
+  if (p == 0) {
+    *pid = 0;
+    *pidfd = -1;
+    return FP_OK; /* signals stay blocked until fp_proc_child_init */
+  }
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  /* The child cannot have been reaped yet unless the host reaps every child
+   * (waitpid(-1) in a SIGCHLD handler): then pidfd_open fails and the spawn
+   * is reported as failed rather than watching a recycled pid. */
+  int fd = (int)syscall(SYS_pidfd_open, p, 0);
+  if (fd < 0) {
+    int e = errno;
+    kill(p, SIGKILL);
+    waitpid(p, NULL, 0);
+    errno = e;
+    return FP_ESYS;
+  }
+  /* pidfds are created O_CLOEXEC by the kernel. */
+  fp_proc_track_fd(fd);
+  *pid = p;
+  *pidfd = fd;
+  return FP_OK;
+}
+
+void fp_proc_child_init(pid_t parent) {
+  struct sigaction sa;
+  for (int s = 1; s < NSIG; s++) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    if (sigaction(s, NULL, &sa) != 0) continue; /* reserved RT signals */
+    if (s == SIGINT) {
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = SIG_IGN;
+      sigaction(s, &sa, NULL);
+    } else if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) {
+      /* A handler of the parent's would run parent code in the worker. */
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = SIG_DFL;
+      sigaction(s, &sa, NULL);
+    }
+  }
+  /* SIGCHLD ignored by the host would auto-reap the worker's own children. */
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  sigaction(SIGCHLD, &sa, NULL);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  /* PDEATHSIG is cleared by fork and fires when the forking thread dies, so
+   * set it here and then check that the parent did not die before it took
+   * effect. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(70);
+}
+
+/* ---- reaping ---- */
+
+int fp_proc_try_reap(pid_t pid, int *status, int *known) {
+  for (;;) {
+    int st = 0;
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) {
+      *status = st;
+      *known = 1;
+      return FP_OK;
+    }
+    if (r == 0) return FP_EEMPTY;
+    if (errno == EINTR) continue;
+    /* ECHILD: somebody else reaped it (SIGCHLD ignored or a host handler). */
+    *status = 0;
+    *known = 0;
+    return FP_OK;
+  }
+}
+
+int fp_proc_wait_exit(int pidfd, int timeout_ms) {
+  struct pollfd p = {.fd = pidfd, .events = POLLIN};
+  int r = poll(&p, 1, timeout_ms);
+  if (r > 0) return FP_OK;
+  if (r == 0) return FP_ETIMEOUT;
+  return errno == EINTR ? FP_EINTR : FP_ESYS;
+}
+
+/* ---- misc ---- */
+
+const char *fp_proc_signame(int sig) {
+  static const struct { int n; const char *s; } names[] = {
+    {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"},
+    {SIGILL, "SIGILL"},   {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"},
+    {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},   {SIGKILL, "SIGKILL"},
+    {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+    {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"},
+    {SIGCHLD, "SIGCHLD"}, {SIGCONT, "SIGCONT"}, {SIGSTOP, "SIGSTOP"},
+    {SIGTSTP, "SIGTSTP"}, {SIGTTIN, "SIGTTIN"}, {SIGTTOU, "SIGTTOU"},
+    {SIGURG, "SIGURG"},   {SIGXCPU, "SIGXCPU"}, {SIGXFSZ, "SIGXFSZ"},
+    {SIGVTALRM, "SIGVTALRM"}, {SIGPROF, "SIGPROF"}, {SIGSYS, "SIGSYS"},
+  };
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (names[i].n == sig) return names[i].s;
+  static char buf[16];
+  buf[0] = 'S'; buf[1] = 'I'; buf[2] = 'G';
+  int n = sig, k = 3;
+  char tmp[8];
+  int t = 0;
+  do { tmp[t++] = (char)('0' + n % 10); n /= 10; } while (n && t < 7);
+  while (t) buf[k++] = tmp[--t];
+  buf[k] = 0;
+  return buf;
+}
+
+uint64_t fp_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}

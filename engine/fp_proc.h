@@ -1,0 +1,53 @@
+/*
+ * fp_proc.h - process control: forking workers safely, pidfds for death
+ * detection, reaping, signal names, and the registry of forkpool's own file
+ * descriptors (closed in every child so that no worker holds another's).
+ *
+ * Deaths are detected through pidfds (poll()able, immune to hosts that
+ * ignore or handle SIGCHLD), never through SIGCHLD.
+ */
+#ifndef FP_PROC_H
+#define FP_PROC_H
+
+#include "fp_common.h"
+#include <sys/types.h>
+
+/* Remember / forget an fd that belongs to forkpool in this process. */
+void fp_proc_track_fd(int fd);
+void fp_proc_untrack_fd(int fd);
+/* In a fresh child: close every tracked fd except those in keep[]. */
+void fp_proc_close_tracked_except(const int *keep, int nkeep);
+
+/*
+ * Fork.  All signals are blocked around fork() so no handler of the parent
+ * runs in the child before its dispositions are reset.
+ * Parent: returns FP_OK with *pid > 0 and *pidfd (O_CLOEXEC, tracked), or an
+ *   error (FP_ESYS with errno: EAGAIN when RLIMIT_NPROC is reached) and no
+ *   child exists.
+ * Child: returns FP_OK with *pid == 0, signals still blocked: the caller
+ *   finishes its setup and calls fp_proc_child_init.
+ */
+int fp_proc_fork(pid_t *pid, int *pidfd);
+
+/* Child setup: SIGINT ignored (Ctrl-C reaches only the parent), every other
+ * caught signal back to its default, signal mask cleared, PR_SET_PDEATHSIG
+ * SIGKILL, and an exit if the parent is already gone.  parent = the pid of
+ * the parent as seen before fork. */
+void fp_proc_child_init(pid_t parent);
+
+/* Non-blocking reap.  FP_OK: the child is gone; *status is the wait status
+ * when *known, else the status was lost (the host reaps children itself or
+ * ignores SIGCHLD).  FP_EEMPTY: still running. */
+int fp_proc_try_reap(pid_t pid, int *status, int *known);
+
+/* Wait up to timeout_ms for the process behind pidfd to exit.  FP_OK when
+ * it has, FP_ETIMEOUT, or FP_EINTR. */
+int fp_proc_wait_exit(int pidfd, int timeout_ms);
+
+/* "SIGSEGV" for 11, ... ("SIG42" for unnamed ones); static storage. */
+const char *fp_proc_signame(int sig);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t fp_now_ns(void);
+
+#endif

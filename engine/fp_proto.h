@@ -1,0 +1,81 @@
+/*
+ * fp_proto.h - what travels between the parent and a worker: message types,
+ * their fixed headers, and the shared status blocks.
+ *
+ * Every CHUNK the parent sends gets exactly one reply (RESULTS, TASK_ERROR,
+ * MARSHAL_ERROR or CANCELLED) carrying the same (job, start, count), so the
+ * parent always knows how many chunks each worker still holds.
+ */
+#ifndef FP_PROTO_H
+#define FP_PROTO_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+enum fp_msg {
+  /* parent -> worker */
+  FP_M_SETUP   = 1,  /* encoded table {job=, fn=, exit=, set_exit=} (functions allowed) */
+  FP_M_CHUNK   = 2,  /* fp_chunk_hdr, then count encoded items unless FP_CHUNK_INHERITED */
+  FP_M_STOP    = 3,  /* leave: run worker_exit (if it ran a task), send BYE, exit */
+
+  /* worker -> parent */
+  FP_M_RESULTS       = 10, /* fp_chunk_hdr, then count encoded results */
+  FP_M_TASK_ERROR    = 11, /* fp_chunk_hdr (index = failing item), encoded error table */
+  FP_M_MARSHAL_ERROR = 12, /* fp_chunk_hdr (index = item), encoded {message=, path=} */
+  FP_M_CANCELLED     = 13, /* fp_chunk_hdr: chunk not run (its job was cancelled) */
+  FP_M_INIT_ERROR    = 14, /* encoded error table from worker_init */
+  FP_M_EXIT_RESULT   = 15, /* encoded value returned by worker_exit */
+  FP_M_EXIT_ERROR    = 16, /* encoded error table from worker_exit */
+  FP_M_BYE           = 17, /* fp_bye: the worker exits right after this */
+  FP_M_SETUP_ERROR   = 18  /* fp_chunk_hdr (job), encoded {message=} : a SETUP could not be decoded */
+};
+
+#define FP_CHUNK_INHERITED 0x1u /* items are in the worker's memory (forked during this job) */
+
+/* Header of CHUNK and of every chunk reply.  start/index are 1-based item
+ * indexes of the job's input. */
+typedef struct fp_chunk_hdr {
+  uint64_t job;
+  int64_t start;
+  int64_t index;   /* replies: the item an error is about; 0 otherwise */
+  uint32_t count;
+  uint32_t flags;
+} fp_chunk_hdr;
+
+enum fp_bye_reason { FP_BYE_STOP = 1, FP_BYE_LIFESPAN = 2, FP_BYE_INIT_FAILED = 3 };
+typedef struct fp_bye { uint32_t reason; uint32_t pad; } fp_bye;
+
+/* What a worker is doing, for error reports (and later timeouts/insights). */
+enum fp_phase {
+  FP_PH_START = 0, FP_PH_INIT = 1, FP_PH_IDLE = 2, FP_PH_DECODE = 3,
+  FP_PH_TASK = 4, FP_PH_ENCODE = 5, FP_PH_EXIT = 6
+};
+
+/*
+ * Per-pool control block, shared by the parent and all its workers.
+ *   parent_sleeping: parent sets 1 (seq_cst) before it re-checks the result
+ *     lanes and sleeps in poll(); a worker that publishes a result reads it
+ *     (seq_cst) and, when 1, writes the pool's doorbell eventfd.  Either the
+ *     parent sees the new record or the worker sees the flag.
+ */
+typedef struct fp_ctl {
+  _Alignas(64) _Atomic uint32_t parent_sleeping;
+} fp_ctl;
+
+/*
+ * Per-worker status block.  Written by the worker unless noted; the parent
+ * reads it after the worker died (what it was doing) and while it runs.
+ *   cur_index: 1-based input index of the item being run, 0 when none.  The
+ *     worker's Lua chunk runner stores it through the FFI before each item.
+ *   cancel_job: written by the parent; the runner stops before the next item
+ *     when it equals the running chunk's job.
+ */
+typedef struct fp_wstat {
+  _Alignas(64) _Atomic int64_t cur_index;
+  _Atomic uint64_t cur_job;
+  _Atomic uint32_t phase;
+  _Atomic uint64_t items_done;
+  _Alignas(64) _Atomic uint64_t cancel_job;
+} fp_wstat;
+
+#endif

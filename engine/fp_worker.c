@@ -1,0 +1,522 @@
+/*
+ * fp_worker.c - the worker loop, run in a forked child.
+ *
+ * The child continues from inside the C call that forked it, on top of a
+ * copy of the parent's Lua stack.  It switches to a fresh Lua thread (so
+ * tracebacks start at the task, not at the parent's frames), runs everything
+ * inside lua_cpcall (so no error can unwind into the parent's frames), and
+ * leaves with _exit (so the parent's atexit handlers and copied stdio
+ * buffers are never run or flushed here).
+ *
+ * Loop: wait for a record on the task lane; SETUP installs a shipped
+ * function for a job; CHUNK runs the job's function over a slice of items
+ * through the Lua chunk runner (lua/forkpool/worker.lua) and replies with
+ * exactly one record; STOP runs worker_exit and leaves.
+ */
+#include "fp_worker.h"
+
+#include "fp_codec.h"
+#include "fp_proc.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Stack slots of the worker thread (W->L), fixed for the worker's life. */
+#define S_CTX      1  /* context table from the Lua layer */
+#define S_JOBS     2  /* job id -> function shipped with SETUP */
+#define S_STATE    3  /* worker_state table */
+#define S_RUNNER   4  /* chunk runner made by forkpool.worker.make_runner */
+#define S_MSGH     5  /* error handler building {message, traceback, value} */
+#define S_CKIND    6  /* codec helper: cdata kind */
+#define S_CNEW     7  /* codec helper: new boxed integer */
+#define S_REQUIRE  8  /* require, for module references */
+#define S_FN       9  /* the function of the job the worker was forked for */
+#define S_ITEMS   10  /* that job's items (inherited through fork) */
+#define S_INIT    11
+#define S_EXIT    12  /* the worker_exit that runs when this worker leaves */
+#define S_LEAD1   13  /* leading arguments: worker id, shared objects, state */
+#define S_NSLOTS  15
+
+/* How long one wait sleeps before re-checking that the parent lives (the
+ * parent-death signal normally kills us first). */
+#define FP_WORKER_WAIT_MS 1000
+
+typedef struct W {
+  lua_State *L;
+  fp_worker_io *io;
+  fp_buf enc;            /* encode buffer, reused */
+  uint64_t born_job;     /* items of this job are in our memory */
+  int nlead;
+  double lifespan;       /* 0: unlimited */
+  uint64_t items_done;   /* items run (success or not) */
+  uint64_t n_jobs_shipped;
+} W;
+
+/* ---- sending ---- */
+
+static void w_check_parent(W *w) {
+  if (getppid() != w->io->parent) _exit(71);
+}
+
+/* Publish a record on the result lane, sleeping while it is full.  Returns
+ * FP_OK or FP_E2BIG (the record can never fit). */
+static int w_send2(W *w, uint32_t type, const void *a, size_t alen,
+                   const void *b, size_t blen) {
+  fp_worker_io *io = w->io;
+  for (;;) {
+    int wake = 0;
+    int rc = fp_lane_try_send2(&io->results, type, a, alen, b, blen, &wake);
+    if (rc == FP_OK) {
+      if (wake) fp_lane_wake_consumer(&io->results);
+      /* Pairs with the parent's fence between setting parent_sleeping and
+       * re-checking the lanes: either it sees our record or we see its flag. */
+      atomic_thread_fence(memory_order_seq_cst);
+      if (atomic_load_explicit(&io->ctl->parent_sleeping, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(io->doorbell, &one, sizeof one);
+        (void)n; /* EAGAIN means the counter is already non-zero: awake */
+      }
+      return FP_OK;
+    }
+    if (rc != FP_EFULL) return rc;
+    w_check_parent(w);
+    fp_lane_wait_space(&io->results, FP_WORKER_WAIT_MS);
+  }
+}
+
+static void w_exit_now(int code) __attribute__((noreturn));
+static void w_exit_now(int code) {
+  fflush(NULL);
+  _exit(code);
+}
+
+/* ---- Lua helpers ---- */
+
+/* Message handler: turns any error value into {message=, traceback=, value=}. */
+static int w_msgh(lua_State *L) {
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 3);                      /* 2: error table */
+  lua_pushvalue(L, 1);
+  lua_setfield(L, 2, "value");
+  if (lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER) {
+    lua_pushvalue(L, 1);
+    lua_tostring(L, -1);
+  } else if (!luaL_callmeta(L, 1, "__tostring") || !lua_isstring(L, -1)) {
+    lua_settop(L, 2);
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }                                              /* 3: message */
+  lua_pushvalue(L, 3);
+  lua_setfield(L, 2, "message");
+  luaL_traceback(L, L, NULL, 1);
+  lua_setfield(L, 2, "traceback");
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* os.exit in a worker: flush the worker's own output, skip atexit handlers. */
+static int w_os_exit(lua_State *L) {
+  int code;
+  if (lua_isnoneornil(L, 1)) code = EXIT_SUCCESS;
+  else if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else code = (int)luaL_checkinteger(L, 1);
+  w_exit_now(code);
+}
+
+static void w_enc_opts(fp_enc_opts *o) {
+  o->flags = 0;
+  o->modmap_idx = 0;
+  o->cdata_idx = S_CKIND;
+}
+
+/* Encode the value on top of the stack into w->enc (reset first); on a
+ * marshal error, encode {message=<path: msg>} instead and return FP_EMARSHAL.
+ * Pops the value. */
+static int w_encode_top(W *w, const char *root) {
+  lua_State *L = w->L;
+  fp_enc_opts o;
+  fp_codec_err err;
+  w_enc_opts(&o);
+  w->enc.len = 0;
+  int rc = fp_encode_value(L, lua_gettop(L), &w->enc, &o, root, &err);
+  lua_pop(L, 1);
+  if (rc == FP_OK) return FP_OK;
+  lua_createtable(L, 0, 2);
+  if (rc == FP_EMARSHAL) {
+    lua_pushfstring(L, "%s: %s", err.path, err.msg);
+    lua_setfield(L, -2, "message");
+    lua_pushstring(L, err.path);
+    lua_setfield(L, -2, "path");
+  } else {
+    lua_pushfstring(L, "%s: %s", root, fp_strerror(rc));
+    lua_setfield(L, -2, "message");
+  }
+  w->enc.len = 0;
+  if (fp_encode_value(L, lua_gettop(L), &w->enc, &o, "error", &err) != FP_OK)
+    w_exit_now(73); /* a table of two strings always encodes */
+  lua_pop(L, 1);
+  return FP_EMARSHAL;
+}
+
+/* Encode an error table (top of stack, from w_msgh) and pop it.  An error
+ * value that cannot travel is replaced by its message. */
+static void w_encode_error(W *w) {
+  lua_State *L = w->L;
+  fp_enc_opts o;
+  fp_codec_err err;
+  w_enc_opts(&o);
+  w->enc.len = 0;
+  int top = lua_gettop(L);
+  if (!lua_istable(L, top)) {
+    lua_createtable(L, 0, 1);
+    lua_insert(L, top);
+    lua_setfield(L, top, "message");
+  }
+  if (fp_encode_value(L, top, &w->enc, &o, "error", &err) != FP_OK) {
+    lua_pushnil(L);
+    lua_setfield(L, top, "value");
+    w->enc.len = 0;
+    if (fp_encode_value(L, top, &w->enc, &o, "error", &err) != FP_OK)
+      w_exit_now(73);
+  }
+  lua_settop(L, top - 1);
+}
+
+/* Push the leading arguments (worker id, shared objects, worker state as
+ * enabled) and return how many. */
+static int w_push_lead(W *w) {
+  for (int i = 0; i < w->nlead; i++) lua_pushvalue(w->L, S_LEAD1 + i);
+  return w->nlead;
+}
+
+/* ---- leaving ---- */
+
+static void w_finish(W *w, uint32_t reason) __attribute__((noreturn));
+static void w_finish(W *w, uint32_t reason) {
+  lua_State *L = w->L;
+  fp_worker_io *io = w->io;
+  if (w->items_done > 0 && !lua_isnil(L, S_EXIT)) {
+    atomic_store(&io->st->phase, FP_PH_EXIT);
+    lua_pushvalue(L, S_EXIT);
+    int n = w_push_lead(w);
+    if (lua_pcall(L, n, 1, S_MSGH) == 0) {
+      int rc = w_encode_top(w, "exit result");
+      w_send2(w, rc == FP_OK ? FP_M_EXIT_RESULT : FP_M_EXIT_ERROR, NULL, 0,
+              w->enc.p, w->enc.len);
+    } else {
+      w_encode_error(w);
+      w_send2(w, FP_M_EXIT_ERROR, NULL, 0, w->enc.p, w->enc.len);
+    }
+  }
+  fp_bye bye = {.reason = reason, .pad = 0};
+  w_send2(w, FP_M_BYE, &bye, sizeof bye, NULL, 0);
+  w_exit_now(0);
+}
+
+/* ---- running a chunk ---- */
+
+static void w_reply(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index) {
+  fp_chunk_hdr r = *h;
+  r.index = index;
+  r.flags = 0;
+  if (w_send2(w, type, &r, sizeof r, w->enc.p, w->enc.len) == FP_E2BIG) {
+    /* The encoded results exceed even the big area: say so instead. */
+    lua_createtable(w->L, 0, 1);
+    lua_pushfstring(w->L, "result of item %d: too large to send (%d bytes)",
+                    (int)h->start, (int)w->enc.len);
+    lua_setfield(w->L, -2, "message");
+    w_encode_error(w);
+    w_send2(w, FP_M_MARSHAL_ERROR, &r, sizeof r, w->enc.p, w->enc.len);
+  }
+}
+
+static void w_chunk(W *w, const unsigned char *p, size_t len) {
+  lua_State *L = w->L;
+  fp_worker_io *io = w->io;
+  fp_chunk_hdr h;
+  if (len < sizeof h) w_exit_now(72);
+  memcpy(&h, p, sizeof h);
+  w->enc.len = 0;
+
+  if (h.job == atomic_load(&io->st->cancel_job)) {
+    fp_lane_release(&io->tasks);
+    w_reply(w, FP_M_CANCELLED, &h, 0);
+    return;
+  }
+  /* The function: inherited for the job we were forked in, else shipped. */
+  if (h.job == w->born_job) {
+    lua_pushvalue(L, S_FN);
+  } else {
+    lua_pushnumber(L, (lua_Number)h.job);
+    lua_rawget(L, S_JOBS);
+  }
+  int fn_idx = lua_gettop(L);
+  int64_t first, last, off;
+  if (h.flags & FP_CHUNK_INHERITED) {
+    lua_pushvalue(L, S_ITEMS);
+    first = h.start;
+    last = h.start + (int64_t)h.count - 1;
+    off = 0;
+    fp_lane_release(&io->tasks);
+  } else {
+    atomic_store(&io->st->phase, FP_PH_DECODE);
+    lua_createtable(L, (int)h.count, 0);
+    fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
+                     .cdata_new_idx = S_CNEW};
+    fp_codec_err err;
+    size_t pos = sizeof h;
+    int rc = fp_decode_range(L, lua_gettop(L), 1, h.count, p, len, &pos, &o, &err);
+    fp_lane_release(&io->tasks);
+    if (rc != FP_OK) {
+      lua_settop(L, fn_idx - 1);
+      lua_createtable(L, 0, 1);
+      lua_pushfstring(L, "items of chunk at %d: %s%s%s", (int)h.start, err.path,
+                      err.path[0] ? ": " : "", err.msg);
+      lua_setfield(L, -2, "message");
+      w_encode_error(w);
+      w_reply(w, FP_M_MARSHAL_ERROR, &h, h.start);
+      return;
+    }
+    first = 1;
+    last = h.count;
+    off = h.start - 1;
+  }
+  int items_idx = lua_gettop(L);
+  if (lua_isnil(L, fn_idx)) {
+    lua_settop(L, fn_idx - 1);
+    lua_createtable(L, 0, 1);
+    lua_pushfstring(L, "internal error: no function for job %d", (int)h.job);
+    lua_setfield(L, -2, "message");
+    w_encode_error(w);
+    w_reply(w, FP_M_TASK_ERROR, &h, h.start);
+    return;
+  }
+
+  /* runner(fn, items, first, last, off, job, out, nlead, lead...) */
+  lua_createtable(L, (int)h.count, 0);
+  int out_idx = lua_gettop(L);
+  lua_pushvalue(L, S_RUNNER);
+  lua_pushvalue(L, fn_idx);
+  lua_pushvalue(L, items_idx);
+  lua_pushnumber(L, (lua_Number)first);
+  lua_pushnumber(L, (lua_Number)last);
+  lua_pushnumber(L, (lua_Number)off);
+  lua_pushnumber(L, (lua_Number)h.job);
+  lua_pushvalue(L, out_idx);
+  lua_pushinteger(L, w->nlead);
+  int n = 8 + w_push_lead(w);
+  atomic_store(&io->st->cur_job, h.job);
+  atomic_store(&io->st->phase, FP_PH_TASK);
+  int st = lua_pcall(L, n, 1, S_MSGH);
+  int64_t cur = atomic_load(&io->st->cur_index);
+  atomic_store(&io->st->cur_index, 0);
+  if (st != 0) {
+    w->items_done += (uint64_t)(cur - h.start + 1);
+    w_encode_error(w);
+    w_reply(w, FP_M_TASK_ERROR, &h, cur);
+  } else if (!lua_toboolean(L, -1)) {
+    /* Cancelled between items. */
+    if (cur > h.start) w->items_done += (uint64_t)(cur - h.start);
+    lua_pop(L, 1);
+    w->enc.len = 0;
+    w_reply(w, FP_M_CANCELLED, &h, 0);
+  } else {
+    lua_pop(L, 1);
+    w->items_done += h.count;
+    atomic_store(&io->st->phase, FP_PH_ENCODE);
+    fp_enc_opts o;
+    fp_codec_err err;
+    w_enc_opts(&o);
+    w->enc.len = 0;
+    int rc = FP_OK;
+    int64_t bad = 0;
+    for (uint32_t k = 0; k < h.count && rc == FP_OK; k++) {
+      lua_rawgeti(L, out_idx, (int)(k + 1));
+      rc = fp_encode_value(L, lua_gettop(L), &w->enc, &o, "", &err);
+      lua_pop(L, 1);
+      if (rc != FP_OK) bad = h.start + k;
+    }
+    if (rc == FP_OK) {
+      w_reply(w, FP_M_RESULTS, &h, 0);
+    } else {
+      lua_createtable(L, 0, 2);
+      if (rc == FP_EMARSHAL) {
+        lua_pushfstring(L, "result[%d]%s: %s", (int)bad, err.path, err.msg);
+        lua_setfield(L, -2, "message");
+        lua_pushfstring(L, "result[%d]%s", (int)bad, err.path);
+        lua_setfield(L, -2, "path");
+      } else {
+        lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
+        lua_setfield(L, -2, "message");
+      }
+      w_encode_error(w);
+      w_reply(w, FP_M_MARSHAL_ERROR, &h, bad);
+    }
+  }
+  atomic_fetch_add(&io->st->items_done, h.count);
+  lua_settop(L, fn_idx - 1);
+  atomic_store(&io->st->phase, FP_PH_IDLE);
+  if (w->lifespan > 0 && (double)w->items_done >= w->lifespan)
+    w_finish(w, FP_BYE_LIFESPAN);
+}
+
+/* SETUP: {job=, fn=, exit=, set_exit=} with functions shipped by value. */
+static void w_setup(W *w, const unsigned char *p, size_t len) {
+  lua_State *L = w->L;
+  fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
+                   .cdata_new_idx = S_CNEW};
+  fp_codec_err err;
+  size_t pos = 0;
+  atomic_store(&w->io->st->phase, FP_PH_DECODE);
+  int rc = fp_decode_value(L, p, len, &pos, &o, &err);
+  fp_lane_release(&w->io->tasks);
+  if (rc != FP_OK || !lua_istable(L, -1)) {
+    fp_chunk_hdr h;
+    memset(&h, 0, sizeof h);
+    if (rc == FP_OK) lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushfstring(L, "%s%s%s", err.path, err.path[0] ? ": " : "", err.msg);
+    lua_setfield(L, -2, "message");
+    w_encode_error(w);
+    w_send2(w, FP_M_SETUP_ERROR, &h, sizeof h, w->enc.p, w->enc.len);
+    return;
+  }
+  int t = lua_gettop(L);
+  lua_getfield(L, t, "job");
+  lua_getfield(L, t, "fn");
+  lua_rawset(L, S_JOBS);
+  lua_getfield(L, t, "set_exit");
+  if (lua_toboolean(L, -1)) {
+    lua_getfield(L, t, "exit");
+    lua_replace(L, S_EXIT);
+  }
+  lua_settop(L, t - 1);
+  /* Forget functions of old jobs now and then. */
+  if (++w->n_jobs_shipped % 64 == 0) {
+    lua_newtable(L);
+    lua_replace(L, S_JOBS);
+  }
+}
+
+/* ---- main ---- */
+
+typedef struct boot { fp_worker_io *io; } boot;
+
+static int w_body(lua_State *L) {
+  boot *b = (boot *)lua_touserdata(L, 1);
+  W w;
+  memset(&w, 0, sizeof w);
+  w.L = L;
+  w.io = b->io;
+  lua_settop(L, 0);
+  /* The context table was left in the registry by fp_worker_main. */
+  lua_pushlightuserdata(L, (void *)&fp_worker_main);
+  lua_rawget(L, LUA_REGISTRYINDEX);                       /* S_CTX */
+  lua_newtable(L);                                        /* S_JOBS */
+  lua_newtable(L);                                        /* S_STATE */
+  lua_getfield(L, S_CTX, "make_runner");
+  lua_pushlightuserdata(L, (void *)&w.io->st->cur_index);
+  lua_pushlightuserdata(L, (void *)&w.io->st->cancel_job);
+  lua_call(L, 2, 1);                                      /* S_RUNNER */
+  lua_pushcfunction(L, w_msgh);                           /* S_MSGH */
+  lua_getfield(L, S_CTX, "cdata_kind");                   /* S_CKIND */
+  lua_getfield(L, S_CTX, "cdata_new");                    /* S_CNEW */
+  lua_getglobal(L, "require");                            /* S_REQUIRE */
+  lua_getfield(L, S_CTX, "fn");                           /* S_FN */
+  lua_getfield(L, S_CTX, "items");                        /* S_ITEMS */
+  lua_getfield(L, S_CTX, "init");                         /* S_INIT */
+  lua_getfield(L, S_CTX, "exit");                         /* S_EXIT */
+  lua_settop(L, S_NSLOTS);
+
+  /* Leading arguments, in mpire's order. */
+  int k = 0;
+  lua_getfield(L, S_CTX, "pass_id");
+  int pass_id = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (pass_id) { lua_getfield(L, S_CTX, "wid"); lua_replace(L, S_LEAD1 + k++); }
+  lua_getfield(L, S_CTX, "has_shared");
+  int has_shared = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (has_shared) { lua_getfield(L, S_CTX, "shared"); lua_replace(L, S_LEAD1 + k++); }
+  lua_getfield(L, S_CTX, "use_state");
+  int use_state = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (use_state) { lua_pushvalue(L, S_STATE); lua_replace(L, S_LEAD1 + k++); }
+  w.nlead = k;
+  lua_getfield(L, S_CTX, "lifespan");
+  w.lifespan = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+  lua_pop(L, 1);
+  lua_getfield(L, S_CTX, "job");
+  w.born_job = (uint64_t)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+
+  /* os.exit must not run the parent's exit handlers. */
+  lua_getglobal(L, "os");
+  if (lua_istable(L, -1)) {
+    lua_pushcfunction(L, w_os_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+
+  fp_worker_io *io = w.io;
+  if (!lua_isnil(L, S_INIT)) {
+    atomic_store(&io->st->phase, FP_PH_INIT);
+    lua_pushvalue(L, S_INIT);
+    int n = w_push_lead(&w);
+    if (lua_pcall(L, n, 0, S_MSGH) != 0) {
+      w_encode_error(&w);
+      w_send2(&w, FP_M_INIT_ERROR, NULL, 0, w.enc.p, w.enc.len);
+      fp_bye bye = {.reason = FP_BYE_INIT_FAILED, .pad = 0};
+      w_send2(&w, FP_M_BYE, &bye, sizeof bye, NULL, 0);
+      w_exit_now(0);
+    }
+  }
+  atomic_store(&io->st->phase, FP_PH_IDLE);
+
+  for (;;) {
+    uint32_t type;
+    const unsigned char *p;
+    size_t len;
+    int rc = fp_lane_peek(&io->tasks, &type, &p, &len);
+    if (rc == FP_EEMPTY) {
+      /* Going idle: let the worker's own output out now, not at exit. */
+      fflush(NULL);
+      if (fp_lane_wait_data(&io->tasks, FP_WORKER_WAIT_MS) == FP_ETIMEOUT)
+        w_check_parent(&w);
+      continue;
+    }
+    if (rc != FP_OK) w_exit_now(72); /* the parent wrote garbage */
+    switch (type) {
+    case FP_M_CHUNK: w_chunk(&w, p, len); break;
+    case FP_M_SETUP: w_setup(&w, p, len); break;
+    case FP_M_STOP:
+      fp_lane_release(&io->tasks);
+      w_finish(&w, FP_BYE_STOP);
+    default: w_exit_now(72);
+    }
+  }
+}
+
+void fp_worker_main(lua_State *L, int ctx_idx, fp_worker_io *io) {
+  /* A fresh thread: its stack starts empty, so tracebacks show only the
+   * worker's frames.  Anchor it (and the context) in the registry. */
+  ctx_idx = ctx_idx < 0 ? lua_gettop(L) + ctx_idx + 1 : ctx_idx;
+  lua_pushlightuserdata(L, (void *)&fp_worker_main);
+  lua_pushvalue(L, ctx_idx);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_State *L1 = lua_newthread(L);
+  luaL_ref(L, LUA_REGISTRYINDEX);
+  boot b = {.io = io};
+  int st = lua_cpcall(L1, w_body, &b);
+  /* w_body only returns through an error outside any task (out of memory,
+   * or a bug): report it on stderr and leave without touching the parent's
+   * frames. */
+  if (st != 0) {
+    const char *msg = lua_tostring(L1, -1);
+    fprintf(stderr, "forkpool worker %d: %s\n", (int)getpid(), msg ? msg : "(error)");
+  }
+  w_exit_now(74);
+}
