@@ -14,8 +14,11 @@
  *     big area (one at a time: big_busy), and the ring carries {u64 len}.
  *   - The consumer trusts nothing in shared memory: every header it reads is
  *     copied once into a local and bounds-checked against the published
- *     range, the ring and the big area before any pointer is formed.  Garbage
- *     gives FP_ECORRUPT, never a read outside the mappings.
+ *     range, the ring and the big area before any pointer is formed; the
+ *     sizes it checks against are the process-local copies l->cap and
+ *     l->big_cap.  Garbage gives FP_ECORRUPT, never a read outside the
+ *     mappings.  The producer likewise only writes inside its mappings,
+ *     whatever the consumer left in tail.
  *   - No locks: a process killed at any instruction leaves either the old or
  *     the new head/tail, so only whole records are ever visible.
  *
@@ -135,6 +138,8 @@ int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
   fp_lane_hdr *h = base;
   h->cap = ring_cap;
   h->big_cap = big_cap;
+  l->cap = ring_cap;
+  l->big_cap = big_cap;
   l->h = h;
   l->ring = (unsigned char *)base + RING_OFF;
   l->big = big;
@@ -143,9 +148,8 @@ int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
 
 void fp_lane_destroy(fp_lane *l) {
   if (l->h) {
-    size_t cap = l->h->cap, big_cap = l->h->big_cap;
-    fp_shm_unmap(l->big, big_cap);
-    fp_shm_unmap(l->h, RING_OFF + cap);
+    fp_shm_unmap(l->big, l->big_cap);
+    fp_shm_unmap(l->h, RING_OFF + l->cap);
   }
   memset(l, 0, sizeof *l);
 }
@@ -157,7 +161,7 @@ void fp_lane_destroy(fp_lane *l) {
  * so a streaming producer rarely touches the consumer's cache line.  Sets
  * *pad.  FP_OK, FP_EFULL (space_seq recorded) or FP_ECORRUPT. */
 static int reserve(fp_lane *l, uint64_t head, uint64_t need, uint64_t *pad) {
-  uint64_t cap = l->h->cap;
+  uint64_t cap = l->cap;
   uint64_t to_end = cap - (head & (cap - 1));
   uint64_t p = need > to_end ? to_end : 0;
   *pad = p;
@@ -191,7 +195,7 @@ static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
   if (type >= FP_LANE_PAD) return FP_ECORRUPT;
   if (alen > SIZE_MAX - blen) return FP_E2BIG;
   uint64_t len = (uint64_t)alen + blen;
-  uint64_t cap = h->cap;
+  uint64_t cap = l->cap;
   uint64_t head = atomic_load_explicit(&h->head, RLX);  /* ours */
   uint64_t pad;
   int rc;
@@ -212,7 +216,7 @@ static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
   }
 
   /* Big record: the bytes go to the big area, the ring carries {u64 len}. */
-  if (len > h->big_cap) return FP_E2BIG;
+  if (len > l->big_cap) return FP_E2BIG;
   uint64_t need = REC_HDR + 8;
   if ((rc = reserve(l, head, need, &pad)) != FP_OK) return rc;
   /* [B6] pairs with [B5]: the consumer is done with the area. */
@@ -268,7 +272,7 @@ void fp_lane_wake_consumer(fp_lane *l) {
 int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
                  size_t *len) {
   fp_lane_hdr *h = l->h;
-  uint64_t cap = h->cap;
+  uint64_t cap = l->cap;
   uint64_t tail = atomic_load_explicit(&h->tail, RLX);  /* ours */
   uint64_t head = l->head_cache;
   l->peeked = 0;
@@ -302,7 +306,7 @@ int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
   if (rtype & FP_LANE_BIG) {
     if (rlen != 8) return FP_ECORRUPT;
     n = rd_u64(pl);
-    if (n <= FP_LANE_INLINE_MAX(cap) || n > h->big_cap ||
+    if (n <= FP_LANE_INLINE_MAX(cap) || n > l->big_cap ||
         atomic_load_explicit(&h->big_busy, RLX) != 1)
       return FP_ECORRUPT;
     pl = l->big;

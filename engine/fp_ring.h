@@ -34,7 +34,9 @@
  *             (Dekker pattern).
  *   big_busy  producer sets 1 before publishing a big record; consumer sets
  *             0 when it releases it.
- *   cap, big_cap: written once by fp_lane_init before fork, read-only after.
+ *   cap, big_cap: written once by fp_lane_create before fork, read-only
+ *             after; each side bounds-checks against its private copies in
+ *             fp_lane, never against these.
  */
 #ifndef FP_RING_H
 #define FP_RING_H
@@ -67,6 +69,8 @@ typedef struct fp_lane {
   /* Process-local state, never shared; each side touches only its own.
    * head/tail only grow, so a stale cache copied by fork is merely
    * pessimistic.  (A lane is reset only by destroy + create.) */
+  uint64_t cap;          /* copies of h->cap and h->big_cap: garbage in the */
+  uint64_t big_cap;      /* shared header cannot move the bounds we check */
   uint64_t tail_cache;   /* producer: last tail read */
   uint32_t space_seq;    /* producer: tail_seq read before the last FP_EFULL */
   uint32_t peeked;       /* consumer: a peeked record awaits release */

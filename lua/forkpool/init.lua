@@ -121,6 +121,7 @@ function M.new(opts)
   opts = check_opts(opts, POOL_OPTS, "new", 2)
   local n = opts.n_jobs or online_cpus()
   local self = setmetatable({
+    n_jobs = n,          -- read-only
     _n = n,
     _keep_alive = opts.keep_alive or false,
     _use_state = opts.use_worker_state or false,
