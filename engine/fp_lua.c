@@ -452,6 +452,10 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
     kind = "cancelled";
     lua_pushnil(L);
     break;
+  case FP_M_READY:
+    kind = "ready";
+    lua_pushnil(L);
+    break;
   case FP_M_BYE: {
     fp_bye b;
     if (len < sizeof b) goto corrupt;
@@ -538,6 +542,7 @@ static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
  *   "task_error"|"marshal_error"|"setup_error", wid, job, start, count, index, err
  *   "cancelled", wid, job, start, count
  *   "init_error"|"exit_error"|"exit_result", wid, 0, 0, 0, 0, value
+ *   "ready", wid                worker_init finished
  *   "bye", wid, 0, 0, 0, 0, reason
  *   "exit", wid, {pid=, signal=|exit_code=|status_unknown=, index=, job=, phase=}
  *   "corrupt", wid, message

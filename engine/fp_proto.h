@@ -27,7 +27,8 @@ enum fp_msg {
   FP_M_EXIT_RESULT   = 15, /* encoded value returned by worker_exit */
   FP_M_EXIT_ERROR    = 16, /* encoded error table from worker_exit */
   FP_M_BYE           = 17, /* fp_bye: the worker exits right after this */
-  FP_M_SETUP_ERROR   = 18  /* fp_chunk_hdr (job), encoded {message=} : a SETUP could not be decoded */
+  FP_M_SETUP_ERROR   = 18, /* fp_chunk_hdr (job), encoded {message=} : a SETUP could not be decoded */
+  FP_M_READY         = 19  /* worker_init (if any) finished: the worker takes chunks now */
 };
 
 #define FP_CHUNK_INHERITED 0x1u /* items are in the worker's memory (forked during this job) */

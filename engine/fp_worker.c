@@ -475,6 +475,7 @@ static int w_body(lua_State *L) {
     }
   }
   atomic_store(&io->st->phase, FP_PH_IDLE);
+  w_send2(&w, FP_M_READY, NULL, 0, NULL, 0);
 
   for (;;) {
     uint32_t type;

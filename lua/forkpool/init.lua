@@ -106,9 +106,17 @@ local function closed_error()
   return errors.new("closed", { message = "attempt to use a closed pool" })
 end
 
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+local getpid = ffi.C.getpid
+
 local function check_self(self, fname)
   if getmetatable(self) ~= Pool then
     error(("bad self to '%s' (pool expected; use pool:%s(...))"):format(fname, fname), 3)
+  end
+  if self._owner ~= getpid() then
+    error(("forkpool: '%s' called from inside a worker: a pool can only be used by the "
+      .. "process that created it"):format(fname), 3)
   end
   if self._closed then error(closed_error(), 3) end
   if self._busy then
@@ -122,6 +130,7 @@ function M.new(opts)
   local n = opts.n_jobs or online_cpus()
   local self = setmetatable({
     n_jobs = n,          -- read-only
+    _owner = getpid(),
     _n = n,
     _keep_alive = opts.keep_alive or false,
     _use_state = opts.use_worker_state or false,
@@ -223,23 +232,45 @@ local function setup_worker(self, w, job)
   rec.has_job[job.id] = true
 end
 
--- Kill every live worker and reap it; no worker_exit.  Used after failures
--- of pools without keep_alive, and by terminate().
-local function kill_all(self)
+-- Kill the live workers for which pick(rec) is true (all when pick is nil)
+-- and reap them; no worker_exit.  Used by terminate(), after failures of
+-- pools without keep_alive, and for workers still starting when a map fails.
+local function kill_workers(self, pick)
   local c = self._core
+  local victims = {}
   for w = 1, self._n do
     local rec = self._workers[w]
-    if rec.pid then c:kill(w, core.SIGKILL) end
+    if rec.pid and (not pick or pick(rec)) then
+      c:kill(w, core.SIGKILL)
+      victims[w] = true
+    end
   end
   local jobs = {}
+  local function pending()
+    for w in pairs(victims) do if self._workers[w].pid then return true end end
+    return false
+  end
+  -- SIGKILL cannot be ignored: each poll returns as soon as one is reaped
   local deadline = os.time() + 30
-  while live_workers(self) > 0 and os.time() <= deadline do
-    local kind, w = c:poll(jobs, 1)
+  while pending() and os.time() <= deadline do
+    local kind, w, _, _, _, _, value = c:poll(jobs, 1)
+    local rec = w and self._workers[w]
     if kind == "exit" then
       self._workers[w] = { inflight = 0 }
+    elseif kind == "results" or kind == "cancelled" or kind == "task_error"
+        or kind == "marshal_error" then
+      rec.inflight = rec.inflight - 1
+    elseif kind == "exit_result" then
+      self._exit_results[#self._exit_results + 1] = value
+    elseif kind == "ready" then
+      rec.ready = true
+    elseif kind == "bye" then
+      rec.bye = value
     end
   end
 end
+
+local function kill_all(self) return kill_workers(self, nil) end
 
 local function worker_error(kind, w, rec, index, err, extra)
   local f = {
@@ -285,6 +316,8 @@ local function drain_idle(self)
       self._exit_results[#self._exit_results + 1] = value
     elseif kind == "bye" then
       rec.bye = value
+    elseif kind == "ready" then
+      rec.ready = true
     elseif kind == "corrupt" then
       self._core:kill(w, core.SIGKILL)
     end
@@ -299,7 +332,12 @@ local function abandon_job(self, job)
   for w = 1, self._n do
     if self._workers[w].pid then self._core:cancel(w, job.id) end
   end
-  if not self._keep_alive then kill_all(self) end
+  if not self._keep_alive then
+    kill_all(self)
+  else
+    -- workers still in worker_init were started for this map only
+    kill_workers(self, function(rec) return not rec.ready end)
+  end
 end
 
 -- Chunk size for the next chunk of worker w.
@@ -379,6 +417,8 @@ local function handle_event(self, job, kind, w, ejob, start, count, index, value
     self._exit_results[#self._exit_results + 1] = value
   elseif kind == "bye" then
     rec.bye = value
+  elseif kind == "ready" then
+    rec.ready = true
   elseif kind == "exit" then
     local err = on_exit(self, w, ejob)
     if err then error(err, 0) end

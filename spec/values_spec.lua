@@ -1,0 +1,162 @@
+-- Values through the engine: what the codec carries between parent and
+-- workers, in both directions, and the errors for what it cannot carry.
+local forkpool = require "forkpool"
+local ffi = require "ffi"
+
+local function roundtrip(pool, v)
+  -- the value goes to kept-alive workers as an item and comes back as a result
+  local r = pool:map(function(x) return x end, { v }, { chunk_size = 1 })
+  return r[1]
+end
+
+describe("values", function()
+  local pool
+  setup(function()
+    pool = forkpool.new{ n_jobs = 1, keep_alive = true }
+    pool:map(function(x) return x end, { 0 }) -- later items are shipped, not inherited
+  end)
+  teardown(function() pool:close() end)
+
+  it("numbers exactly: NaN, infinities, -0.0, integers, fractions", function()
+    local nan = roundtrip(pool, 0 / 0)
+    assert.is_true(nan ~= nan)
+    assert.are.equal(math.huge, roundtrip(pool, math.huge))
+    assert.are.equal(-math.huge, roundtrip(pool, -math.huge))
+    local nz = roundtrip(pool, -0.0)
+    assert.are.equal(0, nz)
+    assert.are.equal(-math.huge, 1 / nz)
+    for _, v in ipairs({ 0, 1, -1, 2^31, -2^31 - 1, 2^53, 1.5, 1e-300, 123456789.123 }) do
+      assert.are.equal(v, roundtrip(pool, v))
+    end
+  end)
+
+  it("booleans and binary-safe strings", function()
+    assert.are.equal(true, roundtrip(pool, true))
+    assert.are.equal(false, roundtrip(pool, false))
+    local s = "a\0b\255\n" .. string.rep("xyz", 100000)
+    assert.are.equal(s, roundtrip(pool, s))
+    assert.are.equal("", roundtrip(pool, ""))
+  end)
+
+  it("nested tables with holes, shared references and cycles", function()
+    local shared = { "shared" }
+    local t = { 1, nil, 3, name = "n", [true] = "yes", [1.5] = "float", nested = { a = shared, b = shared } }
+    t.self = t
+    t[5] = 5
+    local r = roundtrip(pool, t)
+    assert.are.equal(1, r[1])
+    assert.is_nil(r[2])
+    assert.are.equal(3, r[3])
+    assert.is_nil(r[4])
+    assert.are.equal(5, r[5])
+    assert.are.equal("n", r.name)
+    assert.are.equal("yes", r[true])
+    assert.are.equal("float", r[1.5])
+    assert.are.equal(r, r.self)
+    assert.are.equal(r.nested.a, r.nested.b)
+    assert.are.same({ "shared" }, r.nested.a)
+  end)
+
+  it("tables as keys", function()
+    local k = { "key" }
+    local r = roundtrip(pool, { [k] = "v", k })
+    assert.are.equal("v", r[r[1]])
+  end)
+
+  it("int64 and uint64 cdata", function()
+    local a = roundtrip(pool, -9007199254740993LL)
+    assert.is_true(ffi.istype("int64_t", a))
+    assert.are.equal(-9007199254740993LL, a)
+    local b = roundtrip(pool, 18446744073709551615ULL)
+    assert.is_true(ffi.istype("uint64_t", b))
+    assert.are.equal(18446744073709551615ULL, b)
+  end)
+
+  it("values reachable from package.loaded by name (io.stderr, string.format)", function()
+    local r = pool:map(function(x) return x.out == io.stderr and x.fmt == string.format end,
+      { { out = io.stderr, fmt = string.format } })
+    assert.is_true(r[1])
+  end)
+
+  it("light userdata by value (cjson.null)", function()
+    local cjson = require "cjson"
+    local r = pool:map(function(s) return require("cjson").decode(s) end, { '{"a":null,"b":[1,null]}' })
+    assert.are.equal(cjson.null, r[1].a)
+    assert.are.equal(cjson.null, r[1].b[2])
+  end)
+
+  it("metatables are not sent", function()
+    local r = roundtrip(pool, setmetatable({ 1 }, { __index = function() return "mt" end }))
+    assert.is_nil(getmetatable(r))
+    assert.is_nil(r.anything)
+  end)
+
+  it("refuses a userdata in a result, naming its path", function()
+    local ok, err = pcall(pool.map, pool, function(x)
+      if x == 3 then return { id = x, handle = io.stdout } end
+      return { id = x }
+    end, { 1, 2, 3, 4 })
+    assert.is_false(ok)
+    assert.is_true(forkpool.is_error(err, "marshal"))
+    assert.matches("result%[3%]%.handle: cannot send userdata", err.message)
+    assert.are.equal(3, err.index)
+    -- the worker survived
+    assert.are.equal(1, roundtrip(pool, 1))
+  end)
+
+  it("refuses coroutines, functions and other cdata in results", function()
+    local cases = {
+      { function() return { co = coroutine.create(print) } end, "result%[1%]%.co: cannot send coroutine" },
+      { function() return { f = function() end } end, "result%[1%]%.f: cannot send function" },
+      { function() return { p = require("ffi").new("int[3]") } end, "result%[1%]%.p: cannot send cdata" },
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(pool.map, pool, c[1], { 1 })
+      assert.is_false(ok)
+      assert.are.equal("marshal", err.kind)
+      assert.matches(c[2], err.message)
+    end
+  end)
+
+  it("refuses bad items before dispatching them, naming the path", function()
+    local ok, err = pcall(pool.map, pool, function(x) return x end, { 1, 2, { deep = { newproxy() } } })
+    assert.is_false(ok)
+    assert.are.equal("marshal", err.kind)
+    assert.matches("item%[3%]%.deep%[1%]: cannot send userdata", err.message)
+  end)
+
+  it("refuses values nested too deeply, without crashing either process", function()
+    local deep = {}
+    local cur = deep
+    for _ = 1, 100000 do cur.next = {}; cur = cur.next end
+    local ok, err = pcall(pool.map, pool, function(x) return x end, { deep })
+    assert.is_false(ok)
+    assert.are.equal("marshal", err.kind)
+    assert.matches("too deep", err.message)
+    ok, err = pcall(pool.map, pool, function()
+      local d = {}
+      local c = d
+      for _ = 1, 100000 do c[1] = {}; c = c[1] end
+      return d
+    end, { 1 })
+    assert.is_false(ok)
+    assert.are.equal("marshal", err.kind)
+    assert.matches("too deep", err.message)
+    assert.are.equal(2, roundtrip(pool, 2))
+  end)
+
+  it("returns very large results whole (a 256 MiB string)", function()
+    local r = pool:map(function(n) return string.rep("ab", n / 2) end, { 256 * 1024 * 1024 })
+    assert.are.equal(256 * 1024 * 1024, #r[1])
+    assert.are.equal("abab", r[1]:sub(1, 4))
+    assert.are.equal("abab", r[1]:sub(-4))
+    r = nil
+    collectgarbage()
+  end)
+
+  it("sends large items to kept-alive workers", function()
+    local s = string.rep("q", 8 * 1024 * 1024)
+    local r = pool:map(function(x) return #x end, { s, s .. "x" })
+    assert.are.same({ 8 * 1024 * 1024, 8 * 1024 * 1024 + 1 }, { r[1], r[2] })
+  end)
+end)
