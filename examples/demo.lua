@@ -25,8 +25,9 @@ local rows = {}
 for y = 1, H do rows[y] = y - 1 end
 
 local ffi = require "ffi"
-ffi.cdef[[ int clock_gettime(int, struct { long s; long ns; } *); ]]
-local ts = ffi.new("struct { long s; long ns; }")
+ffi.cdef[[ struct fp_demo_ts { long s; long ns; };
+           int clock_gettime(int, struct fp_demo_ts *); ]]
+local ts = ffi.new("struct fp_demo_ts")
 local function clock() ffi.C.clock_gettime(1, ts); return tonumber(ts.s) + tonumber(ts.ns) * 1e-9 end
 
 local pool = forkpool.new{ keep_alive = true }

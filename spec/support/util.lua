@@ -1,15 +1,15 @@
 -- Test utilities: bounded waiting, sleeping, running Lua in a child
 -- process with a deadline, process checks.
 local ffi = require "ffi"
-pcall(ffi.cdef, [[
-  int nanosleep(const struct { long tv_sec; long tv_nsec; } *req, void *rem);
-  int kill(int pid, int sig);
-  int getpid(void);
-]])
+pcall(ffi.cdef, "struct fp_test_ts { long tv_sec; long tv_nsec; };")
+pcall(ffi.cdef, "int nanosleep(const struct fp_test_ts *req, void *rem);")
+pcall(ffi.cdef, "int kill(int pid, int sig);")
+pcall(ffi.cdef, "int getpid(void);")
+pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
 
 local M = {}
 
-local ts_t = ffi.typeof("struct { long tv_sec; long tv_nsec; }")
+local ts_t = ffi.typeof("struct fp_test_ts")
 
 function M.sleep(s)
   local ts = ts_t(math.floor(s), math.floor((s % 1) * 1e9))
@@ -23,10 +23,8 @@ function M.now()
   return s
 end
 
-local clock_t = ffi.typeof("struct { long tv_sec; long tv_nsec; }")
-pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
 function M.monotonic()
-  local ts = clock_t()
+  local ts = ts_t()
   ffi.C.clock_gettime(1, ts)
   return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
