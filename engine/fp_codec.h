@@ -43,14 +43,17 @@ typedef struct fp_codec_err {
 /*
  * Options of one encode call.  Stack indexes are absolute (or 0 = absent).
  *  modmap_idx: a table mapping values (tables, functions, userdata) that are
- *     reachable from package.loaded to their name: "cjson" or "string.format"
- *     (module name, '.', field).  Such values are sent as MODREF by name and
- *     resolved with require in the receiver.  Consulted for every table,
- *     function and userdata before anything else.
+ *     reachable from package.loaded to their name: "cjson" (the module
+ *     itself) or "string\0format" (module name, NUL, field: module names may
+ *     contain dots, as in "socket.http", so NUL separates).  Such values are
+ *     sent as MODREF / MODFIELD by name and resolved with require in the
+ *     receiver.  Consulted for every table, function and userdata before
+ *     anything else; entries that are not strings are ignored.
  *  cdata_idx: a Lua function f(v) called for every cdata value: returns
  *     "i64" or "u64" for int64_t / uint64_t boxed integers (sent by value),
  *     or any other string (the ctype's name) to refuse the value with
- *     "cannot send cdata<...>".  Absent: every cdata is refused.
+ *     "cannot send cdata<...>".  Absent: every cdata is refused.  It must
+ *     not modify the value being encoded.
  *  root: path prefix for errors ("result", "item", "upvalue 'f'").
  */
 typedef struct fp_enc_opts {
