@@ -385,6 +385,11 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
     return;
   }
   int t = lua_gettop(L);
+  /* Forget functions of old jobs now and then (before storing this one). */
+  if (++w->n_jobs_shipped % 64 == 0) {
+    lua_newtable(L);
+    lua_replace(L, S_JOBS);
+  }
   lua_getfield(L, t, "job");
   lua_getfield(L, t, "fn");
   lua_rawset(L, S_JOBS);
@@ -394,11 +399,6 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
     lua_replace(L, S_EXIT);
   }
   lua_settop(L, t - 1);
-  /* Forget functions of old jobs now and then. */
-  if (++w->n_jobs_shipped % 64 == 0) {
-    lua_newtable(L);
-    lua_replace(L, S_JOBS);
-  }
 }
 
 /* ---- main ---- */
