@@ -202,6 +202,7 @@ static int l_spawn(lua_State *L) {
     return 3;
   }
   memset(&p->stats[w], 0, sizeof p->stats[w]);
+  atomic_store(&p->stats[w].exit_code, -1);
   /* Buffered output would otherwise be copied into the child and printed
    * twice. */
   fflush(NULL);
@@ -220,6 +221,7 @@ static int l_spawn(lua_State *L) {
     int keep = p->doorbell;
     fp_proc_close_tracked_except(&keep, 1);
     fp_proc_child_init(parent);
+    fp_proc_child_last_words(&p->stats[w].fatal_signal);
     fp_worker_io io;
     memset(&io, 0, sizeof io);
     io.tasks = s->tasks;
@@ -301,8 +303,9 @@ static int l_send_setup(lua_State *L) {
   return send_record(L, p, w, FP_M_SETUP, NULL, 0, p->enc.p, p->enc.len);
 }
 
-/* pool:send_chunk(wid, job, start, count [, items [, modmap]]): items nil
- * means the worker has them in memory (it was forked during this job). */
+/* pool:send_chunk(wid, job, start, count [, items [, modmap [, timed]]]):
+ * items nil means the worker has them in memory (it was forked during this
+ * job); timed: stamp each item's start (a task_timeout is set). */
 static int l_send_chunk(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
@@ -312,8 +315,9 @@ static int l_send_chunk(lua_State *L) {
   h.start = (int64_t)luaL_checknumber(L, 4);
   h.count = (uint32_t)luaL_checkinteger(L, 5);
   p->enc.len = 0;
+  if (lua_toboolean(L, 8)) h.flags |= FP_CHUNK_TIMED;
   if (lua_isnoneornil(L, 6)) {
-    h.flags = FP_CHUNK_INHERITED;
+    h.flags |= FP_CHUNK_INHERITED;
   } else {
     luaL_checktype(L, 6, LUA_TTABLE);
     fp_enc_opts o;
@@ -374,6 +378,17 @@ static void push_death(lua_State *L, fp_pool *p, int w, pid_t pid, int status, i
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, pid);
   lua_setfield(L, -2, "pid");
+  if (!known) {
+    /* The host reaped it: fall back on the worker's last words. */
+    int sig = atomic_load(&st->fatal_signal), code = atomic_load(&st->exit_code);
+    if (sig > 0) {
+      status = sig; /* the wait status of "killed by sig" */
+      known = 1;
+    } else if (code >= 0) {
+      status = (code & 0xff) << 8;
+      known = 1;
+    }
+  }
   if (!known) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "status_unknown");
@@ -547,6 +562,7 @@ static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
  *   "exit", wid, {pid=, signal=|exit_code=|status_unknown=, index=, job=, phase=}
  *   "corrupt", wid, message
  *   "timeout"            nothing arrived in time
+ *   "interrupted"        SIGINT arrived while the guard was armed
  *   "eintr"              a signal interrupted the wait (the caller decides)
  */
 static int l_poll(lua_State *L) {
@@ -556,6 +572,10 @@ static int l_poll(lua_State *L) {
   uint64_t deadline = timeout < 0 ? 0 : fp_now_ns() + (uint64_t)(timeout * 1e9);
   lua_settop(L, 3);
   for (;;) {
+    if (fp_proc_sigint_take()) {
+      lua_pushliteral(L, "interrupted");
+      return 1;
+    }
     int n = scan_slots(L, p, 2);
     if (n) return n;
     /* Announce that we are about to sleep, then look once more: pairs with
@@ -652,12 +672,31 @@ static int l_pid(lua_State *L) {
   return 1;
 }
 
-/* pool:worker_status(wid) -> {phase=, index=, items_done=} */
+/* pool:sigint_guard(on): while on, SIGINT only wakes poll, which then
+ * returns "interrupted" (the previous handler is restored when off).
+ * Returns whether the guard is armed (false when the host ignores SIGINT). */
+static int l_sigint_guard(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  if (lua_toboolean(L, 2)) {
+    lua_pushboolean(L, fp_proc_sigint_arm(p->doorbell));
+  } else {
+    fp_proc_sigint_disarm();
+    lua_pushboolean(L, 0);
+  }
+  return 1;
+}
+
+/* pool:worker_status(wid) -> {phase=, index=, items_done=, phase_since=,
+ * item_since=} (times in seconds on the core.now() clock; 0 when unset) */
 static int l_worker_status(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   fp_wstat *st = &p->stats[w];
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 5);
+  lua_pushnumber(L, (lua_Number)atomic_load(&st->phase_ns) * 1e-9);
+  lua_setfield(L, -2, "phase_since");
+  lua_pushnumber(L, (lua_Number)atomic_load(&st->item_ns) * 1e-9);
+  lua_setfield(L, -2, "item_since");
   lua_pushstring(L, phase_name(atomic_load(&st->phase)));
   lua_setfield(L, -2, "phase");
   lua_pushnumber(L, (lua_Number)atomic_load(&st->cur_index));
@@ -682,6 +721,18 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+/* core.now() -> seconds on the monotonic clock the workers stamp with. */
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)fp_now_ns() * 1e-9);
+  return 1;
+}
+
+/* core._fail_fork_after(n): test hook, the n-th next fork fails (EAGAIN). */
+static int l_fail_fork_after(lua_State *L) {
+  fp_proc_fail_fork_after((int)luaL_checkinteger(L, 1));
+  return 0;
+}
+
 /* forkpool.core._exit(code): leave the process now (tests, worker helpers). */
 static int l__exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
@@ -695,12 +746,15 @@ static const luaL_Reg pool_methods[] = {
   {"cancel", l_cancel},         {"poll", l_poll},
   {"kill", l_kill},             {"wait_exit", l_wait_exit},
   {"pid", l_pid},               {"worker_status", l_worker_status},
+  {"sigint_guard", l_sigint_guard},
   {"close", l_close},           {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
   {"new", l_new},
+  {"now", l_now},
   {"_exit", l__exit},
+  {"_fail_fork_after", l_fail_fork_after},
   {NULL, NULL},
 };
 

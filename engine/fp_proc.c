@@ -65,7 +65,15 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep) {
 
 /* ---- fork ---- */
 
+static int fork_fail_countdown; /* test hook: fail the n-th next fork */
+
+void fp_proc_fail_fork_after(int n) { fork_fail_countdown = n; }
+
 int fp_proc_fork(pid_t *pid, int *pidfd) {
+  if (fork_fail_countdown > 0 && --fork_fail_countdown == 0) {
+    errno = EAGAIN;
+    return FP_ESYS;
+  }
   sigset_t all, old;
   sigfillset(&all);
   sigprocmask(SIG_SETMASK, &all, &old);
@@ -128,6 +136,87 @@ void fp_proc_child_init(pid_t parent) {
    * effect. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(70);
+}
+
+/* ---- last words of a dying worker ---- */
+
+static _Atomic int32_t *last_words_slot;
+
+static void last_words_handler(int sig) {
+  /* Async-signal-safe: one atomic store, then die of the same signal. */
+  if (last_words_slot) atomic_store(last_words_slot, sig);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void fp_proc_child_last_words(_Atomic int32_t *slot) {
+  static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTERM,
+                             SIGHUP, SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2,
+                             SIGPIPE, SIGXCPU, SIGXFSZ};
+  static char altstack[64 * 1024];
+  stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
+  sigaltstack(&ss, NULL);
+  last_words_slot = slot;
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+    struct sigaction sa;
+    if (sigaction(sigs[i], NULL, &sa) != 0 || sa.sa_handler != SIG_DFL) continue;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = last_words_handler;
+    sa.sa_flags = SA_ONSTACK | SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sigs[i], &sa, NULL);
+  }
+}
+
+/* ---- SIGINT guard ---- */
+
+static volatile sig_atomic_t sigint_seen;
+static int sigint_wake_fd = -1;
+static int sigint_armed;
+static struct sigaction sigint_old;
+
+static void sigint_handler(int sig) {
+  (void)sig;
+  int e = errno;
+  sigint_seen = 1;
+  if (sigint_wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t n = write(sigint_wake_fd, &one, sizeof one);
+    (void)n;
+  }
+  errno = e;
+}
+
+int fp_proc_sigint_arm(int wake_fd) {
+  if (sigint_armed) {
+    sigint_wake_fd = wake_fd;
+    return 1;
+  }
+  struct sigaction cur;
+  if (sigaction(SIGINT, NULL, &cur) != 0 || cur.sa_handler == SIG_IGN) return 0;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = sigint_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0; /* no SA_RESTART: let the blocked poll() return */
+  sigint_seen = 0;
+  sigint_wake_fd = wake_fd;
+  if (sigaction(SIGINT, &sa, &sigint_old) != 0) return 0;
+  sigint_armed = 1;
+  return 1;
+}
+
+void fp_proc_sigint_disarm(void) {
+  if (!sigint_armed) return;
+  sigaction(SIGINT, &sigint_old, NULL);
+  sigint_armed = 0;
+  sigint_wake_fd = -1;
+}
+
+int fp_proc_sigint_take(void) {
+  if (!sigint_seen) return 0;
+  sigint_seen = 0;
+  return 1;
 }
 
 /* ---- reaping ---- */

@@ -10,6 +10,7 @@
 #define FP_PROC_H
 
 #include "fp_common.h"
+#include <stdatomic.h>
 #include <sys/types.h>
 
 /* Remember / forget an fd that belongs to forkpool in this process. */
@@ -34,6 +35,26 @@ int fp_proc_fork(pid_t *pid, int *pidfd);
  * SIGKILL, and an exit if the parent is already gone.  parent = the pid of
  * the parent as seen before fork. */
 void fp_proc_child_init(pid_t parent);
+
+/* In a worker: on SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTERM, SIGHUP,
+ * SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2, SIGPIPE, SIGXCPU and SIGXFSZ (when
+ * their disposition is the default one), store the signal number in *slot,
+ * then die of that signal as before.  Runs on an alternate stack, so a
+ * stack overflow is recorded too.  For hosts that reap our children
+ * themselves, where the wait status is lost. */
+void fp_proc_child_last_words(_Atomic int32_t *slot);
+
+/* SIGINT guard for the parent while it waits for workers: the handler only
+ * sets a flag and writes 1 to wake_fd (an eventfd), so a sleeping poll()
+ * wakes.  arm returns 1 when armed, 0 when the host ignores SIGINT (then
+ * Ctrl-C is not ours to catch).  disarm restores the previous action. */
+int fp_proc_sigint_arm(int wake_fd);
+void fp_proc_sigint_disarm(void);
+/* 1 if SIGINT arrived since arm (clears the flag). */
+int fp_proc_sigint_take(void);
+
+/* Test hook: make the n-th next fork fail with EAGAIN (0: never). */
+void fp_proc_fail_fork_after(int n);
 
 /* Non-blocking reap.  FP_OK: the child is gone; *status is the wait status
  * when *known, else the status was lost (the host reaps children itself or

@@ -32,6 +32,7 @@ enum fp_msg {
 };
 
 #define FP_CHUNK_INHERITED 0x1u /* items are in the worker's memory (forked during this job) */
+#define FP_CHUNK_TIMED     0x2u /* stamp item_ns before each item (a task_timeout is set) */
 
 /* Header of CHUNK and of every chunk reply.  start/index are 1-based item
  * indexes of the job's input. */
@@ -68,6 +69,14 @@ typedef struct fp_ctl {
  * reads it after the worker died (what it was doing) and while it runs.
  *   cur_index: 1-based input index of the item being run, 0 when none.  The
  *     worker's Lua chunk runner stores it through the FFI before each item.
+ *   phase_ns: monotonic time the current phase began (timeouts of
+ *     worker_init / worker_exit).
+ *   item_ns: monotonic time the current item began; stamped by the runner
+ *     only for chunks flagged FP_CHUNK_TIMED (task_timeout).
+ *   fatal_signal / exit_code: last words, for hosts that reap our children
+ *     themselves (SIGCHLD ignored): the worker's fatal-signal handler stores
+ *     the signal just before dying, os.exit stores its code just before
+ *     _exit.  0 / -1 when unset.
  *   cancel_job: written by the parent; the runner stops before the next item
  *     when it equals the running chunk's job.
  */
@@ -76,6 +85,10 @@ typedef struct fp_wstat {
   _Atomic uint64_t cur_job;
   _Atomic uint32_t phase;
   _Atomic uint64_t items_done;
+  _Atomic uint64_t phase_ns;
+  _Atomic uint64_t item_ns;
+  _Atomic int32_t fatal_signal;
+  _Atomic int32_t exit_code;
   _Alignas(64) _Atomic uint64_t cancel_job;
 } fp_wstat;
 

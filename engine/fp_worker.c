@@ -56,6 +56,20 @@ typedef struct W {
   uint64_t n_jobs_shipped;
 } W;
 
+static fp_wstat *w_stat; /* for os.exit's last words */
+
+/* Called by the chunk runner through the FFI before each item of a timed
+ * chunk (task_timeout set): when this item began. */
+static void w_stamp_item(void) {
+  atomic_store_explicit(&w_stat->item_ns, fp_now_ns(), memory_order_relaxed);
+}
+
+/* Enter a phase, stamping when it began (the parent's timeouts read it). */
+static void w_phase(W *w, uint32_t ph) {
+  atomic_store(&w->io->st->phase_ns, fp_now_ns());
+  atomic_store(&w->io->st->phase, ph);
+}
+
 /* ---- sending ---- */
 
 static void w_check_parent(W *w) {
@@ -123,6 +137,7 @@ static int w_os_exit(lua_State *L) {
   if (lua_isnoneornil(L, 1)) code = EXIT_SUCCESS;
   else if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
   else code = (int)luaL_checkinteger(L, 1);
+  if (w_stat) atomic_store(&w_stat->exit_code, code & 0xff);
   w_exit_now(code);
 }
 
@@ -197,9 +212,8 @@ static int w_push_lead(W *w) {
 static void w_finish(W *w, uint32_t reason) __attribute__((noreturn));
 static void w_finish(W *w, uint32_t reason) {
   lua_State *L = w->L;
-  fp_worker_io *io = w->io;
   if (w->items_done > 0 && !lua_isnil(L, S_EXIT)) {
-    atomic_store(&io->st->phase, FP_PH_EXIT);
+    w_phase(w, FP_PH_EXIT);
     lua_pushvalue(L, S_EXIT);
     int n = w_push_lead(w);
     if (lua_pcall(L, n, 1, S_MSGH) == 0) {
@@ -262,7 +276,9 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     off = 0;
     fp_lane_release(&io->tasks);
   } else {
-    atomic_store(&io->st->phase, FP_PH_DECODE);
+    /* A death while decoding is reported against the chunk's first item. */
+    atomic_store(&io->st->cur_index, h.start);
+    w_phase(w, FP_PH_DECODE);
     lua_createtable(L, (int)h.count, 0);
     fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
                      .cdata_new_idx = S_CNEW};
@@ -295,7 +311,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     return;
   }
 
-  /* runner(fn, items, first, last, off, job, out, nlead, lead...) */
+  /* runner(fn, items, first, last, off, job, out, timed, nlead, lead...) */
   lua_createtable(L, (int)h.count, 0);
   int out_idx = lua_gettop(L);
   lua_pushvalue(L, S_RUNNER);
@@ -306,10 +322,13 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   lua_pushnumber(L, (lua_Number)off);
   lua_pushnumber(L, (lua_Number)h.job);
   lua_pushvalue(L, out_idx);
+  lua_pushboolean(L, (h.flags & FP_CHUNK_TIMED) != 0);
   lua_pushinteger(L, w->nlead);
-  int n = 8 + w_push_lead(w);
+  int n = 9 + w_push_lead(w);
   atomic_store(&io->st->cur_job, h.job);
-  atomic_store(&io->st->phase, FP_PH_TASK);
+  /* Until the runner stamps the first item, the chunk's start counts. */
+  atomic_store(&io->st->item_ns, fp_now_ns());
+  w_phase(w, FP_PH_TASK);
   int st = lua_pcall(L, n, 1, S_MSGH);
   int64_t cur = atomic_load(&io->st->cur_index);
   atomic_store(&io->st->cur_index, 0);
@@ -326,7 +345,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   } else {
     lua_pop(L, 1);
     w->items_done += h.count;
-    atomic_store(&io->st->phase, FP_PH_ENCODE);
+    w_phase(w, FP_PH_ENCODE);
     fp_enc_opts o;
     fp_codec_err err;
     w_enc_opts(&o);
@@ -334,11 +353,14 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     int rc = FP_OK;
     int64_t bad = 0;
     for (uint32_t k = 0; k < h.count && rc == FP_OK; k++) {
+      /* A death while encoding is reported against the item encoded. */
+      atomic_store_explicit(&io->st->cur_index, h.start + k, memory_order_relaxed);
       lua_rawgeti(L, out_idx, (int)(k + 1));
       rc = fp_encode_value(L, lua_gettop(L), &w->enc, &o, "", &err);
       lua_pop(L, 1);
       if (rc != FP_OK) bad = h.start + k;
     }
+    atomic_store(&io->st->cur_index, 0);
     if (rc == FP_OK) {
       w_reply(w, FP_M_RESULTS, &h, 0);
     } else {
@@ -358,7 +380,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   }
   atomic_fetch_add(&io->st->items_done, h.count);
   lua_settop(L, fn_idx - 1);
-  atomic_store(&io->st->phase, FP_PH_IDLE);
+  w_phase(w, FP_PH_IDLE);
   if (w->lifespan > 0 && (double)w->items_done >= w->lifespan)
     w_finish(w, FP_BYE_LIFESPAN);
 }
@@ -370,7 +392,7 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
                    .cdata_new_idx = S_CNEW};
   fp_codec_err err;
   size_t pos = 0;
-  atomic_store(&w->io->st->phase, FP_PH_DECODE);
+  w_phase(w, FP_PH_DECODE);
   int rc = fp_decode_value(L, p, len, &pos, &o, &err);
   fp_lane_release(&w->io->tasks);
   if (rc != FP_OK || !lua_istable(L, -1)) {
@@ -411,6 +433,7 @@ static int w_body(lua_State *L) {
   memset(&w, 0, sizeof w);
   w.L = L;
   w.io = b->io;
+  w_stat = w.io->st;
   lua_settop(L, 0);
   /* The context table was left in the registry by fp_worker_main. */
   lua_pushlightuserdata(L, (void *)&fp_worker_main);
@@ -420,7 +443,12 @@ static int w_body(lua_State *L) {
   lua_getfield(L, S_CTX, "make_runner");
   lua_pushlightuserdata(L, (void *)&w.io->st->cur_index);
   lua_pushlightuserdata(L, (void *)&w.io->st->cancel_job);
-  lua_call(L, 2, 1);                                      /* S_RUNNER */
+  /* POSIX guarantees function pointers fit in a void *. */
+  void (*stamp)(void) = w_stamp_item;
+  void *stamp_p;
+  memcpy(&stamp_p, &stamp, sizeof stamp_p);
+  lua_pushlightuserdata(L, stamp_p);
+  lua_call(L, 3, 1);                                      /* S_RUNNER */
   lua_pushcfunction(L, w_msgh);                           /* S_MSGH */
   lua_getfield(L, S_CTX, "cdata_kind");                   /* S_CKIND */
   lua_getfield(L, S_CTX, "cdata_new");                    /* S_CNEW */
@@ -463,7 +491,7 @@ static int w_body(lua_State *L) {
 
   fp_worker_io *io = w.io;
   if (!lua_isnil(L, S_INIT)) {
-    atomic_store(&io->st->phase, FP_PH_INIT);
+    w_phase(&w, FP_PH_INIT);
     lua_pushvalue(L, S_INIT);
     int n = w_push_lead(&w);
     if (lua_pcall(L, n, 0, S_MSGH) != 0) {
@@ -474,7 +502,7 @@ static int w_body(lua_State *L) {
       w_exit_now(0);
     }
   }
-  atomic_store(&io->st->phase, FP_PH_IDLE);
+  w_phase(&w, FP_PH_IDLE);
   w_send2(&w, FP_M_READY, NULL, 0, NULL, 0);
 
   for (;;) {

@@ -192,14 +192,18 @@ describe("pool lifecycle", function()
     pool:close() -- closing twice is fine
   end)
 
-  it("terminate kills workers without worker_exit; the pool stays usable", function()
+  it("terminate kills workers without worker_exit; the pool is closed afterwards", function()
     local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
     pool:map(function(x) return x end, items(10), { worker_exit = function() return "bye" end })
     pool:terminate()
     assert.are.same({}, pool:worker_pids())
     assert.are.same({}, pool:get_exit_results())
-    assert.are.equal(2, pool:map(function(x) return x * 2 end, { 1 })[1])
+    local ok, err = pcall(pool.map, pool, function(x) return x * 2 end, { 1 })
+    assert.is_false(ok)
+    assert.is_true(forkpool.is_error(err, "closed"))
+    assert.matches("terminated", err.message)
     pool:close()
+    pool:terminate()
   end)
 
   it("a pool dropped without close is reaped by the garbage collector", function()

@@ -5,17 +5,32 @@
 --   local squares = pool:map(function(x) return x * x end, items)
 --   pool:close()
 --
--- This file is the thin policy layer: option checking, the scheduler that
--- hands chunks of items to workers and reacts to what comes back, and the
--- error objects.  The engine (forkpool.core, engine/*.c) forks the workers,
--- moves records through shared memory and encodes values.
+-- This file is the policy layer: option checking, the scheduler that hands
+-- chunks of items to workers and reacts to what comes back (results,
+-- errors, deaths, timeouts, Ctrl-C), and the error objects.  The engine
+-- (forkpool.core, engine/*.c) forks the workers, moves records through
+-- shared memory and encodes values.
+--
+-- Bookkeeping invariants:
+--   * self._workers[w] describes slot w.  rec.pid is set while a process
+--     lives in the slot (until its "exit" event has been handled).
+--   * rec.chunks lists the chunks sent to that process and not yet
+--     answered; every chunk gets exactly one answer, or the process dies
+--     and its chunks are requeued or given up.
+--   * While a job runs, failures are stored in job.err (never raised from
+--     the middle of event handling), so the bookkeeping above stays true;
+--     the job's loop raises job.err after cleaning up.
 
 local core = require "forkpool.core"
 local errors = require "forkpool.errors"
 local worker = require "forkpool.worker"
+local ffi = require "ffi"
 
 local ok_tnew, table_new = pcall(require, "table.new")
 if not ok_tnew then table_new = function() return {} end end
+
+pcall(ffi.cdef, "int getpid(void);")
+local getpid = ffi.C.getpid
 
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local type, pairs, tostring = type, pairs, tostring
@@ -29,6 +44,8 @@ M._VERSION = "forkpool scm"
 local INFLIGHT = 2
 -- Default chunking: about this many chunks per worker (mpire's rule).
 local CHUNKS_PER_WORKER = 64
+-- How long a wait may sleep before timeouts are looked at again.
+local MAX_SLEEP = 1.0
 
 ------------------------------------------------------------------------
 -- Argument checking
@@ -50,24 +67,21 @@ local function online_cpus()
   return 1
 end
 
-local function is_posint(v)
-  return type(v) == "number" and v >= 1 and v == floor(v) and v < 2^53
-end
-
 local CHECKS = {
-  ["positive integer"] = is_posint,
+  ["positive integer"] = function(v)
+    return type(v) == "number" and v >= 1 and v == floor(v) and v < 2^53
+  end,
+  ["non-negative integer"] = function(v)
+    return type(v) == "number" and v >= 0 and v == floor(v) and v < 2^53
+  end,
+  ["positive number"] = function(v) return type(v) == "number" and v > 0 and v == v end,
   boolean = function(v) return type(v) == "boolean" end,
   ["function"] = function(v) return type(v) == "function" end,
   any = function() return true end,
 }
 
-local function got(v)
-  if type(v) == "number" and CHECKS["positive integer"] then return tostring(v) end
-  return type(v)
-end
-
--- check_opts(opts, spec, fname): raise for unknown keys and wrong types,
--- naming the option: bad option 'n_jobs' to 'new' (positive integer
+-- check_opts(opts, spec, fname, level): raise for unknown keys and wrong
+-- types, naming the option: bad option 'n_jobs' to 'new' (positive integer
 -- expected, got string).
 local function check_opts(opts, spec, fname, level)
   if opts == nil then return {} end
@@ -81,7 +95,8 @@ local function check_opts(opts, spec, fname, level)
     end
     if v ~= nil and not CHECKS[want](v) then
       error(("bad option '%s' to '%s' (%s expected, got %s)"):format(k, fname, want,
-        want == "positive integer" and type(v) == "number" and tostring(v) or type(v)), level + 1)
+        (type(v) == "number" and want:find("number") or want:find("integer")) and type(v) == "number"
+          and tostring(v) or type(v)), level + 1)
     end
   end
   return opts
@@ -93,6 +108,8 @@ local POOL_OPTS = {
 }
 local MAP_OPTS = {
   worker_init = "function", worker_exit = "function", chunk_size = "positive integer",
+  max_retries = "non-negative integer", task_timeout = "positive number",
+  worker_init_timeout = "positive number", worker_exit_timeout = "positive number",
 }
 
 ------------------------------------------------------------------------
@@ -102,14 +119,6 @@ local MAP_OPTS = {
 local Pool = {}
 Pool.__index = Pool
 
-local function closed_error()
-  return errors.new("closed", { message = "attempt to use a closed pool" })
-end
-
-local ffi = require "ffi"
-pcall(ffi.cdef, "int getpid(void);")
-local getpid = ffi.C.getpid
-
 local function check_self(self, fname)
   if getmetatable(self) ~= Pool then
     error(("bad self to '%s' (pool expected; use pool:%s(...))"):format(fname, fname), 3)
@@ -118,9 +127,12 @@ local function check_self(self, fname)
     error(("forkpool: '%s' called from inside a worker: a pool can only be used by the "
       .. "process that created it"):format(fname), 3)
   end
-  if self._closed then error(closed_error(), 3) end
+  if self._closed then
+    error(errors.new("closed", { message = self._closed == "terminated"
+      and "attempt to use a terminated pool" or "attempt to use a closed pool" }), 3)
+  end
   if self._busy then
-    error(("forkpool: '%s' called while the pool is busy (from a callback or a task?)"):format(fname), 3)
+    error(("forkpool: '%s' called while the pool is busy (from a callback?)"):format(fname), 3)
   end
 end
 
@@ -137,8 +149,9 @@ function M.new(opts)
     _pass_id = opts.pass_worker_id or false,
     _shared = opts.shared_objects,
     _lifespan = opts.worker_lifespan,
-    _workers = {},       -- [wid] = worker record (see spawn_worker)
+    _workers = {},       -- [wid] = worker record, see spawn_worker
     _exit_results = {},
+    _exit_timeout = nil, -- worker_exit_timeout of the latest map
     _job = 0,
     _restart = false,    -- a setting changed: restart workers at next map
     _closed = false,
@@ -148,7 +161,7 @@ function M.new(opts)
     cdata_kind = worker.cdata_kind,
     cdata_new = worker.cdata_new,
   })
-  for w = 1, n do self._workers[w] = { inflight = 0 } end
+  for w = 1, n do self._workers[w] = { chunks = {} } end
   return self
 end
 
@@ -186,8 +199,14 @@ local function live_workers(self)
   return n
 end
 
+local function empty_slot() return { chunks = {} } end
+
+------------------------------------------------------------------------
+-- Starting and killing workers
+------------------------------------------------------------------------
+
 -- Start a worker process in slot w for `job` (its function and items reach
--- the child through fork).  Raises a spawn error on failure.
+-- the child through fork).  Returns nil or a spawn error object.
 local function spawn_worker(self, w, job)
   local ctx = {
     wid = w, job = job.id, fn = job.fn, items = job.items,
@@ -200,48 +219,26 @@ local function spawn_worker(self, w, job)
   }
   local pid, msg, errno = self._core:spawn(w, ctx)
   if not pid then
-    error(errors.new("spawn", { message = msg, worker_id = w, errno = errno }), 0)
+    return errors.new("spawn", { message = msg, worker_id = w, errno = errno })
   end
   self._workers[w] = {
-    pid = pid, born_job = job.id, inflight = 0, dispatched = 0,
-    bye = nil, has_job = { [job.id] = true },
+    pid = pid, born_job = job.id, chunks = {}, dispatched = 0,
+    has_job = { [job.id] = true },
   }
-  return pid
-end
-
-local function new_generation(self)
-  if live_workers(self) == 0 then self._exit_results = {} end
-end
-
--- Ship the job's function (and its worker_exit) to a worker that was not
--- forked for this job.
-local function setup_worker(self, w, job)
-  local rec = self._workers[w]
-  if rec.has_job[job.id] then return end
-  job.modmap = job.modmap or build_modmap()
-  local ok, kind, msg, path = self._core:send_setup(w, {
-    job = job.id, fn = job.fn, exit = job.exit, set_exit = true,
-  }, job.modmap)
-  if ok == nil then
-    error(errors.new("marshal", { message = "cannot send the task function: " .. msg
-      .. "; pass such values through worker_init or shared_objects", path = path }), 0)
-  end
-  if not ok then
-    error(errors.new("marshal", { message = "task lane full while sending the function" }), 0)
-  end
-  rec.has_job[job.id] = true
+  return nil
 end
 
 -- Kill the live workers for which pick(rec) is true (all when pick is nil)
--- and reap them; no worker_exit.  Used by terminate(), after failures of
--- pools without keep_alive, and for workers still starting when a map fails.
-local function kill_workers(self, pick)
+-- and wait until they are reaped; no worker_exit.  Events that arrive
+-- meanwhile are handled by on_event (may be nil).
+local function kill_workers(self, pick, on_event)
   local c = self._core
   local victims = {}
   for w = 1, self._n do
     local rec = self._workers[w]
     if rec.pid and (not pick or pick(rec)) then
       c:kill(w, core.SIGKILL)
+      rec.killed = rec.killed or { reason = "killed" }
       victims[w] = true
     end
   end
@@ -250,27 +247,23 @@ local function kill_workers(self, pick)
     for w in pairs(victims) do if self._workers[w].pid then return true end end
     return false
   end
-  -- SIGKILL cannot be ignored: each poll returns as soon as one is reaped
-  local deadline = os.time() + 30
-  while pending() and os.time() <= deadline do
-    local kind, w, _, _, _, _, value = c:poll(jobs, 1)
-    local rec = w and self._workers[w]
+  -- SIGKILL cannot be ignored: each wait returns as soon as one is reaped
+  local deadline = core.now() + 30
+  while pending() and core.now() < deadline do
+    local kind, w, a, b, cnt, idx, value = c:poll(jobs, 1)
     if kind == "exit" then
-      self._workers[w] = { inflight = 0 }
-    elseif kind == "results" or kind == "cancelled" or kind == "task_error"
-        or kind == "marshal_error" then
-      rec.inflight = rec.inflight - 1
+      self._workers[w] = empty_slot()
     elseif kind == "exit_result" then
       self._exit_results[#self._exit_results + 1] = value
-    elseif kind == "ready" then
-      rec.ready = true
-    elseif kind == "bye" then
-      rec.bye = value
+    elseif on_event and kind ~= "timeout" and kind ~= "eintr" and kind ~= "interrupted" then
+      on_event(kind, w, a, b, cnt, idx, value)
     end
   end
 end
 
-local function kill_all(self) return kill_workers(self, nil) end
+------------------------------------------------------------------------
+-- Jobs
+------------------------------------------------------------------------
 
 local function worker_error(kind, w, rec, index, err, extra)
   local f = {
@@ -282,99 +275,109 @@ local function worker_error(kind, w, rec, index, err, extra)
   return errors.new(kind, f)
 end
 
--- The death of worker w became known (event "exit").  Returns an error
--- object when the death was not expected (no BYE before it), nil otherwise.
-local function on_exit(self, w, death)
-  local rec = self._workers[w]
-  self._workers[w] = { inflight = 0 }
-  if rec.bye then return nil end
+local function fail(job, err)
+  if not job.err then job.err = err end
+end
+
+local function death_info(w, death)
+  return {
+    worker_id = w, pid = death.pid, signal = death.signal, signo = death.signo,
+    exit_code = death.exit_code, index = death.index, phase = death.phase,
+  }
+end
+
+local function death_error(w, death, deaths)
   local where = death.phase == "worker_init" and " during worker_init"
     or death.phase == "worker_exit" and " during worker_exit" or ""
+  local msg = errors.death_message(death) .. where
+    .. (death.index and (" while running item " .. death.index) or "")
+  if deaths and #deaths > 1 then
+    local parts = {}
+    for i, d in ipairs(deaths) do
+      parts[i] = ("worker %d (pid %d) %s%s"):format(d.worker_id, d.pid, errors.death_message(d),
+        d.index and (" on item " .. d.index) or "")
+    end
+    msg = msg .. "; " .. #deaths .. " deaths in all: " .. table.concat(parts, "; ")
+  end
   return errors.new("worker_died", {
     worker_id = w, pid = death.pid, signal = death.signal, exit_code = death.exit_code,
-    index = death.index, phase = death.phase,
-    message = errors.death_message(death) .. where
-      .. (death.index and (" while running item " .. death.index) or ""),
+    index = death.index, phase = death.phase, message = msg, deaths = deaths,
   })
 end
 
--- Events left over from before this map (replies to chunks of cancelled
--- jobs, workers that died while idle): take what is there now, without
--- waiting.  Dead workers are replaced by fill_workers.
-local function drain_idle(self)
-  local jobs = {}
-  while true do
-    local kind, w, ejob, _, _, _, value = self._core:poll(jobs, 0)
-    if kind == "timeout" then return end
-    local rec = w and self._workers[w]
-    if kind == "exit" then
-      self._workers[w] = { inflight = 0 }
-    elseif kind == "results" or kind == "cancelled" or kind == "task_error"
-        or kind == "marshal_error" then
-      rec.inflight = rec.inflight - 1
-    elseif kind == "exit_result" then
-      self._exit_results[#self._exit_results + 1] = value
-    elseif kind == "bye" then
-      rec.bye = value
-    elseif kind == "ready" then
-      rec.ready = true
-    elseif kind == "corrupt" then
-      self._core:kill(w, core.SIGKILL)
+-- Find and remove the chunk (job id, start) from a worker's list.
+local function take_chunk(rec, jobid, start)
+  for i, ch in ipairs(rec.chunks) do
+    if ch.job.id == jobid and ch.start == start then
+      table.remove(rec.chunks, i)
+      return ch
     end
   end
+  return nil
 end
 
--- After a failed job: stop its work everywhere, keeping kept-alive workers
--- (their queued chunks answer CANCELLED and are drained by later polls);
--- without keep_alive, the workers are killed.
-local function abandon_job(self, job)
-  job.cancelled = true
-  for w = 1, self._n do
-    if self._workers[w].pid then self._core:cancel(w, job.id) end
+-- Ship the job's function (and its worker_exit) to a worker that was not
+-- forked for this job.  Returns false when the lane is full for now.
+local function setup_worker(self, w, job)
+  local rec = self._workers[w]
+  if rec.has_job[job.id] then return true end
+  job.modmap = job.modmap or build_modmap()
+  local ok, _, msg, path = self._core:send_setup(w, {
+    job = job.id, fn = job.fn, exit = job.exit, set_exit = true,
+  }, job.modmap)
+  if ok == nil then
+    fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
+      .. "; pass such values through worker_init or shared_objects", path = path }))
+    return false
   end
-  if not self._keep_alive then
-    kill_all(self)
-  else
-    -- workers still in worker_init were started for this map only
-    kill_workers(self, function(rec) return not rec.ready end)
-  end
+  if ok then rec.has_job[job.id] = true end
+  return ok
 end
 
--- Chunk size for the next chunk of worker w.
-local function next_count(self, job, w)
-  local count = min(job.chunk_size, job.n - job.next + 1)
-  if self._lifespan then
-    local rec = self._workers[w]
-    count = min(count, self._lifespan - rec.dispatched)
+-- The next chunk for worker w: a requeued one first, else the next slice.
+local function next_chunk(self, job, w)
+  local q = job.queue
+  local rec = self._workers[w]
+  local budget = self._lifespan and (self._lifespan - rec.dispatched) or math.huge
+  if #q > 0 then
+    if q[1].count <= budget then return table.remove(q, 1), true end
+    return nil
   end
-  return count
+  local count = min(job.chunk_size, job.n - job.next + 1, budget)
+  if count <= 0 then return nil end
+  return { job = job, start = job.next, count = count, attempts = 0 }, false
 end
 
 local function dispatch(self, job)
   local c = self._core
   for w = 1, self._n do
-    if job.next > job.n then return end
+    if job.err then return end
+    if #job.queue == 0 and job.next > job.n then return end
     local rec = self._workers[w]
-    if rec.pid and not rec.bye and rec.inflight < INFLIGHT then
-      local count = next_count(self, job, w)
-      if count > 0 then
-        setup_worker(self, w, job)
-        local ok, kind, msg, path
+    if rec.pid and not rec.bye and not rec.killed and #rec.chunks < INFLIGHT then
+      local ch, requeued = next_chunk(self, job, w)
+      if ch and setup_worker(self, w, job) then
+        local ok, _, msg, path
         if rec.born_job == job.id then
-          ok = c:send_chunk(w, job.id, job.next, count)
+          ok = c:send_chunk(w, job.id, ch.start, ch.count, nil, nil, job.timed)
         else
           job.modmap = job.modmap or build_modmap()
-          ok, kind, msg, path = c:send_chunk(w, job.id, job.next, count, job.items, job.modmap)
+          ok, _, msg, path = c:send_chunk(w, job.id, ch.start, ch.count, job.items, job.modmap, job.timed)
           if ok == nil then
-            error(errors.new("marshal", { message = msg, path = path,
-              index = tonumber((path or ""):match("^item%[(%d+)%]")) }), 0)
+            fail(job, errors.new("marshal", { message = msg, path = path,
+              index = tonumber((path or ""):match("^item%[(%d+)%]")) }))
+            return
           end
         end
         if ok then
-          rec.inflight = rec.inflight + 1
-          rec.dispatched = (rec.dispatched or 0) + count
-          job.next = job.next + count
+          rec.chunks[#rec.chunks + 1] = ch
+          rec.dispatched = rec.dispatched + ch.count
+          if not requeued then job.next = job.next + ch.count end
+        elseif requeued then
+          table.insert(job.queue, 1, ch)
         end
+      elseif ch and requeued then
+        table.insert(job.queue, 1, ch)
       end
     end
   end
@@ -383,112 +386,239 @@ end
 -- Make sure every slot has a worker for this job (spawning where empty).
 local function fill_workers(self, job)
   for w = 1, self._n do
-    local rec = self._workers[w]
-    if not rec.pid then spawn_worker(self, w, job) end
+    if not self._workers[w].pid then
+      local err = spawn_worker(self, w, job)
+      if err then
+        fail(job, err)
+        return
+      end
+    end
   end
 end
 
--- Handle one event of a running job.  Raises the job's error, if any.
+-- The process in slot w is gone (event "exit").  Decide what it means for
+-- the job: nothing (it said goodbye), a timeout we caused, or a death.
+local function on_worker_exit(self, job, w, death)
+  local rec = self._workers[w]
+  self._workers[w] = empty_slot()
+  -- its chunks of other jobs are answered by nobody now: forget them
+  local held = {}
+  for _, ch in ipairs(rec.chunks) do
+    if ch.job == job then held[#held + 1] = ch end
+  end
+  if rec.killed then
+    if rec.killed.reason == "timeout" then
+      fail(job, errors.new("timeout", {
+        worker_id = w, pid = death.pid, phase = rec.killed.phase, index = rec.killed.index,
+        message = ("%s took longer than %gs%s; worker %d was killed"):format(
+          rec.killed.phase == "task" and "task" or rec.killed.phase, rec.killed.limit,
+          rec.killed.index and rec.killed.index > 0 and (" (item " .. rec.killed.index .. ")") or "", w),
+      }))
+    end
+    return
+  end
+  if rec.bye and rec.bye ~= "init_failed" then
+    -- a planned exit (lifespan, stop): nothing it held was lost
+    for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
+  elseif not rec.bye then
+    local info = death_info(w, death)
+    job.deaths[#job.deaths + 1] = info
+    if not rec.ready or job.max_retries == 0 then
+      fail(job, death_error(w, death, job.deaths))
+      return
+    end
+    -- retry what it held on a fresh worker, counting the chunk it ran
+    local charged = false
+    for _, ch in ipairs(held) do
+      if death.index and death.index >= ch.start and death.index < ch.start + ch.count then
+        ch.attempts = ch.attempts + 1
+        charged = true
+      end
+    end
+    if not charged and held[1] then held[1].attempts = held[1].attempts + 1 end
+    for _, ch in ipairs(held) do
+      if ch.attempts > job.max_retries then
+        fail(job, death_error(w, death, job.deaths))
+        return
+      end
+    end
+    if #job.deaths > (job.max_retries + 1) * self._n then
+      fail(job, death_error(w, death, job.deaths))
+      return
+    end
+    for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
+  end
+  if job.running and not job.err and (#job.queue > 0 or job.next <= job.n) then
+    local err = spawn_worker(self, w, job)
+    if err then fail(job, err) end
+  end
+end
+
+-- Handle one event of a running job.
 local function handle_event(self, job, kind, w, ejob, start, count, index, value)
   local rec = self._workers[w]
   if kind == "results" then
-    rec.inflight = rec.inflight - 1
-    if ejob == job.id and not value then job.done = job.done + count end
+    local ch = take_chunk(rec, ejob, start)
+    if ch and ch.job == job and not value then job.done = job.done + count end
   elseif kind == "cancelled" then
-    rec.inflight = rec.inflight - 1
-    if ejob == job.id and not job.cancelled then
-      -- not ours to cancel: run it again (cannot happen today)
-      error(errors.new("task", { message = "chunk was cancelled unexpectedly", worker_id = w }), 0)
-    end
+    take_chunk(rec, ejob, start)
   elseif kind == "task_error" or kind == "marshal_error" then
-    rec.inflight = rec.inflight - 1
-    if ejob == job.id then
-      error(worker_error(kind == "task_error" and "task" or "marshal", w, rec, index, value), 0)
+    local ch = take_chunk(rec, ejob, start)
+    if ch and ch.job == job then
+      fail(job, worker_error(kind == "task_error" and "task" or "marshal", w, rec, index, value))
     end
   elseif kind == "setup_error" then
-    error(worker_error("marshal", w, rec, nil, value, {
+    fail(job, worker_error("marshal", w, rec, nil, value, {
       message = "cannot load the task function in worker " .. w .. ": " .. tostring(value and value.message),
-    }), 0)
+    }))
   elseif kind == "init_error" then
-    error(worker_error("worker_init", w, rec, nil, value, { phase = "worker_init" }), 0)
+    fail(job, worker_error("worker_init", w, rec, nil, value, { phase = "worker_init" }))
   elseif kind == "exit_error" then
-    job.exit_error = job.exit_error or worker_error("worker_exit", w, rec, nil, value, { phase = "worker_exit" })
+    fail(job, worker_error("worker_exit", w, rec, nil, value, { phase = "worker_exit" }))
   elseif kind == "exit_result" then
     self._exit_results[#self._exit_results + 1] = value
-  elseif kind == "bye" then
-    rec.bye = value
   elseif kind == "ready" then
     rec.ready = true
+  elseif kind == "bye" then
+    rec.bye = value
   elseif kind == "exit" then
-    local err = on_exit(self, w, ejob)
-    if err then error(err, 0) end
-    if job.exit_error then error(job.exit_error, 0) end
-    -- a lifespan restart or an idle worker gone: replace it while work remains
-    if not job.cancelled and job.next <= job.n then spawn_worker(self, w, job) end
+    on_worker_exit(self, job, w, ejob)
   elseif kind == "corrupt" then
     self._core:kill(w, core.SIGKILL)
-    error(errors.new("marshal", { worker_id = w, pid = rec.pid, message = ejob }), 0)
+    rec.killed = { reason = "corrupt" }
+    fail(job, errors.new("marshal", { worker_id = w, pid = rec.pid, message = ejob }))
+  elseif kind == "interrupted" then
+    fail(job, errors.new("interrupted", { message = "interrupted by SIGINT" }))
+  end
+end
+
+-- Look at the clocks of busy workers; kill those past a timeout.  Returns
+-- how long the caller may sleep before the next deadline.
+local function check_timeouts(self, job)
+  if not (job.task_timeout or job.init_timeout or job.exit_timeout) then return -1 end
+  local c = self._core
+  local now = core.now()
+  local sleep = MAX_SLEEP
+  for w = 1, self._n do
+    local rec = self._workers[w]
+    if rec.pid and not rec.killed then
+      local st = c:worker_status(w)
+      local limit, since
+      if st.phase == "task" and job.task_timeout then
+        limit, since = job.task_timeout, st.item_since
+      elseif st.phase == "worker_init" and job.init_timeout then
+        limit, since = job.init_timeout, st.phase_since
+      elseif st.phase == "worker_exit" and job.exit_timeout then
+        limit, since = job.exit_timeout, st.phase_since
+      end
+      if limit and since > 0 then
+        local left = since + limit - now
+        if left <= 0 then
+          c:kill(w, core.SIGKILL)
+          rec.killed = { reason = "timeout", phase = st.phase, limit = limit,
+            index = st.phase == "task" and st.index or nil }
+        else
+          sleep = min(sleep, left)
+        end
+      end
+    end
+  end
+  return sleep
+end
+
+-- Events left over from before this map (replies to chunks of cancelled
+-- jobs, workers that died while idle): take what is there now, without
+-- waiting.  Dead workers are replaced by fill_workers.
+local function drain_idle(self)
+  local jobs = {}
+  local idle = { id = -1, queue = {}, deaths = {}, n = 0, next = 1, max_retries = 0 }
+  while true do
+    local kind, w, ejob, start, count, index, value = self._core:poll(jobs, 0)
+    if kind == "timeout" or kind == "interrupted" or kind == "eintr" then return end
+    if kind == "exit" then
+      self._workers[w] = empty_slot()
+    else
+      handle_event(self, idle, kind, w, ejob, start, count, index, value)
+    end
+  end
+end
+
+-- After a failed job: stop its work everywhere.  Kept-alive workers that
+-- finished starting keep running (their queued chunks answer CANCELLED and
+-- are drained later); all others are killed and reaped.
+local function abandon_job(self, job, kill_everything)
+  job.running = false
+  for w = 1, self._n do
+    if self._workers[w].pid then self._core:cancel(w, job.id) end
+  end
+  local function on_event(kind, w, ejob, start, count, index, value)
+    handle_event(self, job, kind, w, ejob, start, count, index, value)
+  end
+  if kill_everything or not self._keep_alive then
+    kill_workers(self, nil, on_event)
+  else
+    kill_workers(self, function(rec) return not rec.ready or rec.killed end, on_event)
   end
 end
 
 -- Wait for events until every worker is gone, collecting exit results.
--- Used by stop_and_join and at the end of maps without keep_alive.
+-- Used by stop_and_join, close, restarts, and at the end of maps without
+-- keep_alive.  Raises the first worker_exit error, timeout or death.
 local function join_all(self)
   local c = self._core
-  local jobs = {}
-  local exit_err
+  local job = { id = -1, queue = {}, deaths = {}, n = 0, next = 1, max_retries = 0,
+    exit_timeout = self._exit_timeout }
   for w = 1, self._n do
     local rec = self._workers[w]
     if rec.pid and not rec.stopping then
       rec.stopping = true
-      -- the stop record is tiny; a full lane only means stale replies pending
-      while not c:send_stop(w) do
-        local kind, ew, ejob, s, cnt, idx, val = c:poll(jobs, 0.01)
-        if kind and kind ~= "timeout" and kind ~= "eintr" then
-          local ok, e = pcall(handle_event, self, { id = -1, n = 0, next = 1, done = 0, cancelled = true },
-            kind, ew, ejob, s, cnt, idx, val)
-          if not ok then exit_err = exit_err or e end
+      -- the stop record is tiny; a full lane only means replies are pending
+      while self._workers[w].pid and not c:send_stop(w) do
+        local kind, ew, a, b, cnt, idx, val = c:poll({}, 0.01)
+        if kind ~= "timeout" and kind ~= "eintr" then
+          handle_event(self, job, kind, ew, a, b, cnt, idx, val)
         end
       end
     end
   end
-  local fake = { id = -1, n = 0, next = 1, done = 0, cancelled = true }
   while live_workers(self) > 0 do
-    local kind, w, ejob, s, cnt, idx, val = c:poll(jobs, -1)
-    if kind ~= "timeout" and kind ~= "eintr" then
-      if kind == "exit" then
-        local rec = self._workers[w]
-        if not rec.bye and rec.stopping then
-          -- died while stopping (in worker_exit, or killed)
-          local death = ejob
-          exit_err = exit_err or errors.new("worker_died", {
-            worker_id = w, pid = death.pid, signal = death.signal, exit_code = death.exit_code,
-            phase = death.phase,
-            message = errors.death_message(death) .. " while stopping",
-          })
-        end
-        self._workers[w] = { inflight = 0 }
-      else
-        local ok, e = pcall(handle_event, self, fake, kind, w, ejob, s, cnt, idx, val)
-        if not ok then exit_err = exit_err or e end
-        if fake.exit_error then exit_err = exit_err or fake.exit_error; fake.exit_error = nil end
-      end
+    local sleep = check_timeouts(self, job)
+    local kind, w, ejob, s, cnt, idx, val = c:poll({}, sleep)
+    if kind == "exit" then
+      on_worker_exit(self, job, w, ejob)
+    elseif kind == "interrupted" then
+      handle_event(self, job, kind)
+      kill_workers(self, nil)
+    elseif kind ~= "timeout" and kind ~= "eintr" then
+      handle_event(self, job, kind, w, ejob, s, cnt, idx, val)
     end
   end
-  if exit_err then error(exit_err, 0) end
+  if job.err then error(job.err, 0) end
 end
 
 local function run_job(self, job)
   fill_workers(self, job)
   local c = self._core
   local jobs = { [job.id] = job.results }
-  while job.done < job.n do
+  while job.done < job.n and not job.err do
     dispatch(self, job)
-    local kind, w, ejob, start, count, index, value = c:poll(jobs, -1)
+    if job.err then break end
+    local kind, w, ejob, start, count, index, value = c:poll(jobs, check_timeouts(self, job))
     if kind ~= "timeout" and kind ~= "eintr" then
       handle_event(self, job, kind, w, ejob, start, count, index, value)
     end
   end
+end
+
+-- Run fn with SIGINT turned into an "interrupted" event, restoring the
+-- previous handler afterwards.
+local function guarded(self, fn, ...)
+  self._busy = true
+  local armed = self._core:sigint_guard(true)
+  local ok, err = pcall(fn, ...)
+  if armed then self._core:sigint_guard(false) end
+  self._busy = false
+  if not ok then error(err, 0) end
 end
 
 -- pool:map(fn, items [, options]) -> results
@@ -506,30 +636,35 @@ function Pool:map(fn, items, opts)
   results.n = n
   if n == 0 then return results end
 
-  self._busy = true
-  local ok, err = pcall(function()
+  guarded(self, function()
     drain_idle(self)
     if self._restart and live_workers(self) > 0 then join_all(self) end
     self._restart = false
-    new_generation(self)
+    if live_workers(self) == 0 then self._exit_results = {} end
+    self._exit_timeout = opts.worker_exit_timeout
     self._job = self._job + 1
     local job = {
       id = self._job, fn = fn, items = items, n = n, results = results,
       init = opts.worker_init, exit = opts.worker_exit,
       chunk_size = opts.chunk_size or max(1, ceil(n / (self._n * CHUNKS_PER_WORKER))),
-      next = 1, done = 0,
+      next = 1, done = 0, queue = {}, deaths = {},
+      max_retries = opts.max_retries or 0,
+      task_timeout = opts.task_timeout, timed = opts.task_timeout ~= nil,
+      init_timeout = opts.worker_init_timeout, exit_timeout = opts.worker_exit_timeout,
+      running = true,
     }
-    self._current = job
-    local ok2, err2 = pcall(run_job, self, job)
-    if not ok2 then
-      abandon_job(self, job)
-      error(err2, 0)
+    local ok, err = pcall(run_job, self, job)
+    if not ok then fail(job, err) end
+    if job.err then
+      local kill_everything = job.err.kind == "interrupted" or job.err.kind == "spawn"
+        or not errors.is_error(job.err)
+      local ok2, err2 = pcall(abandon_job, self, job, kill_everything)
+      if not ok2 then error(err2, 0) end
+      error(job.err, 0)
     end
+    job.running = false
     if not self._keep_alive then join_all(self) end
   end)
-  self._busy = false
-  self._current = nil
-  if not ok then error(err, 0) end
   return results
 end
 
@@ -537,32 +672,40 @@ end
 -- exit results are collected).  The pool stays usable.
 function Pool:stop_and_join()
   check_self(self, "stop_and_join")
-  self._busy = true
-  local ok, err = pcall(join_all, self)
-  self._busy = false
-  if not ok then error(err, 0) end
+  guarded(self, function()
+    drain_idle(self)
+    join_all(self)
+  end)
 end
 
--- pool:terminate(): kill the workers now; no worker_exit.
+-- pool:terminate(): kill the workers now, no worker_exit; the pool is
+-- closed afterwards.
 function Pool:terminate()
+  if getmetatable(self) ~= Pool then error("bad self to 'terminate' (pool expected)", 2) end
+  if self._closed then return end
   check_self(self, "terminate")
   self._busy = true
-  local ok, err = pcall(kill_all, self)
+  local ok, err = pcall(kill_workers, self, nil)
+  self._core:close()
+  self._closed = "terminated"
   self._busy = false
   if not ok then error(err, 0) end
 end
 
 -- pool:close(): stop_and_join, then release everything.  Closing twice is
--- allowed; any other use afterwards raises a "closed" error.
+-- allowed; any other use afterwards raises a "closed" error.  The workers
+-- are reaped even when worker_exit fails or times out (the error is raised
+-- after everything is released).
 function Pool:close()
   if getmetatable(self) ~= Pool then error("bad self to 'close' (pool expected)", 2) end
   if self._closed then return end
-  local ok, err = true, nil
-  if not self._busy then
-    ok, err = pcall(join_all, self)
-  end
+  check_self(self, "close")
+  local ok, err = pcall(guarded, self, function()
+    drain_idle(self)
+    join_all(self)
+  end)
   self._core:close()
-  self._closed = true
+  self._closed = "closed"
   if not ok then error(err, 0) end
 end
 
@@ -600,7 +743,7 @@ function Pool:worker_pids()
 end
 
 function Pool:__tostring()
-  return ("forkpool.Pool(%d workers%s)"):format(self._n, self._closed and ", closed" or "")
+  return ("forkpool.Pool(%d workers%s)"):format(self._n, self._closed and ", " .. self._closed or "")
 end
 
 M.Pool = Pool

@@ -15,15 +15,30 @@ local int64_t, uint64_t = ffi.typeof("int64_t"), ffi.typeof("uint64_t")
 local cur_ptr_t = ffi.typeof("volatile int64_t *")
 local cancel_ptr_t = ffi.typeof("volatile uint64_t *")
 
--- make_runner(cur, cancel): cur and cancel are light userdata pointing at the
--- worker's status block.  The runner returns true when every item ran, false
--- when the job was cancelled; errors propagate (the C side catches them).
-function M.make_runner(cur_p, cancel_p)
+local stamp_fn_t = ffi.typeof("void (*)(void)")
+
+-- make_runner(cur, cancel, stamp): cur and cancel are light userdata
+-- pointing at the worker's status block, stamp a C function that records
+-- when an item begins (used only for timed chunks, when a task_timeout is
+-- set).  The runner returns true when every item ran, false when the job
+-- was cancelled; errors propagate (the C side catches them).
+function M.make_runner(cur_p, cancel_p, stamp_p)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
-  return function(fn, items, first, last, off, job, out, nlead, a1, a2, a3)
+  local stamp = ffi.cast(stamp_fn_t, stamp_p)
+  return function(fn, items, first, last, off, job, out, timed, nlead, a1, a2, a3)
     local k = 1 - first
-    if nlead == 0 then
+    if timed then
+      for i = first, last do
+        cur[0] = i + off
+        stamp()
+        if cancel[0] == job then return false end
+        if nlead == 0 then out[i + k] = fn(items[i])
+        elseif nlead == 1 then out[i + k] = fn(a1, items[i])
+        elseif nlead == 2 then out[i + k] = fn(a1, a2, items[i])
+        else out[i + k] = fn(a1, a2, a3, items[i]) end
+      end
+    elseif nlead == 0 then
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
