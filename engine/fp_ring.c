@@ -31,23 +31,41 @@
  *        (and after MADV_REMOVE) <-> [B6] producer load-acquire of big_busy
  *        before writing the big area.
  *   [D1] producer: seq_cst bump of head_seq, then seq_cst load of
- *        cons_waiting  <->  [D2] consumer: seq_cst store cons_waiting = 1,
- *        then seq_cst load of head_seq, then the re-check of head.
+ *        cons_waiting  <->  [D2] consumer: load-acquire of head_seq (w),
+ *        re-check of head, seq_cst store cons_waiting = TAG(w), seq_cst
+ *        load of head_seq compared with w.
  *   [D3] consumer: seq_cst bump of tail_seq, then seq_cst load of
- *        prod_waiting  <->  [D4] producer: seq_cst store prod_waiting = 1,
- *        then seq_cst load of tail_seq compared with space_seq (the value
- *        read, [B8], before the send that found no room).
+ *        prod_waiting  <->  [D4] producer: seq_cst store prod_waiting =
+ *        TAG(space_seq), seq_cst load of tail_seq compared with space_seq
+ *        (the value read, [B8], before the send that found no room).
  *   [B7] the tail_seq bump is also a release (the tail and big_busy stores
  *        precede it) <-> [B8] producer load-acquire of tail_seq before it
- *        re-reads tail and big_busy on the way to FP_EFULL.
- *   D1/D2 (and D3/D4) form a Dekker pair: in the seq_cst order either the
- *   sleeper's flag store comes first, and then the waker's flag load sees
- *   it and issues FUTEX_WAKE; or the waker's seq bump comes first, and then
- *   the sleeper reads the new seq, hence (release/acquire through the seq
- *   word) the new head/tail, and does not sleep.  FUTEX_WAIT itself
- *   re-compares the seq word, so a bump between the re-check and the
- *   syscall makes it return at once.  The futex ops are the shared (not
- *   _PRIVATE) ones: the words live in memory shared between processes.
+ *        re-reads tail and big_busy on the way to FP_EFULL.  Likewise the
+ *        head_seq bump releases head to [D2]'s load-acquire of head_seq.
+ *
+ * Sleeping (Dekker pattern with a tagged flag).  A sleeper reads the seq
+ * word w, re-checks its condition, stores TAG(w) (= 1 + the low 31 bits of
+ * w, never 0) in its waiting flag, reads the seq word again and only then
+ * calls FUTEX_WAIT(w).  A waker bumps the seq word to s, then reads the
+ * flag f; when f != 0 and f != TAG(s) the sleeper waits for a value the
+ * word no longer has, so the waker claims the wake by compare-exchanging
+ * f to 0 and (through its caller) issues one FUTEX_WAKE.  In the seq_cst
+ * order either the sleeper's flag store comes first, and the waker sees it;
+ * or the waker's bump comes first, and the sleeper's second read sees the
+ * word moved and does not sleep.  FUTEX_WAIT re-compares the word in the
+ * kernel, so a bump between that read and the syscall returns at once.
+ * f == TAG(s) means the sleeper already saw this bump and waits for the
+ * next one: no wake.  Claiming clears the flag, so one sleep costs at most
+ * one FUTEX_WAKE however many records are sent meanwhile; the compare-
+ * exchange only clears the exact tag it read, and a later sleep of the same
+ * side has a different tag (its seq word has moved), so a late claim never
+ * clears a newer sleep.  (Tags repeat after 2^31 bumps of the word.)
+ *
+ * Before sleeping a waiter spins for up to FP_LANE_SPIN_NS, watching the word: a
+ * peer that is running answers within a microsecond, far below the cost of
+ * a futex sleep and wake-up (10-15 us on a VM).  The futex ops are the
+ * shared (not _PRIVATE) ones: the words live in memory shared between
+ * processes.
  */
 #include "fp_ring.h"
 #include "fp_shm.h"
@@ -61,6 +79,12 @@
 #include <unistd.h>
 
 #define REC_HDR 8u
+/* How long a waiter polls before it sleeps on the futex (0: never polls).
+ * About the cost of a futex sleep + wake-up, the classic competitive bound:
+ * a wait costs at most about twice what it would with perfect foresight. */
+#ifndef FP_LANE_SPIN_NS
+#define FP_LANE_SPIN_NS 10000
+#endif
 /* Big records larger than this give their pages back on release. */
 #define BIG_DISCARD_MIN ((uint64_t)32 << 20)
 /* The ring starts after the header, on its own cache line. */
@@ -98,6 +122,52 @@ static inline uint64_t rd_u64(const unsigned char *p) {
 
 static inline uint64_t rec_size(uint64_t len) {
   return REC_HDR + ((len + 7) & ~(uint64_t)7);
+}
+
+static inline uint32_t tag(uint32_t w) { return (w & 0x7fffffffu) + 1; }
+
+/* Waker side: the seq word was just bumped to s and the flag read as f.
+ * Claim the wake if the sleeper waits on an older value. */
+static inline int claim(_Atomic uint32_t *flag, uint32_t f, uint32_t s) {
+  while (f != 0 && f != tag(s)) {
+    if (atomic_compare_exchange_weak_explicit(flag, &f, 0, SEQ, RLX)) return 1;
+  }
+  return 0;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Poll for up to FP_LANE_SPIN_NS until *word != val.  1 when it moved. */
+static int spin_while_eq64(_Atomic uint64_t *word, uint64_t val) {
+  if (FP_LANE_SPIN_NS == 0) return 0;
+  uint64_t end = mono_ns() + FP_LANE_SPIN_NS;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(word, RLX) != val) return 1;
+    cpu_relax();
+    if ((i & 15) == 0 && mono_ns() >= end) return 0;
+  }
+}
+
+static int spin_while_eq32(_Atomic uint32_t *word, uint32_t val) {
+  if (FP_LANE_SPIN_NS == 0) return 0;
+  uint64_t end = mono_ns() + FP_LANE_SPIN_NS;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(word, RLX) != val) return 1;
+    cpu_relax();
+    if ((i & 15) == 0 && mono_ns() >= end) return 0;
+  }
 }
 
 static int futex_wait(_Atomic uint32_t *word, uint32_t val, int timeout_ms) {
@@ -178,14 +248,17 @@ static int reserve(fp_lane *l, uint64_t head, uint64_t need, uint64_t *pad) {
   return FP_EFULL;
 }
 
-/* Make [head, head + n) visible and report whether the consumer sleeps. */
+/* Make [head, head + n) visible and claim the consumer's wake-up if it
+ * sleeps. */
 static inline void publish(fp_lane_hdr *h, uint64_t head, int *must_wake) {
   /* [B1] pairs with [B2]: the record bytes are written before head moves. */
   atomic_store_explicit(&h->head, head, REL);
   /* [D1] pairs with [D2]. */
-  atomic_fetch_add_explicit(&h->head_seq, 1, SEQ);
-  int w = (int)atomic_load_explicit(&h->cons_waiting, SEQ);
+  uint32_t s = atomic_fetch_add_explicit(&h->head_seq, 1, SEQ) + 1;
+  uint32_t f = atomic_load_explicit(&h->cons_waiting, SEQ);
+  int w = f ? claim(&h->cons_waiting, f, s) : 0;
   if (must_wake) *must_wake = w;
+  else if (w) futex_wake(&h->head_seq);
 }
 
 static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
@@ -254,11 +327,15 @@ int fp_lane_try_send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
 
 int fp_lane_wait_space(fp_lane *l, int timeout_ms) {
   fp_lane_hdr *h = l->h;
+  uint32_t w = l->space_seq;
+  /* [B8] pairs with [B7]: anything released since the failed send? */
+  if (atomic_load_explicit(&h->tail_seq, ACQ) != w) return FP_OK;
+  if (timeout_ms != 0 && spin_while_eq32(&h->tail_seq, w)) return FP_OK;
   /* [D4] pairs with [D3]. */
-  atomic_store_explicit(&h->prod_waiting, 1, SEQ);
+  atomic_store_explicit(&h->prod_waiting, tag(w), SEQ);
   int rc = FP_OK;
-  if (atomic_load_explicit(&h->tail_seq, SEQ) == l->space_seq)
-    rc = futex_wait(&h->tail_seq, l->space_seq, timeout_ms);
+  if (atomic_load_explicit(&h->tail_seq, SEQ) == w)
+    rc = futex_wait(&h->tail_seq, w, timeout_ms);
   atomic_store_explicit(&h->prod_waiting, 0, RLX);
   return rc;
 }
@@ -338,19 +415,23 @@ int fp_lane_release(fp_lane *l) {
   /* [B3] pairs with [B4]: our reads of the record are done. */
   atomic_store_explicit(&h->tail, l->peek_next, REL);
   /* [D3] pairs with [D4]; also [B7] (release) pairs with [B8]. */
-  atomic_fetch_add_explicit(&h->tail_seq, 1, SEQ);
-  return (int)atomic_load_explicit(&h->prod_waiting, SEQ);
+  uint32_t s = atomic_fetch_add_explicit(&h->tail_seq, 1, SEQ) + 1;
+  uint32_t f = atomic_load_explicit(&h->prod_waiting, SEQ);
+  return f ? claim(&h->prod_waiting, f, s) : 0;
 }
 
 int fp_lane_wait_data(fp_lane *l, int timeout_ms) {
   fp_lane_hdr *h = l->h;
-  /* [D2] pairs with [D1]: flag first, then the seq, then the re-check. */
-  atomic_store_explicit(&h->cons_waiting, 1, SEQ);
-  uint32_t s = atomic_load_explicit(&h->head_seq, SEQ);
-  uint64_t head = atomic_load_explicit(&h->head, ACQ);  /* [B2] */
+  uint64_t tail = atomic_load_explicit(&h->tail, RLX);  /* ours */
+  if (timeout_ms != 0 && spin_while_eq64(&h->head, tail)) return FP_OK;
+  /* [D2] pairs with [D1]: the seq word, then the re-check, then the flag,
+   * then the seq word again. */
+  uint32_t w = atomic_load_explicit(&h->head_seq, ACQ);
+  if (atomic_load_explicit(&h->head, ACQ) != tail) return FP_OK;  /* [B2] */
+  atomic_store_explicit(&h->cons_waiting, tag(w), SEQ);
   int rc = FP_OK;
-  if (head == atomic_load_explicit(&h->tail, RLX))
-    rc = futex_wait(&h->head_seq, s, timeout_ms);
+  if (atomic_load_explicit(&h->head_seq, SEQ) == w)
+    rc = futex_wait(&h->head_seq, w, timeout_ms);
   atomic_store_explicit(&h->cons_waiting, 0, RLX);
   return rc;
 }

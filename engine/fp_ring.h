@@ -31,7 +31,10 @@
  *   cons_waiting / prod_waiting: set by a side before it sleeps, cleared
  *             after; seq_cst so that either the sleeper sees the new
  *             head/tail or the other side sees the flag and wakes it
- *             (Dekker pattern).
+ *             (Dekker pattern).  The flag holds a tag of the seq value the
+ *             sleeper waits on; the waker claims the wake-up by
+ *             compare-exchanging it to 0, so one sleep costs at most one
+ *             FUTEX_WAKE (fp_ring.c explains why no wake-up is lost).
  *   big_busy  producer sets 1 before publishing a big record; consumer sets
  *             0 when it releases it.
  *   cap, big_cap: written once by fp_lane_create before fork, read-only
@@ -98,7 +101,9 @@ void fp_lane_destroy(fp_lane *l);
  * FP_ECORRUPT: type is invalid, or the shared tail is impossible (the
  * consumer wrote garbage).
  * After FP_OK, *must_wake says whether the consumer is sleeping on head_seq
- * (fp_lane_wake_consumer then wakes it). */
+ * and this call claimed its wake-up: the caller must then call
+ * fp_lane_wake_consumer (no later send will report it again).  With
+ * must_wake NULL the call wakes the consumer itself. */
 int fp_lane_try_send(fp_lane *l, uint32_t type, const void *payload,
                      size_t len, int *must_wake);
 
@@ -126,11 +131,13 @@ int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
                  size_t *len);
 
 /* Remove the record returned by the last fp_lane_peek.  Returns whether the
- * producer is sleeping (then call fp_lane_wake_producer). */
+ * producer is sleeping and this call claimed its wake-up: the caller must
+ * then call fp_lane_wake_producer. */
 int fp_lane_release(fp_lane *l);
 
 /* Sleep until a record is published (head_seq moves) or timeout_ms passes
- * (-1: no limit).  FP_OK, FP_ETIMEOUT or FP_EINTR. */
+ * (-1: no limit).  FP_OK, FP_ETIMEOUT or FP_EINTR.  Both waits poll for a
+ * few microseconds before they sleep (FP_LANE_SPIN_NS in fp_ring.c). */
 int fp_lane_wait_data(fp_lane *l, int timeout_ms);
 
 /* FUTEX_WAKE the producer. */
