@@ -64,6 +64,9 @@ typedef struct fp_pool {
   int rr;
 } fp_pool;
 
+/* Test hook state (core._set_worker_fault): arm only this worker id. */
+static int fault_wid;
+
 /* ---- helpers ---- */
 
 static fp_pool *check_pool(lua_State *L) {
@@ -222,6 +225,7 @@ static int l_spawn(lua_State *L) {
     fp_proc_close_tracked_except(&keep, 1);
     fp_proc_child_init(parent);
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
+    if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
     fp_worker_io io;
     memset(&io, 0, sizeof io);
     io.tasks = s->tasks;
@@ -733,6 +737,21 @@ static int l_fail_fork_after(lua_State *L) {
   return 0;
 }
 
+/* core._set_worker_fault(phase, signo [, after [, wid]]): test hook; workers
+ * forked from now on (only worker wid, if given) raise signo the after-th
+ * time they enter phase ("worker_init", "decode", "task", "encode",
+ * "worker_exit").  signo 0 turns it off. */
+static int l_set_worker_fault(lua_State *L) {
+  static const char *const names[] = {"start", "worker_init", "idle", "decode",
+                                      "task", "encode", "worker_exit", NULL};
+  int ph = luaL_checkoption(L, 1, NULL, names);
+  int sig = (int)luaL_checkinteger(L, 2);
+  int after = (int)luaL_optinteger(L, 3, 1);
+  fault_wid = (int)luaL_optinteger(L, 4, 0);
+  fp_worker_set_fault((uint32_t)ph, sig, after);
+  return 0;
+}
+
 /* forkpool.core._exit(code): leave the process now (tests, worker helpers). */
 static int l__exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
@@ -755,6 +774,7 @@ static const luaL_Reg funcs[] = {
   {"now", l_now},
   {"_exit", l__exit},
   {"_fail_fork_after", l_fail_fork_after},
+  {"_set_worker_fault", l_set_worker_fault},
   {NULL, NULL},
 };
 

@@ -20,6 +20,7 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,16 @@ typedef struct W {
 
 static fp_wstat *w_stat; /* for os.exit's last words */
 
+/* Fault injection for tests (see fp_worker_set_fault). */
+static uint32_t fault_phase;
+static int fault_sig, fault_after;
+
+void fp_worker_set_fault(uint32_t phase, int sig, int after) {
+  fault_phase = phase;
+  fault_sig = sig;
+  fault_after = after;
+}
+
 /* Called by the chunk runner through the FFI before each item of a timed
  * chunk (task_timeout set): when this item began. */
 static void w_stamp_item(void) {
@@ -68,6 +79,7 @@ static void w_stamp_item(void) {
 static void w_phase(W *w, uint32_t ph) {
   atomic_store(&w->io->st->phase_ns, fp_now_ns());
   atomic_store(&w->io->st->phase, ph);
+  if (fault_sig && ph == fault_phase && --fault_after == 0) raise(fault_sig);
 }
 
 /* ---- sending ---- */
@@ -327,6 +339,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   int n = 9 + w_push_lead(w);
   atomic_store(&io->st->cur_job, h.job);
   /* Until the runner stamps the first item, the chunk's start counts. */
+  atomic_store(&io->st->cur_index, h.start);
   atomic_store(&io->st->item_ns, fp_now_ns());
   w_phase(w, FP_PH_TASK);
   int st = lua_pcall(L, n, 1, S_MSGH);
@@ -345,6 +358,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   } else {
     lua_pop(L, 1);
     w->items_done += h.count;
+    atomic_store(&io->st->cur_index, h.start);
     w_phase(w, FP_PH_ENCODE);
     fp_enc_opts o;
     fp_codec_err err;

@@ -34,4 +34,9 @@ typedef struct fp_worker_io {
 void fp_worker_main(lua_State *L, int ctx_idx, fp_worker_io *io)
     __attribute__((noreturn));
 
+/* Test hook, set in the parent and inherited by workers forked afterwards:
+ * a worker raises signal sig the after-th time it enters phase (an
+ * enum fp_phase value).  sig 0 turns it off. */
+void fp_worker_set_fault(uint32_t phase, int sig, int after);
+
 #endif
