@@ -65,7 +65,7 @@ spec: all
 	busted --lua=$(LUAJIT) spec
 
 asan: $(BUILD)/asan/forkpool/core.so
-	FORKPOOL_CPATH=$(BUILD)/asan/?.so LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+	FORKPOOL_ASAN=1 FORKPOOL_CPATH=$(BUILD)/asan/?.so LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 busted --lua=$(LUAJIT) spec
 
 test: all ctest spec

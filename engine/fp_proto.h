@@ -14,7 +14,7 @@
 
 enum fp_msg {
   /* parent -> worker */
-  FP_M_SETUP   = 1,  /* encoded table {job=, fn=, exit=, set_exit=} (functions allowed) */
+  FP_M_SETUP   = 1,  /* encoded table {job=, fn=, exit=, set_exit=, drop_below=} */
   FP_M_CHUNK   = 2,  /* fp_chunk_hdr, then count encoded items unless FP_CHUNK_INHERITED */
   FP_M_STOP    = 3,  /* leave: run worker_exit (if it ran a task), send BYE, exit */
 

@@ -54,7 +54,6 @@ typedef struct W {
   int nlead;
   double lifespan;       /* 0: unlimited */
   uint64_t items_done;   /* items run (success or not) */
-  uint64_t n_jobs_shipped;
 } W;
 
 static fp_wstat *w_stat; /* for os.exit's last words */
@@ -399,7 +398,8 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     w_finish(w, FP_BYE_LIFESPAN);
 }
 
-/* SETUP: {job=, fn=, exit=, set_exit=} with functions shipped by value. */
+/* SETUP: {job=, fn=, exit=, set_exit=, drop_below=} with functions shipped
+ * by value; functions of jobs below drop_below are forgotten. */
 static void w_setup(W *w, const unsigned char *p, size_t len) {
   lua_State *L = w->L;
   fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
@@ -421,10 +421,18 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
     return;
   }
   int t = lua_gettop(L);
-  /* Forget functions of old jobs now and then (before storing this one). */
-  if (++w->n_jobs_shipped % 64 == 0) {
-    lua_newtable(L);
-    lua_replace(L, S_JOBS);
+  /* Forget the functions of jobs the parent says are over. */
+  lua_getfield(L, t, "drop_below");
+  lua_Number drop = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  while (lua_next(L, S_JOBS)) {
+    lua_pop(L, 1);
+    if (lua_tonumber(L, -1) < drop) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, S_JOBS); /* clearing a field during lua_next is allowed */
+    }
   }
   lua_getfield(L, t, "job");
   lua_getfield(L, t, "fn");

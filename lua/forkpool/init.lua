@@ -322,8 +322,13 @@ local function setup_worker(self, w, job)
   local rec = self._workers[w]
   if rec.has_job[job.id] then return true end
   job.modmap = job.modmap or build_modmap()
+  -- functions of jobs that are over are dropped on both sides
+  local oldest = job.id
+  for id in pairs(rec.has_job) do
+    if id < oldest then rec.has_job[id] = nil end
+  end
   local ok, _, msg, path = self._core:send_setup(w, {
-    job = job.id, fn = job.fn, exit = job.exit, set_exit = true,
+    job = job.id, fn = job.fn, exit = job.exit, set_exit = true, drop_below = oldest,
   }, job.modmap)
   if ok == nil then
     fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
