@@ -61,11 +61,12 @@
  * side has a different tag (its seq word has moved), so a late claim never
  * clears a newer sleep.  (Tags repeat after 2^31 bumps of the word.)
  *
- * Before sleeping a waiter spins for up to FP_LANE_SPIN_NS, watching the word: a
- * peer that is running answers within a microsecond, far below the cost of
- * a futex sleep and wake-up (10-15 us on a VM).  The futex ops are the
- * shared (not _PRIVATE) ones: the words live in memory shared between
- * processes.
+ * Before sleeping a waiter polls for up to FP_LANE_SPIN_NS: a peer that is
+ * running answers within a microsecond, far below the cost of a futex sleep
+ * and wake-up (10-15 us on a VM).  The futex ops are the shared (not
+ * _PRIVATE) ones: the words live in memory shared between processes.
+ * Waits are always bounded by the caller's timeout, so a dead peer shows up
+ * as FP_ETIMEOUT, never as a hang.
  */
 #include "fp_ring.h"
 #include "fp_shm.h"
@@ -100,7 +101,8 @@
 /* Record headers are read with memcpy into locals followed by a compiler
  * barrier, so each shared byte is read exactly once: a producer rewriting
  * the header after we validated it cannot change the bounds we use. */
-static inline void rd_hdr(const unsigned char *p, uint32_t *len, uint32_t *type) {
+static inline void rd_hdr(const unsigned char *p, uint32_t *len,
+                          uint32_t *type) {
   uint32_t v[2];
   memcpy(v, p, sizeof v);
   atomic_signal_fence(SEQ);

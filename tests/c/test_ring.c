@@ -386,6 +386,16 @@ FP_TEST(test_lane_full) {
   fp_lane_destroy(&l);
 }
 
+/* Length of record i in test_lane_wrap: awkward sizes around 8-byte and
+ * ring boundaries, or anything up to a little over the inline limit. */
+static size_t wrap_size(uint64_t i, size_t imax) {
+  static const size_t awkward[] = {0, 1, 7, 8, 9, 15, 17, 63, 65, 255, 257, 1000,
+                                   1017, 1023, 1024, 1025, 3000};
+  uint64_t r = mix64(i);
+  if (r % 3) return awkward[r % (sizeof awkward / sizeof awkward[0])];
+  return (size_t)(r >> 20) % (imax + 1);
+}
+
 /* Many records of awkward sizes through a small ring, the producer running
  * ahead until FP_EFULL, the consumer taking a random number; every byte is
  * checked and the ring wraps thousands of times. */
@@ -393,26 +403,23 @@ FP_TEST(test_lane_wrap) {
   fp_lane l;
   FP_CHECK_EQ_INT(fp_lane_create(&l, 4096, 1 * MIB), FP_OK);
   size_t imax = FP_LANE_INLINE_MAX(4096);
-  static const size_t awkward[] = {0, 1, 7, 8, 9, 15, 17, 63, 65, 255, 257, 1000,
-                                   1017, 1023, 1024, 1025, 3000};
   unsigned char *buf = malloc(4096);
   uint64_t rng = 12345, sent = 0, got = 0, fulls = 0, pads_seen = 0;
   int bad = 0;
   const uint64_t total = 300000;
   while (got < total && !bad) {
     while (sent < total) {
-      uint64_t r = mix64(sent);
-      size_t n = r % 3 ? awkward[r % (sizeof awkward / sizeof awkward[0])] : (size_t)(r >> 20) % (imax + 1);
+      size_t n = wrap_size(sent, imax);
       fill(buf, n, sent);
-      int rc = fp_lane_try_send2(&l, (uint32_t)(sent & 0xffffff), buf, n / 2, buf + n / 2, n - n / 2, NULL);
+      int rc = fp_lane_try_send2(&l, (uint32_t)(sent & 0xffffff), buf, n / 2, buf + n / 2,
+                                 n - n / 2, NULL);
       if (rc == FP_EFULL) { fulls++; break; }
       if (rc != FP_OK) { bad++; break; }
       sent++;
     }
     uint64_t k = 1 + xs_next(&rng) % 12;
     for (uint64_t i = 0; i < k && got < sent; i++) {
-      uint64_t r = mix64(got);
-      size_t n = r % 3 ? awkward[r % (sizeof awkward / sizeof awkward[0])] : (size_t)(r >> 20) % (imax + 1);
+      size_t n = wrap_size(got, imax);
       uint64_t tail0 = atomic_load(&l.h->tail);
       if (recv_check(&l, (uint32_t)(got & 0xffffff), n, got) != FP_OK) { bad++; break; }
       uint64_t adv = atomic_load(&l.h->tail) - tail0;
