@@ -147,8 +147,8 @@ static int l_new(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "n_jobs must be in 1..4096");
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_Integer ring = luaL_optinteger(L, 3, FP_DEFAULT_RING);
-  luaL_argcheck(L, ring >= 4096 && (ring & (ring - 1)) == 0, 3,
-                "ring capacity must be a power of two >= 4096");
+  luaL_argcheck(L, ring >= 4096 && ring <= ((lua_Integer)1 << 30) && (ring & (ring - 1)) == 0, 3,
+                "ring capacity must be a power of two in [4096, 2^30]");
 
   /* Created closed, then opened: an error midway leaves a consistent
    * object that __gc can release. */
@@ -289,7 +289,10 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
   }
   lua_pushnil(L);
   lua_pushliteral(L, "marshal");
-  lua_pushfstring(L, "record of %d bytes is too large to send", (int)(alen + blen));
+  if (rc == FP_E2BIG)
+    lua_pushfstring(L, "record of %f bytes is too large to send", (double)(alen + blen));
+  else
+    lua_pushfstring(L, "cannot send to worker %d: %s", w + 1, fp_strerror(rc));
   return 3;
 }
 

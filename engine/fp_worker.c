@@ -81,6 +81,12 @@ static void w_phase(W *w, uint32_t ph) {
   if (fault_sig && ph == fault_phase && --fault_after == 0) raise(fault_sig);
 }
 
+/* Free the task record just read; wake the parent if it claimed a sleep
+ * (it never sleeps on this lane today, but the lane's contract says so). */
+static void w_release_task(fp_worker_io *io) {
+  if (fp_lane_release(&io->tasks)) fp_lane_wake_producer(&io->tasks);
+}
+
 /* ---- sending ---- */
 
 static void w_check_parent(W *w) {
@@ -267,7 +273,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   w->enc.len = 0;
 
   if (h.job == atomic_load(&io->st->cancel_job)) {
-    fp_lane_release(&io->tasks);
+    w_release_task(io);
     w_reply(w, FP_M_CANCELLED, &h, 0);
     return;
   }
@@ -285,7 +291,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     first = h.start;
     last = h.start + (int64_t)h.count - 1;
     off = 0;
-    fp_lane_release(&io->tasks);
+    w_release_task(io);
   } else {
     /* A death while decoding is reported against the chunk's first item. */
     atomic_store(&io->st->cur_index, h.start);
@@ -296,7 +302,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     fp_codec_err err;
     size_t pos = sizeof h;
     int rc = fp_decode_range(L, lua_gettop(L), 1, h.count, p, len, &pos, &o, &err);
-    fp_lane_release(&io->tasks);
+    w_release_task(io);
     if (rc != FP_OK) {
       lua_settop(L, fn_idx - 1);
       lua_createtable(L, 0, 1);
@@ -408,7 +414,7 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
   size_t pos = 0;
   w_phase(w, FP_PH_DECODE);
   int rc = fp_decode_value(L, p, len, &pos, &o, &err);
-  fp_lane_release(&w->io->tasks);
+  w_release_task(w->io);
   if (rc != FP_OK || !lua_istable(L, -1)) {
     fp_chunk_hdr h;
     memset(&h, 0, sizeof h);
@@ -544,7 +550,7 @@ static int w_body(lua_State *L) {
     case FP_M_CHUNK: w_chunk(&w, p, len); break;
     case FP_M_SETUP: w_setup(&w, p, len); break;
     case FP_M_STOP:
-      fp_lane_release(&io->tasks);
+      w_release_task(io);
       w_finish(&w, FP_BYE_STOP);
     default: w_exit_now(72);
     }

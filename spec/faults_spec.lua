@@ -590,3 +590,21 @@ describe("in a child process", function()
     assert.matches("death\tworker_died\t5", out)
   end)
 end)
+
+describe("a kept-alive worker that died while idle", function()
+  it("is replaced silently at the next map: it held nothing", function()
+    local pool = forkpool.new{ n_jobs = 2, keep_alive = true, use_worker_state = true }
+    pool:map(function(s, x) s.v = "kept"; return x end, items(10), { chunk_size = 1 })
+    local pids = pool:worker_pids()
+    util.kill(pids[1], 9)
+    assert.is_true(util.wait_for(function() return not util.pid_alive(pids[1]) end, 5))
+    local r = pool:map(function(s, x) return s.v or "fresh" end, items(20), { chunk_size = 1 })
+    local seen = {}
+    for i = 1, 20 do seen[r[i]] = true end
+    assert.is_true(seen.kept)
+    local after = pool:worker_pids()
+    assert.are.equal(pids[2], after[2])
+    assert.are_not.equal(pids[1], after[1])
+    pool:close()
+  end)
+end)

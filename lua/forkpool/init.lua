@@ -425,6 +425,10 @@ local function on_worker_exit(self, job, w, death)
   if rec.bye and rec.bye ~= "init_failed" then
     -- a planned exit (lifespan, stop): nothing it held was lost
     for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
+  elseif not rec.bye and death.phase == "idle" and not death.index and rec.ready then
+    -- it died waiting for work (before or during this map), holding nothing
+    -- it had started: give back what was queued for it and replace it
+    for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
   elseif not rec.bye then
     local info = death_info(w, death)
     job.deaths[#job.deaths + 1] = info
@@ -531,23 +535,6 @@ local function check_timeouts(self, job)
   return sleep
 end
 
--- Events left over from before this map (replies to chunks of cancelled
--- jobs, workers that died while idle): take what is there now, without
--- waiting.  Dead workers are replaced by fill_workers.
-local function drain_idle(self)
-  local jobs = {}
-  local idle = { id = -1, queue = {}, deaths = {}, n = 0, next = 1, max_retries = 0 }
-  while true do
-    local kind, w, ejob, start, count, index, value = self._core:poll(jobs, 0)
-    if kind == "timeout" or kind == "interrupted" or kind == "eintr" then return end
-    if kind == "exit" then
-      self._workers[w] = empty_slot()
-    else
-      handle_event(self, idle, kind, w, ejob, start, count, index, value)
-    end
-  end
-end
-
 -- After a failed job: stop its work everywhere.  Kept-alive workers that
 -- finished starting keep running (their queued chunks answer CANCELLED and
 -- are drained later); all others are killed and reaped.
@@ -642,7 +629,6 @@ function Pool:map(fn, items, opts)
   if n == 0 then return results end
 
   guarded(self, function()
-    drain_idle(self)
     if self._restart and live_workers(self) > 0 then join_all(self) end
     self._restart = false
     if live_workers(self) == 0 then self._exit_results = {} end
@@ -677,10 +663,7 @@ end
 -- exit results are collected).  The pool stays usable.
 function Pool:stop_and_join()
   check_self(self, "stop_and_join")
-  guarded(self, function()
-    drain_idle(self)
-    join_all(self)
-  end)
+  guarded(self, join_all, self)
 end
 
 -- pool:terminate(): kill the workers now, no worker_exit; the pool is
@@ -705,10 +688,7 @@ function Pool:close()
   if getmetatable(self) ~= Pool then error("bad self to 'close' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "close")
-  local ok, err = pcall(guarded, self, function()
-    drain_idle(self)
-    join_all(self)
-  end)
+  local ok, err = pcall(guarded, self, join_all, self)
   self._core:close()
   self._closed = "closed"
   if not ok then error(err, 0) end
