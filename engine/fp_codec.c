@@ -18,12 +18,16 @@
  *    NEED() check against the end pointer.
  *  - Recursion is bounded by FP_CODEC_MAX_DEPTH tables/functions in both
  *    directions; each level costs two small C frames and a fixed number of
- *    Lua stack slots, reserved once per table (never per element).
+ *    Lua stack slots, reserved once every STACK_CHECK_EVERY levels (never
+ *    per element).
  *
- * Hot paths (arrays of numbers, small records) avoid per-element
- * lua_checkstack and per-byte buffer checks, and the encoder's "seen" table
- * and the decoder's reference table are only created for values with more
- * than ENC_FAST_SEEN / DEC_STACK_REFS tables and functions.
+ * Speed: the codec can only reach Lua values through the public C API, so
+ * what costs is the number of API calls per item.  Hot paths (arrays of
+ * numbers, small records, chunks of scalar items) make the fewest calls the
+ * API allows: one lua_next pass per table, no repeated lua_type, one buffer
+ * capacity check per record; the encoder's "seen" table and the decoder's
+ * reference table only exist for values with more than ENC_FAST_SEEN /
+ * DEC_STACK_REFS tables and functions.  tests/c/bench_codec.c measures it.
  */
 #include "fp_codec.h"
 #include "fp_wire.h"
@@ -159,6 +163,12 @@ static inline uint32_t rd_u32(const unsigned char *p) {
 static int abs_index(lua_State *L, int idx) {
   return (idx < 0 && idx > LUA_REGISTRYINDEX) ? lua_gettop(L) + idx + 1 : idx;
 }
+
+/* Lua stack room is reserved once every STACK_CHECK_EVERY nesting levels,
+ * for the next STACK_CHECK_EVERY levels plus a margin, instead of once per
+ * table: lua_checkstack is a call, and small records are mostly calls. */
+#define STACK_CHECK_EVERY 16
+#define STACK_ROOM(per_level) ((STACK_CHECK_EVERY + 2) * (per_level))
 
 /* ========================================================================
  * Encoder
@@ -415,6 +425,13 @@ static int seen_add(enc *e, int idx, const void *ptr) {
 /* ---- values */
 
 static int enc_value(enc *e, int idx);
+static int enc_typed(enc *e, int idx, int type);
+
+/* Room on the Lua stack for the level about to open (see STACK_ROOM). */
+static inline int enc_level_room(enc *e) {
+  return (e->depth + 1) % STACK_CHECK_EVERY != 0 ||
+         lua_checkstack(e->L, STACK_ROOM(ENC_SLOTS));
+}
 
 /* If modmap[value at idx] is a string, send MODREF/MODFIELD and return 1;
  * 0 when the value is not in the modmap; a negative code on error.
@@ -476,7 +493,7 @@ static int enc_table_body(enc *e, int t, const void *ptr) {
   int rc;
   if (e->depth >= FP_CODEC_MAX_DEPTH)
     return enc_fail(e, FP_EMARSHAL, EM_DEEP, NULL);
-  if (!lua_checkstack(L, ENC_SLOTS))
+  if (!enc_level_room(e))
     return enc_fail(e, FP_EMARSHAL, EM_LSTACK, NULL);
   size_t narr = lua_objlen(L, t);
   if (narr > (size_t)INT_MAX) /* rawgeti takes an int */
@@ -496,7 +513,8 @@ static int enc_table_body(enc *e, int t, const void *ptr) {
   size_t next = 1; /* next array index to write */
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    if (lua_type(L, key) == LUA_TNUMBER) {
+    int kt = lua_type(L, key);
+    if (kt == LUA_TNUMBER) {
       double k = lua_tonumber(L, key);
       if (k == (double)next && next <= narr) { /* the common case */
         if ((rc = enc_value(e, val))) {
@@ -523,7 +541,7 @@ static int enc_table_body(enc *e, int t, const void *ptr) {
     }
     /* A hash pair: the array section must be complete first. */
     if (next <= narr && (rc = enc_array_upto(e, t, &next, narr))) return rc;
-    if ((rc = enc_value(e, key))) {
+    if ((rc = enc_typed(e, key, kt))) {
       path_prepend(e, "<key>", 5);
       return rc;
     }
@@ -578,7 +596,7 @@ static int enc_function(enc *e, int idx) {
   if (id >= 0) return put_tag_u32(e, FP_T_REF, (uint32_t)id);
   if (e->depth >= FP_CODEC_MAX_DEPTH)
     return enc_fail(e, FP_EMARSHAL, EM_DEEP, NULL);
-  if (!lua_checkstack(L, ENC_SLOTS))
+  if (!enc_level_room(e))
     return enc_fail(e, FP_EMARSHAL, EM_LSTACK, NULL);
   if ((rc = seen_add(e, idx, ptr))) return rc;
   if ((rc = put_tag_u32(e, FP_T_FUNC, 0))) return rc;
@@ -661,9 +679,9 @@ FP_COLD static int enc_other(enc *e, int idx, int type) {
   }
 }
 
-static int enc_value(enc *e, int idx) {
+/* The value at idx, whose lua_type is already known. */
+static int enc_typed(enc *e, int idx, int type) {
   lua_State *L = e->L;
-  int type = lua_type(L, idx);
   switch (type) {
   case LUA_TNUMBER:
     return put_number(e, lua_tonumber(L, idx));
@@ -685,14 +703,15 @@ static int enc_value(enc *e, int idx) {
   }
 }
 
-/* One top-level value: fresh ids, the seen slot reserved only when the value
- * can contain references.  Leaves the stack as it found it.  On error the
- * path tail is in e (the caller finishes it with its root). */
-static int enc_root(enc *e, lua_State *L, int idx, fp_buf *out,
-                    const fp_enc_opts *o, fp_codec_err *err) {
+static int enc_value(enc *e, int idx) {
+  return enc_typed(e, idx, lua_type(e->L, idx));
+}
+
+static void enc_init(enc *e, lua_State *L, fp_buf *out, const fp_enc_opts *o,
+                     fp_codec_err *err) {
   e->L = L;
   e->b = out;
-  e->o = o;
+  e->o = o ? o : &enc_opts_none;
   e->err = err;
   e->seen_slot = 0;
   e->depth = 0;
@@ -700,18 +719,28 @@ static int enc_root(enc *e, lua_State *L, int idx, fp_buf *out,
   e->ptail = 0;
   e->ptrunc = 0;
   e->dump_oom = 0;
-  int top = lua_gettop(L);
+}
+
+/* One top-level value: fresh ids; the seen slot is reserved only when the
+ * value can contain references.  The caller has made STACK_ROOM(ENC_SLOTS)
+ * + 1 slots of room.  Leaves the stack as it found it.  On error the path
+ * tail is in e (the caller finishes it with its root). */
+static int enc_root(enc *e, int idx) {
+  lua_State *L = e->L;
   int type = lua_type(L, idx);
-  int rc;
-  if (!lua_checkstack(L, ENC_SLOTS + 1)) {
-    rc = enc_fail(e, FP_EMARSHAL, EM_LSTACK, NULL);
-  } else if (type == LUA_TTABLE || type == LUA_TFUNCTION) {
-    lua_pushnil(L);
-    e->seen_slot = top + 1;
-    rc = enc_value(e, idx);
-  } else {
-    rc = enc_value(e, idx);
+  e->depth = 0;
+  e->nref = 0;
+  e->ptail = 0;
+  e->ptrunc = 0;
+  e->dump_oom = 0;
+  if (type != LUA_TTABLE && type != LUA_TFUNCTION) {
+    e->seen_slot = 0; /* never used: nothing inside can be a table */
+    return enc_typed(e, idx, type); /* scalars leave the stack balanced */
   }
+  int top = lua_gettop(L);
+  lua_pushnil(L);
+  e->seen_slot = top + 1;
+  int rc = enc_typed(e, idx, type);
   lua_settop(L, top);
   return rc;
 }
@@ -720,7 +749,12 @@ int fp_encode_value(lua_State *L, int idx, fp_buf *out, const fp_enc_opts *o,
                     const char *root, fp_codec_err *err) {
   enc e;
   size_t len0 = out->len;
-  int rc = enc_root(&e, L, abs_index(L, idx), out, o ? o : &enc_opts_none, err);
+  int rc;
+  enc_init(&e, L, out, o, err);
+  if (!lua_checkstack(L, STACK_ROOM(ENC_SLOTS) + 1))
+    rc = enc_fail(&e, FP_EMARSHAL, EM_LSTACK, NULL);
+  else
+    rc = enc_root(&e, abs_index(L, idx));
   if (rc) {
     out->len = len0;
     path_finish(&e, root);
@@ -731,13 +765,14 @@ int fp_encode_value(lua_State *L, int idx, fp_buf *out, const fp_enc_opts *o,
 int fp_encode_range(lua_State *L, int tidx, int64_t first, size_t n,
                     fp_buf *out, const fp_enc_opts *o, const char *root,
                     int64_t label_base, fp_codec_err *err) {
+  enc e;
   size_t len0 = out->len;
   int top = lua_gettop(L);
-  if (!o) o = &enc_opts_none;
+  enc_init(&e, L, out, o, err);
   tidx = abs_index(L, tidx);
-  if (!lua_checkstack(L, 2)) {
-    fmt_msg(err->msg, sizeof err->msg, EM_LSTACK, NULL, NULL);
-    snprintf(err->path, sizeof err->path, "%s", root ? root : "");
+  if (!lua_checkstack(L, STACK_ROOM(ENC_SLOTS) + 2)) {
+    enc_fail(&e, FP_EMARSHAL, EM_LSTACK, NULL);
+    path_finish(&e, root);
     return FP_EMARSHAL;
   }
   for (size_t k = 0; k < n; k++) {
@@ -749,18 +784,16 @@ int fp_encode_range(lua_State *L, int tidx, int64_t first, size_t n,
       lua_pushnumber(L, (lua_Number)i);
       lua_rawget(L, tidx);
     }
-    enc e;
-    int rc = enc_root(&e, L, top + 1, out, o, err);
+    int rc = enc_root(&e, top + 1);
+    lua_settop(L, top);
     if (rc) {
       char label[160];
       snprintf(label, sizeof label, "%.120s[%lld]", root ? root : "",
                (long long)(int64_t)((uint64_t)label_base + k));
       path_finish(&e, label);
       out->len = len0;
-      lua_settop(L, top);
       return rc;
     }
-    lua_settop(L, top);
   }
   return FP_OK;
 }
@@ -769,14 +802,19 @@ int fp_encode_range(lua_State *L, int tidx, int64_t first, size_t n,
  * Decoder
  * ======================================================================== */
 
-/* Reference ids below this live in stack slots reserved at the start of a
- * top-level table/function (cheap: one lua_settop); higher ids go to a Lua
- * table created on demand in one more reserved slot. */
+/* Reference ids below this live on the Lua stack: id 0 (always the
+ * top-level table/function itself) in its own slot, ids 1 .. DEC_STACK_REFS-1
+ * in slots reserved right above it with one lua_settop; higher ids go to a
+ * Lua table created on demand in one more reserved slot. */
 #define DEC_STACK_REFS 8
 
 /* Lua stack slots one table/function level needs: key, value, and 3 for a
  * helper call (function + argument + result) or a module field lookup. */
 #define DEC_SLOTS 5
+
+/* Room on the Lua stack for the level about to open (see STACK_ROOM). */
+#define DEC_LEVEL_ROOM(d) \
+  (((d)->depth + 1) % STACK_CHECK_EVERY != 0 || lua_checkstack((d)->L, STACK_ROOM(DEC_SLOTS)))
 
 /* Size hints for lua_createtable are capped: they are only hints, and a
  * too-big one would make LuaJIT raise "table overflow". */
@@ -792,7 +830,7 @@ typedef struct dec {
   fp_codec_err *err;
   int depth;
   uint32_t nref;
-  int refslot; /* first reserved ref slot, 0 when none (value has no refs) */
+  int refslot; /* slot of id 0 (the root), 0 until the root gets its id */
 } dec;
 
 FP_COLD static int dec_fail(dec *d, int code, enum msg_id id, const char *a,
@@ -818,8 +856,15 @@ static int dec_value(dec *d);
 static int dec_addref(dec *d, int idx) {
   lua_State *L = d->L;
   uint32_t id = d->nref;
-  if (!d->refslot || id >= (uint32_t)INT32_MAX) return dec_corrupt(d, EM_REF);
+  if (id >= (uint32_t)INT32_MAX) return dec_corrupt(d, EM_REF);
   d->nref++;
+  if (id == 0) {
+    /* The first table/function of a value is the value itself (nothing
+     * else can contain one), in its final slot: reserve the others above. */
+    d->refslot = idx;
+    lua_settop(L, idx + DEC_STACK_REFS);
+    return FP_OK;
+  }
   if (id < DEC_STACK_REFS) {
     lua_pushvalue(L, idx);
     lua_replace(L, d->refslot + (int)id);
@@ -859,7 +904,7 @@ static int dec_table(dec *d) {
   if (narr > rest || nhash > (rest - narr) / 2 || narr > (uint32_t)INT_MAX)
     return dec_corrupt(d, EM_SIZES);
   if (d->depth >= FP_CODEC_MAX_DEPTH) return dec_corrupt(d, EM_DEEP);
-  if (!lua_checkstack(L, DEC_SLOTS)) return dec_corrupt(d, EM_LSTACK);
+  if (!DEC_LEVEL_ROOM(d)) return dec_corrupt(d, EM_LSTACK);
   d->depth++;
   lua_createtable(L, (int)(narr < DEC_HINT_ARR ? narr : DEC_HINT_ARR),
                   (int)(nhash < DEC_HINT_HASH ? nhash : DEC_HINT_HASH));
@@ -895,12 +940,22 @@ static int dec_table(dec *d) {
     lua_rawseti(L, t, (int)i);
   }
   for (uint32_t i = 0; i < nhash; i++) {
-    if ((rc = dec_value(d))) return rc;
-    int kt = lua_type(L, -1);
-    if (kt == LUA_TNIL) return dec_corrupt(d, EM_KEYNIL);
-    if (kt == LUA_TNUMBER) {
-      double k = lua_tonumber(L, -1);
+    /* nil and NaN keys would make lua_rawset raise.  The tag tells, except
+     * for module references, which resolve to whatever require gives. */
+    NEED(d, 1);
+    unsigned ktag = *d->p;
+    if (ktag == FP_T_NIL) return dec_corrupt(d, EM_KEYNIL);
+    if (ktag == FP_T_DOUBLE) {
+      double k;
+      NEED(d, 9);
+      memcpy(&k, d->p + 1, 8);
       if (k != k) return dec_corrupt(d, EM_KEYNAN);
+    }
+    if ((rc = dec_value(d))) return rc;
+    if (ktag == FP_T_MODREF || ktag == FP_T_MODFIELD) {
+      if (lua_isnil(L, -1)) return dec_corrupt(d, EM_KEYNIL);
+      if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+        return dec_corrupt(d, EM_KEYNAN);
     }
     if ((rc = dec_value(d))) return rc;
     lua_rawset(L, t);
@@ -976,7 +1031,7 @@ static int dec_function(dec *d) {
    * bytecode itself is trusted: only workers, fed by their parent, load it). */
   if (bclen < 4 || memcmp(d->p, "\x1bLJ", 3) != 0) return dec_corrupt(d, EM_NOTBC);
   if (d->depth >= FP_CODEC_MAX_DEPTH) return dec_corrupt(d, EM_DEEP);
-  if (!lua_checkstack(L, DEC_SLOTS)) return dec_corrupt(d, EM_LSTACK);
+  if (!DEC_LEVEL_ROOM(d)) return dec_corrupt(d, EM_LSTACK);
   if (luaL_loadbufferx(L, (const char *)d->p, bclen, "=forkpool", "b")) {
     return dec_fail(d, FP_ECORRUPT, EM_BCLOAD, lua_tostring(L, -1), NULL);
   }
@@ -1124,21 +1179,14 @@ int fp_decode_value(lua_State *L, const unsigned char *p, size_t len,
   d.nref = 0;
   d.refslot = 0;
   int top = lua_gettop(L);
-  if (!lua_checkstack(L, DEC_STACK_REFS + 1 + DEC_SLOTS)) return dec_corrupt(&d, EM_LSTACK);
-  if (d.p < d.end && (*d.p == FP_T_TABLE || *d.p == FP_T_FUNC)) {
-    /* Only tables and functions contain references; reserve their slots. */
-    lua_settop(L, top + DEC_STACK_REFS + 1);
-    d.refslot = top + 1;
-  }
+  if (!lua_checkstack(L, DEC_STACK_REFS + 1 + STACK_ROOM(DEC_SLOTS)))
+    return dec_corrupt(&d, EM_LSTACK);
   int rc = dec_value(&d);
   if (rc) {
     lua_settop(L, top);
     return rc;
   }
-  if (d.refslot) {
-    lua_replace(L, top + 1);
-    lua_settop(L, top + 1);
-  }
+  if (d.refslot) lua_settop(L, top + 1); /* drop the reserved ref slots */
   *pos = (size_t)(d.p - p);
   return FP_OK;
 }
@@ -1147,12 +1195,37 @@ int fp_decode_range(lua_State *L, int tidx, int64_t first, size_t n,
                     const unsigned char *p, size_t len, size_t *pos,
                     const fp_dec_opts *o, fp_codec_err *err) {
   tidx = abs_index(L, tidx);
+  if (!lua_checkstack(L, 3)) {
+    dec d = {.L = L, .p = p + (*pos < len ? *pos : len), .end = p + len,
+             .start = p, .o = o, .err = err};
+    return dec_corrupt(&d, EM_LSTACK);
+  }
   for (size_t k = 0; k < n; k++) {
-    int rc = fp_decode_value(L, p, len, pos, o, err);
-    if (rc) return rc;
-    if (lua_type(L, -1) == LUA_TNIL) { /* leave a hole */
-      lua_pop(L, 1);
+    /* Scalars (what most chunks carry) are read here directly; everything
+     * else, and every malformed record, goes through fp_decode_value. */
+    size_t at = *pos, rest = at < len ? len - at : 0;
+    unsigned tag = rest ? p[at] : FP_T__COUNT;
+    if (tag == FP_T_DOUBLE && rest >= 9) {
+      double v;
+      memcpy(&v, p + at + 1, 8);
+      lua_pushnumber(L, v);
+      *pos = at + 9;
+    } else if (tag == FP_T_INT32 && rest >= 5) {
+      lua_pushnumber(L, (lua_Number)(int32_t)rd_u32(p + at + 1));
+      *pos = at + 5;
+    } else if (tag == FP_T_STR8 && rest >= 2 && rest - 2 >= p[at + 1]) {
+      lua_pushlstring(L, (const char *)p + at + 2, p[at + 1]);
+      *pos = at + 2 + p[at + 1];
+    } else if (tag == FP_T_NIL) {
+      *pos = at + 1; /* leave a hole */
       continue;
+    } else {
+      int rc = fp_decode_value(L, p, len, pos, o, err);
+      if (rc) return rc;
+      if (lua_type(L, -1) == LUA_TNIL) { /* a module reference can be nil */
+        lua_pop(L, 1);
+        continue;
+      }
     }
     int64_t i = (int64_t)((uint64_t)first + k);
     if (i >= INT_MIN && i <= INT_MAX) {

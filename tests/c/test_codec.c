@@ -802,6 +802,40 @@ FP_TEST(test_ranges) {
   lua_close(L);
 }
 
+/* Every strict prefix of a range encoding fails in fp_decode_range (whose
+ * scalar fast path must check lengths like the general decoder does). */
+FP_TEST(test_range_truncation) {
+  lua_State *L = new_state();
+  fp_buf b = {0};
+  fp_codec_err err;
+  fp_enc_opts eo = eopts(0);
+  fp_dec_opts dd = dopts(0);
+  FP_CHECK(run(L, "return {1.5, 7, 'str', nil, {1, x = 2}, true, 2^40, ('y'):rep(300), false, -0.0}"));
+  FP_CHECK_EQ_INT(fp_encode_range(L, -1, 1, 10, &b, &eo, "item", 1, &err), FP_OK);
+  for (size_t cut = 0; cut < b.len; cut++) {
+    unsigned char *copy = malloc(cut ? cut : 1);
+    memcpy(copy, b.p, cut);
+    lua_newtable(L);
+    size_t pos = 0;
+    int rc = fp_decode_range(L, -1, 1, 10, copy, cut, &pos, &dd, &err);
+    FP_CHECK_EQ_INT(rc, FP_ECORRUPT);
+    FP_CHECK(pos <= cut);
+    FP_CHECK_EQ_INT(lua_gettop(L), BASE + 2);
+    lua_pop(L, 1);
+    free(copy);
+  }
+  lua_newtable(L);
+  size_t pos = 0;
+  FP_CHECK_EQ_INT(fp_decode_range(L, -1, 1, 10, b.p, b.len, &pos, &dd, &err), FP_OK);
+  FP_CHECK_EQ_INT(pos, b.len);
+  lua_setglobal(L, "got");
+  lua_setglobal(L, "orig");
+  FP_CHECK(truthy(L, "return deepeq(orig, got)"));
+  fp_buf_free(&b);
+  FP_CHECK_EQ_INT(lua_gettop(L), BASE);
+  lua_close(L);
+}
+
 /* Hand-made malformed records, each rejected with FP_ECORRUPT. */
 FP_TEST(test_decoder_validation) {
   lua_State *L = new_state();
@@ -1032,6 +1066,35 @@ static int write_corpus(const char *dir) {
     fp_buf_free(&b);
   }
   lua_close(L);
+  /* Two hand-made ones Lua cannot produce: a light userdata, and a chain of
+   * exactly FP_CODEC_MAX_DEPTH tables. */
+  unsigned char lud[9] = {FP_T_LIGHTUD};
+  uint64_t ptr = 0x7f0012345678u;
+  memcpy(lud + 1, &ptr, 8);
+  size_t deep_n = (size_t)FP_CODEC_MAX_DEPTH * 9 + 1;
+  unsigned char *deep = malloc(deep_n);
+  for (int i = 0; i < FP_CODEC_MAX_DEPTH; i++) {
+    deep[i * 9] = FP_T_TABLE;
+    w32(deep + i * 9 + 1, 1);
+    w32(deep + i * 9 + 5, 0);
+  }
+  deep[deep_n - 1] = FP_T_TRUE;
+  const struct { const char *name; const unsigned char *p; size_t n; } extra[] = {
+    {"seed-lightud", lud, sizeof lud}, {"seed-deep", deep, deep_n}};
+  for (size_t i = 0; i < 2; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, extra[i].name);
+    FILE *f = fopen(path, "wb");
+    int bad = !f || fwrite(extra[i].p, 1, extra[i].n, f) != extra[i].n;
+    if (f) fclose(f);
+    if (bad) {
+      fprintf(stderr, "cannot write %s\n", path);
+      free(deep);
+      return 1;
+    }
+    written++;
+  }
+  free(deep);
   printf("wrote %d seeds to %s\n", written, dir);
   return 0;
 }
@@ -1053,6 +1116,7 @@ int main(void) {
   FP_RUN(test_too_deep);
   FP_RUN(test_stack_and_buffer_balance);
   FP_RUN(test_ranges);
+  FP_RUN(test_range_truncation);
   FP_RUN(test_decoder_validation);
   FP_RUN(test_truncation);
   FP_RUN(test_random_flips);
