@@ -1090,11 +1090,13 @@ FP_TEST(test_xproc_killed_producer) {
     pid_t pid = spawn(child_produce_forever, &cs);
     sres mine;
     memset(&mine, 0, sizeof mine);
-    /* Consume for a random while, then kill without warning. */
+    /* Consume for a random while (and at least 100 records, however slowly
+     * a loaded machine schedules the producer), then kill without warning. */
     uint64_t until = now_ns() + (uint64_t)(20 + 37 * round) * 1000000u;
+    uint64_t hard = now_ns() + 10000000000u;
     uint64_t seq = 0;
     int rc = FP_OK, timeouts = 0;
-    while (now_ns() < until && timeouts < MAX_TIMEOUTS) {
+    while ((now_ns() < until || seq <= 100) && now_ns() < hard && timeouts < MAX_TIMEOUTS) {
       rc = consume_one(&l, seq, UINT64_MAX, &mine);
       if (rc == FP_OK) seq++;
       else if (rc == FP_EEMPTY) timeouts += fp_lane_wait_data(&l, WAIT_MS) == FP_ETIMEOUT;
