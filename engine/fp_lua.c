@@ -37,6 +37,9 @@
 #define FP_POOL_MT "forkpool.core.pool"
 #define FP_EXPORT __attribute__((visibility("default")))
 
+/* How long poll looks at the lanes before it sleeps (see l_poll). */
+#define FP_POLL_SPIN_NS 20000
+
 /* Default ring capacity per lane (records above a quarter of it go through
  * the lane's big area). */
 #define FP_DEFAULT_RING (1u << 20)
@@ -71,7 +74,7 @@ static int fault_wid;
 
 static fp_pool *check_pool(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
-  if (p->owner != getpid())
+  if (p->owner != fp_proc_self())
     luaL_error(L, "forkpool: a pool can only be used by the process that created it "
                   "(not from inside a worker)");
   if (p->closed) luaL_error(L, "forkpool: attempt to use a closed pool");
@@ -296,45 +299,61 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
   return 3;
 }
 
-/* pool:send_setup(wid, tbl [, modmap]) */
+/* pool:encode(value [, modmap]) -> string | nil, "marshal", message, path:
+ * the wire encoding of a value as it would be shipped to a worker
+ * (functions by value, modules by name).  The scheduler encodes a job's
+ * function once and compares the bytes with what each worker already has. */
+static int l_encode(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  luaL_checkany(L, 2);
+  fp_enc_opts o;
+  fp_codec_err err;
+  enc_opts(L, 1, 3, &o);
+  p->enc.len = 0;
+  int rc = fp_encode_value(L, 2, &p->enc, &o, "", &err);
+  if (rc != FP_OK) return push_marshal(L, rc, &err);
+  lua_pushlstring(L, (const char *)p->enc.p, p->enc.len);
+  return 1;
+}
+
+/* pool:send_setup(wid, id, drop, bytes): install the encoded {fn=, exit=}
+ * (from pool:encode) in worker wid under id, forgetting id drop (0: none).
+ * Returns true, or false when the lane is full now. */
 static int l_send_setup(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  fp_enc_opts o;
-  fp_codec_err err;
-  enc_opts(L, 1, 4, &o);
-  p->enc.len = 0;
-  int rc = fp_encode_value(L, 3, &p->enc, &o, "", &err);
-  if (rc != FP_OK) return push_marshal(L, rc, &err);
-  return send_record(L, p, w, FP_M_SETUP, NULL, 0, p->enc.p, p->enc.len);
+  fp_setup_hdr sh;
+  sh.id = (uint64_t)luaL_checknumber(L, 3);
+  sh.drop = (uint64_t)luaL_checknumber(L, 4);
+  size_t len;
+  const char *bytes = luaL_checklstring(L, 5, &len);
+  return send_record(L, p, w, FP_M_SETUP, &sh, sizeof sh, bytes, len);
 }
 
-/* pool:send_chunk(wid, job, start, count [, items [, modmap [, timed]]]):
- * items nil means the worker has them in memory (it was forked during this
- * job); timed: stamp each item's start (a task_timeout is set). */
+/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [, timed]]]):
+ * run function fn (see fp_chunk_hdr) over items start..start+count-1 of
+ * job.  items nil means the worker has them in memory (it was forked during
+ * this job); timed: stamp each item's start (a task_timeout is set). */
 static int l_send_chunk(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   fp_chunk_hdr h;
   memset(&h, 0, sizeof h);
   h.job = (uint64_t)luaL_checknumber(L, 3);
-  h.start = (int64_t)luaL_checknumber(L, 4);
-  h.count = (uint32_t)luaL_checkinteger(L, 5);
+  h.fn = (uint64_t)luaL_checknumber(L, 4);
+  h.start = (int64_t)luaL_checknumber(L, 5);
+  h.count = (uint32_t)luaL_checkinteger(L, 6);
   p->enc.len = 0;
-  if (lua_toboolean(L, 8)) h.flags |= FP_CHUNK_TIMED;
-  if (lua_isnoneornil(L, 6)) {
+  if (lua_toboolean(L, 9)) h.flags |= FP_CHUNK_TIMED;
+  if (lua_isnoneornil(L, 7)) {
     h.flags |= FP_CHUNK_INHERITED;
   } else {
-    luaL_checktype(L, 6, LUA_TTABLE);
+    luaL_checktype(L, 7, LUA_TTABLE);
     fp_enc_opts o;
     fp_codec_err err;
-    enc_opts(L, 1, 7, &o);
-    int rc = fp_encode_range(L, 6, h.start, h.count, &p->enc, &o, "item", h.start, &err);
-    if (rc != FP_OK) {
-      int nret = push_marshal(L, rc, &err);
-      return nret;
-    }
+    enc_opts(L, 1, 8, &o);
+    int rc = fp_encode_range(L, 7, h.start, h.count, &p->enc, &o, "item", h.start, &err);
+    if (rc != FP_OK) return push_marshal(L, rc, &err);
   }
   return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, p->enc.p, p->enc.len);
 }
@@ -585,6 +604,15 @@ static int l_poll(lua_State *L) {
     }
     int n = scan_slots(L, p, 2);
     if (n) return n;
+    /* A worker usually answers within microseconds, while sleeping and being
+     * woken costs tens of them here: look again for a short while first. */
+    if (timeout != 0) {
+      uint64_t spin_end = fp_now_ns() + FP_POLL_SPIN_NS;
+      while (!n && fp_now_ns() < spin_end) {
+        for (int k = 0; k < 16 && !n; k++) n = scan_slots(L, p, 2);
+      }
+      if (n) return n;
+    }
     /* Announce that we are about to sleep, then look once more: pairs with
      * the fence in the worker's send (fp_worker.c, w_send2). */
     atomic_store(&p->ctl->parent_sleeping, 1);
@@ -764,6 +792,7 @@ static int l__exit(lua_State *L) {
 
 static const luaL_Reg pool_methods[] = {
   {"spawn", l_spawn},           {"send_setup", l_send_setup},
+  {"encode", l_encode},
   {"send_chunk", l_send_chunk}, {"send_stop", l_send_stop},
   {"cancel", l_cancel},         {"poll", l_poll},
   {"kill", l_kill},             {"wait_exit", l_wait_exit},

@@ -65,6 +65,13 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep) {
 
 /* ---- fork ---- */
 
+static pid_t self_pid;
+
+pid_t fp_proc_self(void) {
+  if (!self_pid) self_pid = getpid();
+  return self_pid;
+}
+
 static int fork_fail_countdown; /* test hook: fail the n-th next fork */
 
 void fp_proc_fail_fork_after(int n) { fork_fail_countdown = n; }
@@ -85,6 +92,7 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
     return FP_ESYS;
   }
   if (p == 0) {
+    self_pid = getpid();
     *pid = 0;
     *pidfd = -1;
     return FP_OK; /* signals stay blocked until fp_proc_child_init */

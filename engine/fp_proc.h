@@ -68,6 +68,11 @@ int fp_proc_wait_exit(int pidfd, int timeout_ms);
 /* "SIGSEGV" for 11, ... ("SIG42" for unnamed ones); static storage. */
 const char *fp_proc_signame(int sig);
 
+/* This process's pid, cached: refreshed in every child fp_proc_fork makes
+ * (the only fork after which forkpool code runs on).  For hot paths; use
+ * getpid() where a wrong answer would act on another process's workers. */
+pid_t fp_proc_self(void);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t fp_now_ns(void);
 

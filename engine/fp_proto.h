@@ -14,7 +14,7 @@
 
 enum fp_msg {
   /* parent -> worker */
-  FP_M_SETUP   = 1,  /* encoded table {job=, fn=, exit=, set_exit=, drop_below=} */
+  FP_M_SETUP   = 1,  /* fp_setup_hdr, then an encoded table {fn=, exit=} */
   FP_M_CHUNK   = 2,  /* fp_chunk_hdr, then count encoded items unless FP_CHUNK_INHERITED */
   FP_M_STOP    = 3,  /* leave: run worker_exit (if it ran a task), send BYE, exit */
 
@@ -35,14 +35,25 @@ enum fp_msg {
 #define FP_CHUNK_TIMED     0x2u /* stamp item_ns before each item (a task_timeout is set) */
 
 /* Header of CHUNK and of every chunk reply.  start/index are 1-based item
- * indexes of the job's input. */
+ * indexes of the job's input.  fn names the function to run: the job id
+ * the worker was forked for (its function came through fork), or an id
+ * installed by a SETUP. */
 typedef struct fp_chunk_hdr {
   uint64_t job;
+  uint64_t fn;
   int64_t start;
   int64_t index;   /* replies: the item an error is about; 0 otherwise */
   uint32_t count;
   uint32_t flags;
 } fp_chunk_hdr;
+
+/* Header of SETUP: install the encoded {fn=, exit=} under id; forget the
+ * function installed under drop (0: none).  A chunk naming id runs fn, and
+ * makes exit the worker_exit this worker runs when it stops. */
+typedef struct fp_setup_hdr {
+  uint64_t id;
+  uint64_t drop;
+} fp_setup_hdr;
 
 enum fp_bye_reason { FP_BYE_STOP = 1, FP_BYE_LIFESPAN = 2, FP_BYE_INIT_FAILED = 3 };
 typedef struct fp_bye { uint32_t reason; uint32_t pad; } fp_bye;

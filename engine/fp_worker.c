@@ -39,8 +39,9 @@
 #define S_ITEMS   10  /* that job's items (inherited through fork) */
 #define S_INIT    11
 #define S_EXIT    12  /* the worker_exit that runs when this worker leaves */
-#define S_LEAD1   13  /* leading arguments: worker id, shared objects, state */
-#define S_NSLOTS  15
+#define S_BEXIT   13  /* the worker_exit of the job we were forked for */
+#define S_LEAD1   14  /* leading arguments: worker id, shared objects, state */
+#define S_NSLOTS  16
 
 /* How long one wait sleeps before re-checking that the parent lives (the
  * parent-death signal normally kills us first). */
@@ -50,7 +51,7 @@ typedef struct W {
   lua_State *L;
   fp_worker_io *io;
   fp_buf enc;            /* encode buffer, reused */
-  uint64_t born_job;     /* items of this job are in our memory */
+  uint64_t born_job;     /* items and function of this job are in our memory */
   int nlead;
   double lifespan;       /* 0: unlimited */
   uint64_t items_done;   /* items run (success or not) */
@@ -277,12 +278,21 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     w_reply(w, FP_M_CANCELLED, &h, 0);
     return;
   }
-  /* The function: inherited for the job we were forked in, else shipped. */
-  if (h.job == w->born_job) {
+  /* The function: inherited for the job we were forked in, else shipped.
+   * Its worker_exit becomes the one this worker runs when it stops. */
+  if (h.fn == w->born_job) {
     lua_pushvalue(L, S_FN);
+    lua_pushvalue(L, S_BEXIT);
+    lua_replace(L, S_EXIT);
   } else {
-    lua_pushnumber(L, (lua_Number)h.job);
+    lua_pushnumber(L, (lua_Number)h.fn);
     lua_rawget(L, S_JOBS);
+    if (lua_istable(L, -1)) {
+      lua_rawgeti(L, -1, 2);
+      lua_replace(L, S_EXIT);
+      lua_rawgeti(L, -1, 1);
+      lua_remove(L, -2);
+    }
   }
   int fn_idx = lua_gettop(L);
   int64_t first, last, off;
@@ -379,7 +389,6 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
       lua_pop(L, 1);
       if (rc != FP_OK) bad = h.start + k;
     }
-    atomic_store(&io->st->cur_index, 0);
     if (rc == FP_OK) {
       w_reply(w, FP_M_RESULTS, &h, 0);
     } else {
@@ -397,6 +406,8 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
       w_reply(w, FP_M_MARSHAL_ERROR, &h, bad);
     }
   }
+  /* Only now, with the reply sent, does the worker hold no item. */
+  atomic_store(&io->st->cur_index, 0);
   atomic_fetch_add(&io->st->items_done, h.count);
   lua_settop(L, fn_idx - 1);
   w_phase(w, FP_PH_IDLE);
@@ -404,20 +415,29 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     w_finish(w, FP_BYE_LIFESPAN);
 }
 
-/* SETUP: {job=, fn=, exit=, set_exit=, drop_below=} with functions shipped
- * by value; functions of jobs below drop_below are forgotten. */
+/* SETUP: fp_setup_hdr, then {fn=, exit=} with functions shipped by value.
+ * Stored as jobs[id] = {fn, exit}. */
 static void w_setup(W *w, const unsigned char *p, size_t len) {
   lua_State *L = w->L;
+  fp_setup_hdr sh;
   fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
                    .cdata_new_idx = S_CNEW};
   fp_codec_err err;
-  size_t pos = 0;
+  size_t pos = sizeof sh;
+  if (len < sizeof sh) w_exit_now(72);
+  memcpy(&sh, p, sizeof sh);
   w_phase(w, FP_PH_DECODE);
   int rc = fp_decode_value(L, p, len, &pos, &o, &err);
   w_release_task(w->io);
+  if (sh.drop) {
+    lua_pushnumber(L, (lua_Number)sh.drop);
+    lua_pushnil(L);
+    lua_rawset(L, S_JOBS);
+  }
   if (rc != FP_OK || !lua_istable(L, -1)) {
     fp_chunk_hdr h;
     memset(&h, 0, sizeof h);
+    h.fn = sh.id;
     if (rc == FP_OK) lua_pop(L, 1);
     lua_createtable(L, 0, 1);
     lua_pushfstring(L, "%s%s%s", err.path, err.path[0] ? ": " : "", err.msg);
@@ -427,27 +447,13 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
     return;
   }
   int t = lua_gettop(L);
-  /* Forget the functions of jobs the parent says are over. */
-  lua_getfield(L, t, "drop_below");
-  lua_Number drop = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
-  lua_pop(L, 1);
-  lua_pushnil(L);
-  while (lua_next(L, S_JOBS)) {
-    lua_pop(L, 1);
-    if (lua_tonumber(L, -1) < drop) {
-      lua_pushvalue(L, -1);
-      lua_pushnil(L);
-      lua_rawset(L, S_JOBS); /* clearing a field during lua_next is allowed */
-    }
-  }
-  lua_getfield(L, t, "job");
+  lua_pushnumber(L, (lua_Number)sh.id);
+  lua_createtable(L, 2, 0);
   lua_getfield(L, t, "fn");
+  lua_rawseti(L, -2, 1);
+  lua_getfield(L, t, "exit");
+  lua_rawseti(L, -2, 2);
   lua_rawset(L, S_JOBS);
-  lua_getfield(L, t, "set_exit");
-  if (lua_toboolean(L, -1)) {
-    lua_getfield(L, t, "exit");
-    lua_replace(L, S_EXIT);
-  }
   lua_settop(L, t - 1);
 }
 
@@ -485,6 +491,7 @@ static int w_body(lua_State *L) {
   lua_getfield(L, S_CTX, "items");                        /* S_ITEMS */
   lua_getfield(L, S_CTX, "init");                         /* S_INIT */
   lua_getfield(L, S_CTX, "exit");                         /* S_EXIT */
+  lua_pushvalue(L, S_EXIT);                               /* S_BEXIT */
   lua_settop(L, S_NSLOTS);
 
   /* Leading arguments, in mpire's order. */

@@ -193,6 +193,18 @@ local function build_modmap()
   return m
 end
 
+-- The module map is rebuilt only when package.loaded gained or lost entries
+-- (or when asked: a value was refused, perhaps for a module loaded since).
+local modmap_cache, modmap_size
+local function get_modmap(fresh)
+  local n = 0
+  for _ in pairs(package.loaded) do n = n + 1 end
+  if fresh or not modmap_cache or n ~= modmap_size then
+    modmap_cache, modmap_size = build_modmap(), n
+  end
+  return modmap_cache
+end
+
 local function live_workers(self)
   local n = 0
   for w = 1, self._n do if self._workers[w].pid then n = n + 1 end end
@@ -223,7 +235,7 @@ local function spawn_worker(self, w, job)
   end
   self._workers[w] = {
     pid = pid, born_job = job.id, chunks = {}, dispatched = 0,
-    has_job = { [job.id] = true },
+    fns = {}, -- functions installed by SETUP: {bytes=, id=}, most recent last
   }
   return nil
 end
@@ -316,27 +328,60 @@ local function take_chunk(rec, jobid, start)
   return nil
 end
 
--- Ship the job's function (and its worker_exit) to a worker that was not
--- forked for this job.  Returns false when the lane is full for now.
-local function setup_worker(self, w, job)
-  local rec = self._workers[w]
-  if rec.has_job[job.id] then return true end
-  job.modmap = job.modmap or build_modmap()
-  -- functions of jobs that are over are dropped on both sides
-  local oldest = job.id
-  for id in pairs(rec.has_job) do
-    if id < oldest then rec.has_job[id] = nil end
-  end
-  local ok, _, msg, path = self._core:send_setup(w, {
-    job = job.id, fn = job.fn, exit = job.exit, set_exit = true, drop_below = oldest,
-  }, job.modmap)
-  if ok == nil then
+-- A worker keeps at most this many shipped functions.
+local MAX_FNS = 4
+
+-- The wire encoding of the job's function and worker_exit, made once per
+-- job; equal bytes mean a worker already has exactly this function with
+-- these upvalue values.
+local function job_setup_bytes(self, job)
+  if job.setup_bytes then return job.setup_bytes end
+  local v = { fn = job.fn, exit = job.exit }
+  local bytes, _, msg, path = self._core:encode(v, get_modmap())
+  if not bytes then bytes, _, msg, path = self._core:encode(v, get_modmap(true)) end
+  if not bytes then
+    msg = msg:gsub("^%.", "")
     fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
       .. "; pass such values through worker_init or shared_objects", path = path }))
-    return false
+    return nil
   end
-  if ok then rec.has_job[job.id] = true end
-  return ok
+  job.setup_bytes = bytes
+  return bytes
+end
+
+-- The id under which worker w runs the job's function: the job itself for
+-- a worker forked for it, else a function shipped now or earlier.  Returns
+-- nil when it cannot be shipped now (lane full) or at all (job.err).
+local function setup_worker(self, w, job)
+  local rec = self._workers[w]
+  if rec.born_job == job.id then return job.id end
+  local bytes = job_setup_bytes(self, job)
+  if not bytes then return nil end
+  local fns = rec.fns
+  for i, e in ipairs(fns) do
+    if e.bytes == bytes then
+      if i ~= #fns then table.remove(fns, i); fns[#fns + 1] = e end
+      return e.id
+    end
+  end
+  -- forget the least recently used function no queued chunk still needs
+  local drop_at
+  if #fns >= MAX_FNS then
+    for i, e in ipairs(fns) do
+      local used = false
+      for _, ch in ipairs(rec.chunks) do if ch.fn == e.id then used = true end end
+      if not used then drop_at = i; break end
+    end
+  end
+  local ok, _, msg = self._core:send_setup(w, job.id, drop_at and fns[drop_at].id or 0, bytes)
+  if ok == nil then
+    fail(job, errors.new("marshal", { message = msg, worker_id = w }))
+    return nil
+  end
+  if not ok then return nil end
+  if drop_at then table.remove(fns, drop_at) end
+  fns[#fns + 1] = { bytes = bytes, id = job.id }
+  return job.id
 end
 
 -- The next chunk for worker w: a requeued one first, else the next slice.
@@ -361,13 +406,15 @@ local function dispatch(self, job)
     local rec = self._workers[w]
     if rec.pid and not rec.bye and not rec.killed and #rec.chunks < INFLIGHT then
       local ch, requeued = next_chunk(self, job, w)
-      if ch and setup_worker(self, w, job) then
+      local fn = ch and setup_worker(self, w, job)
+      if fn then
+        ch.fn = fn
         local ok, _, msg, path
         if rec.born_job == job.id then
-          ok = c:send_chunk(w, job.id, ch.start, ch.count, nil, nil, job.timed)
+          ok = c:send_chunk(w, job.id, fn, ch.start, ch.count, nil, nil, job.timed)
         else
-          job.modmap = job.modmap or build_modmap()
-          ok, _, msg, path = c:send_chunk(w, job.id, ch.start, ch.count, job.items, job.modmap, job.timed)
+          ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, job.items,
+            get_modmap(), job.timed)
           if ok == nil then
             fail(job, errors.new("marshal", { message = msg, path = path,
               index = tonumber((path or ""):match("^item%[(%d+)%]")) }))
@@ -401,6 +448,15 @@ local function fill_workers(self, job)
   end
 end
 
+-- Whether item index (of any job) is in a chunk the worker still holds.
+local function holds_item(rec, index)
+  if not index then return false end
+  for _, ch in ipairs(rec.chunks) do
+    if index >= ch.start and index < ch.start + ch.count then return true end
+  end
+  return false
+end
+
 -- The process in slot w is gone (event "exit").  Decide what it means for
 -- the job: nothing (it said goodbye), a timeout we caused, or a death.
 local function on_worker_exit(self, job, w, death)
@@ -425,9 +481,16 @@ local function on_worker_exit(self, job, w, death)
   if rec.bye and rec.bye ~= "init_failed" then
     -- a planned exit (lifespan, stop): nothing it held was lost
     for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
-  elseif not rec.bye and death.phase == "idle" and not death.index and rec.ready then
-    -- it died waiting for work (before or during this map), holding nothing
-    -- it had started: give back what was queued for it and replace it
+  elseif not rec.bye and rec.ready and death.phase ~= "worker_exit"
+      and not holds_item(rec, death.index) then
+    -- it died between items (waiting for work, or just after answering),
+    -- holding nothing it had started: give back what was queued for it
+    -- and replace it; such deaths still count against a runaway loop
+    job.deaths[#job.deaths + 1] = death_info(w, death)
+    if #job.deaths > (job.max_retries + 1) * self._n then
+      fail(job, death_error(w, death, job.deaths))
+      return
+    end
     for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
   elseif not rec.bye then
     local info = death_info(w, death)
