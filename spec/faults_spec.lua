@@ -608,3 +608,36 @@ describe("a kept-alive worker that died while idle", function()
     pool:close()
   end)
 end)
+
+describe("the OOM killer", function()
+  it("killing a worker (memory cgroup limit) is reported as worker_died, and the pool recovers", function()
+    local cg = "/sys/fs/cgroup/memory/forkpool_oom_" .. util.getpid()
+    os.execute("mkdir " .. cg .. " 2>/dev/null")
+    local f = io.open(cg .. "/memory.limit_in_bytes", "w")
+    if not f then
+      pending("no writable cgroup v1 memory controller here")
+      return
+    end
+    f:write("50M")
+    f:close()
+    local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    local err = map_error(pool, function(x)
+      if x == 2 then
+        -- join the small cgroup, then allocate far past its limit
+        local g = io.open(cg .. "/cgroup.procs", "w")
+        g:write(require("ffi").C.getpid())
+        g:close()
+        local t = {}
+        for i = 1, 400 do t[i] = string.rep(string.char(i % 256), 1024 * 1024) end
+        return #t
+      end
+      return x
+    end, items(4), { chunk_size = 1 })
+    assert.is_true(forkpool.is_error(err, "worker_died"), tostring(err))
+    assert.are.equal("SIGKILL", err.signal)
+    assert.are.equal(2, err.index)
+    assert.are.equal(5, pool:map(function(x) return x + 1 end, { 4 })[1])
+    pool:close()
+    assert.is_true(util.wait_for(function() return os.execute("rmdir " .. cg .. " 2>/dev/null") == 0 end, 5))
+  end)
+end)
