@@ -647,6 +647,11 @@ static int enc_cdata(enc *e, int idx) {
   if (kind && (strcmp(kind, "i64") == 0 || strcmp(kind, "u64") == 0)) {
     const void *payload = lua_topointer(L, idx);
     rc = put_tag_u64(e, kind[0] == 'i' ? FP_T_INT64 : FP_T_UINT64, payload);
+  } else if (kind && strncmp(kind, "shptr:", 6) == 0) {
+    /* A pointer into the shared arena: its value, then its C type. */
+    const void *payload = lua_topointer(L, idx);
+    rc = put_tag_u64(e, FP_T_SHPTR, payload);
+    if (rc == FP_OK) rc = put_string(e, kind + 6, strlen(kind + 6));
   } else if (kind) {
     rc = enc_fail(e, FP_EMARSHAL, EM_CDATA_TYPE, kind);
   } else {
@@ -1071,6 +1076,33 @@ static int dec_int64(dec *d, unsigned tag) {
   return FP_OK;
 }
 
+/* SHPTR: the cdata helper makes a NULL pointer of the named type (and
+ * refuses addresses outside the shared arena); the 8 bytes are its value. */
+static int dec_shptr(dec *d) {
+  lua_State *L = d->L;
+  int rc;
+  NEED(d, 8);
+  if (!d->o->cdata_new_idx) return dec_corrupt(d, EM_NOCDATA);
+  if (!lua_checkstack(L, DEC_SLOTS)) return dec_corrupt(d, EM_LSTACK);
+  const unsigned char *addr = d->p;
+  d->p += 8;
+  int name = lua_gettop(L) + 1;
+  if ((rc = dec_name(d))) return rc;
+  lua_pushvalue(L, d->o->cdata_new_idx);
+  lua_pushliteral(L, "shptr");
+  lua_pushvalue(L, name);
+  lua_pushlstring(L, (const char *)addr, 8);
+  if (lua_pcall(L, 3, 1, 0))
+    return dec_fail(d, FP_EMARSHAL, EM_CDATANEW, lua_tostring(L, -1), NULL);
+  void *dst = (void *)(uintptr_t)lua_topointer(L, -1);
+  if (lua_type(L, -1) != FP_LUA_TCDATA || !dst)
+    return dec_fail(d, FP_EMARSHAL, EM_CDATANEW, "constructor returned no cdata", NULL);
+  memcpy(dst, addr, 8);
+  lua_replace(L, name);
+  lua_settop(L, name);
+  return FP_OK;
+}
+
 /* Runs under lua_pcall: some LuaJIT builds raise on light userdata pointers
  * they cannot represent, and the decoder must not raise on bad input. */
 static int push_lightud(lua_State *L) {
@@ -1161,6 +1193,8 @@ static int dec_value(dec *d) {
     return dec_int64(d, tag);
   case FP_T_LIGHTUD:
     return dec_lightud(d);
+  case FP_T_SHPTR:
+    return dec_shptr(d);
   default:
     return dec_bad_tag(d, tag);
   }

@@ -756,6 +756,37 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+/* core.shared_alloc(bytes) -> address (a number) | nil, message: a zeroed
+ * block of the shared arena (see fp_shm.h). */
+static int l_shared_alloc(lua_State *L) {
+  lua_Number n = luaL_checknumber(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 9007199254740992.0, 1, "positive size expected");
+  void *p;
+  int rc = fp_arena_alloc((size_t)n, &p);
+  if (rc != FP_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, rc == FP_ESYS ? "shared arrays can only be made by the process that loaded forkpool"
+                                    : "out of shared memory");
+    return 2;
+  }
+  lua_pushnumber(L, (lua_Number)(uintptr_t)p);
+  return 1;
+}
+
+/* core.shared_free(address): give a block back (no-op in workers). */
+static int l_shared_free(lua_State *L) {
+  fp_arena_free((void *)(uintptr_t)luaL_checknumber(L, 1));
+  return 0;
+}
+
+/* core.shared_contains(address [, len]) -> whether it lies in the arena. */
+static int l_shared_contains(lua_State *L) {
+  uintptr_t a = (uintptr_t)luaL_checknumber(L, 1);
+  size_t len = (size_t)luaL_optnumber(L, 2, 1);
+  lua_pushboolean(L, fp_arena_contains((const void *)a, len));
+  return 1;
+}
+
 /* core.now() -> seconds on the monotonic clock the workers stamp with. */
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)fp_now_ns() * 1e-9);
@@ -804,6 +835,9 @@ static const luaL_Reg pool_methods[] = {
 static const luaL_Reg funcs[] = {
   {"new", l_new},
   {"now", l_now},
+  {"shared_alloc", l_shared_alloc},
+  {"shared_free", l_shared_free},
+  {"shared_contains", l_shared_contains},
   {"_exit", l__exit},
   {"_fail_fork_after", l_fail_fork_after},
   {"_set_worker_fault", l_set_worker_fault},
@@ -812,6 +846,9 @@ static const luaL_Reg funcs[] = {
 
 FP_EXPORT int luaopen_forkpool_core(lua_State *L);
 FP_EXPORT int luaopen_forkpool_core(lua_State *L) {
+  /* The arena must exist before any worker is forked (fp_shm.h). */
+  if (fp_arena_init(fp_shm_big_size()) != FP_OK)
+    return luaL_error(L, "forkpool: cannot reserve the shared arena: %s", strerror(errno));
   if (luaL_newmetatable(L, FP_POOL_MT)) {
     lua_newtable(L);
     luaL_setfuncs(L, pool_methods, 0);

@@ -22,6 +22,8 @@
 #include "fp_shm.h"
 
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
@@ -89,4 +91,83 @@ size_t fp_shm_big_size(void) {
   uint64_t size = FP_BIG_MIN;
   while (size < total && size < FP_BIG_MAX) size <<= 1;
   return (size_t)size;
+}
+
+/* ---- the shared arena ----
+ *
+ * Invariants (owner process only): blocks[] lists the allocated blocks
+ * sorted by offset, free_ is derived from the gaps between them; every
+ * offset and length is a multiple of the page size.  Workers see the
+ * mapping but never touch this bookkeeping (owner check).
+ */
+
+typedef struct arena_block { size_t off, len; } arena_block;
+
+static unsigned char *arena_base;
+static size_t arena_size;
+static pid_t arena_owner;
+static arena_block *arena_blocks;
+static size_t arena_n, arena_cap;
+
+int fp_arena_init(size_t size) {
+  if (arena_base) return FP_OK;
+  void *p;
+  size = FP_ALIGN_UP(size, fp_shm_page());
+  if (fp_shm_map(size, 1, &p) != FP_OK) return FP_ENOMEM;
+  arena_base = p;
+  arena_size = size;
+  arena_owner = getpid();
+  return FP_OK;
+}
+
+int fp_arena_alloc(size_t len, void **out) {
+  if (!arena_base || len == 0 || len > arena_size) return FP_ENOMEM;
+  if (getpid() != arena_owner) return FP_ESYS;
+  len = FP_ALIGN_UP(len, fp_shm_page());
+  if (arena_n == arena_cap) {
+    size_t ncap = arena_cap ? arena_cap * 2 : 32;
+    arena_block *nb = realloc(arena_blocks, ncap * sizeof *nb);
+    if (!nb) return FP_ENOMEM;
+    arena_blocks = nb;
+    arena_cap = ncap;
+  }
+  /* First fit over the gaps between blocks (sorted by offset). */
+  size_t prev_end = 0, at = arena_n;
+  for (size_t i = 0; i <= arena_n; i++) {
+    size_t next = i < arena_n ? arena_blocks[i].off : arena_size;
+    if (next - prev_end >= len) {
+      at = i;
+      break;
+    }
+    if (i < arena_n) prev_end = arena_blocks[i].off + arena_blocks[i].len;
+    if (i == arena_n) return FP_ENOMEM;
+  }
+  memmove(arena_blocks + at + 1, arena_blocks + at, (arena_n - at) * sizeof *arena_blocks);
+  arena_blocks[at].off = prev_end;
+  arena_blocks[at].len = len;
+  arena_n++;
+  *out = arena_base + prev_end;
+  return FP_OK;
+}
+
+void fp_arena_free(void *p) {
+  if (!arena_base || getpid() != arena_owner) return;
+  unsigned char *q = p;
+  if (q < arena_base || q >= arena_base + arena_size) return;
+  size_t off = (size_t)(q - arena_base);
+  for (size_t i = 0; i < arena_n; i++) {
+    if (arena_blocks[i].off == off) {
+      /* Zero and release the pages for the next user of this range. */
+      fp_shm_discard(q, arena_blocks[i].len);
+      memmove(arena_blocks + i, arena_blocks + i + 1, (arena_n - i - 1) * sizeof *arena_blocks);
+      arena_n--;
+      return;
+    }
+  }
+}
+
+int fp_arena_contains(const void *p, size_t len) {
+  const unsigned char *q = p;
+  return arena_base && q >= arena_base && len <= arena_size &&
+         (size_t)(q - arena_base) <= arena_size - len;
 }

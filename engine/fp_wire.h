@@ -25,6 +25,9 @@
  *   INT64   8 bytes                     int64_t cdata
  *   UINT64  8 bytes                     uint64_t cdata
  *   LIGHTUD 8 bytes                     a light userdata's pointer value
+ *   SHPTR   8 bytes, str ctype           a pointer into forkpool's shared
+ *                                       arena (forkpool.shared_array): the
+ *                                       same address in every process
  */
 #ifndef FP_WIRE_H
 #define FP_WIRE_H
@@ -45,7 +48,8 @@ enum fp_wire_tag {
   FP_T_INT64    = 0x0C,
   FP_T_UINT64   = 0x0D,
   FP_T_LIGHTUD  = 0x0E,
-  FP_T__COUNT   = 0x0F
+  FP_T_SHPTR    = 0x0F,
+  FP_T__COUNT   = 0x10
 };
 
 _Static_assert(FP_T__COUNT <= 0x100, "tags fit in one byte");

@@ -5,6 +5,10 @@ local cp = os.getenv("FORKPOOL_CPATH")
 if cp and cp ~= "" then package.cpath = cp .. ";" .. package.cpath end
 package.path = "spec/?.lua;" .. package.path
 
+-- forkpool.core makes its shared arena (one mapping per process, for the
+-- process's lifetime) when first loaded: load it before the first snapshot.
+require "forkpool.core"
+
 local busted = require "busted"
 local leakcheck = require "support.leakcheck"
 
