@@ -24,6 +24,9 @@ build = {
       ["forkpool"] = "lua/forkpool/init.lua",
       ["forkpool.errors"] = "lua/forkpool/errors.lua",
       ["forkpool.worker"] = "lua/forkpool/worker.lua",
+      ["forkpool.scheduler"] = "lua/forkpool/scheduler.lua",
+      ["forkpool.progress"] = "lua/forkpool/progress.lua",
+      ["forkpool.insights"] = "lua/forkpool/insights.lua",
       ["forkpool.core"] = {
          sources = {
             "engine/fp_common.c",

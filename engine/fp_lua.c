@@ -26,6 +26,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,6 +230,20 @@ static int l_spawn(lua_State *L) {
     fp_proc_child_init(parent);
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
     if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
+    /* cpu_ids: pin this worker (the ids were checked by the Lua layer). */
+    lua_getfield(L, 3, "cpus");
+    if (lua_istable(L, -1)) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      for (int i = 1; i <= (int)lua_objlen(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        int id = (int)lua_tointeger(L, -1);
+        if (id >= 0 && id < CPU_SETSIZE) CPU_SET(id, &set);
+        lua_pop(L, 1);
+      }
+      sched_setaffinity(0, sizeof set, &set);
+    }
+    lua_pop(L, 1);
     fp_worker_io io;
     memset(&io, 0, sizeof io);
     io.tasks = s->tasks;
@@ -330,10 +345,13 @@ static int l_send_setup(lua_State *L) {
   return send_record(L, p, w, FP_M_SETUP, &sh, sizeof sh, bytes, len);
 }
 
-/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [, timed]]]):
- * run function fn (see fp_chunk_hdr) over items start..start+count-1 of
- * job.  items nil means the worker has them in memory (it was forked during
- * this job); timed: stamp each item's start (a task_timeout is set). */
+/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [, flags
+ * [, first]]]]): run function fn (see fp_chunk_hdr) over items
+ * start..start+count-1 of job.  items nil means the worker has them in
+ * memory (it was forked during this job); otherwise items[first ..
+ * first+count-1] are sent (first defaults to start).  flags: a string with
+ * "t" (timed: stamp each item's start, a task_timeout is set) and/or "s"
+ * (star: each item is an array of arguments). */
 static int l_send_chunk(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
@@ -344,15 +362,18 @@ static int l_send_chunk(lua_State *L) {
   h.start = (int64_t)luaL_checknumber(L, 5);
   h.count = (uint32_t)luaL_checkinteger(L, 6);
   p->enc.len = 0;
-  if (lua_toboolean(L, 9)) h.flags |= FP_CHUNK_TIMED;
+  const char *fl = luaL_optstring(L, 9, "");
+  if (strchr(fl, 't')) h.flags |= FP_CHUNK_TIMED;
+  if (strchr(fl, 's')) h.flags |= FP_CHUNK_STAR;
   if (lua_isnoneornil(L, 7)) {
     h.flags |= FP_CHUNK_INHERITED;
   } else {
     luaL_checktype(L, 7, LUA_TTABLE);
+    int64_t first = (int64_t)luaL_optnumber(L, 10, (lua_Number)h.start);
     fp_enc_opts o;
     fp_codec_err err;
     enc_opts(L, 1, 8, &o);
-    int rc = fp_encode_range(L, 7, h.start, h.count, &p->enc, &o, "item", h.start, &err);
+    int rc = fp_encode_range(L, 7, first, h.count, &p->enc, &o, "item", h.start, &err);
     if (rc != FP_OK) return push_marshal(L, rc, &err);
   }
   return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, p->enc.p, p->enc.len);
@@ -738,6 +759,8 @@ static int l_worker_status(lua_State *L) {
   lua_setfield(L, -2, "index");
   lua_pushnumber(L, (lua_Number)atomic_load(&st->items_done));
   lua_setfield(L, -2, "items_done");
+  lua_pushnumber(L, (lua_Number)atomic_load(&st->cur_job));
+  lua_setfield(L, -2, "job");
   return 1;
 }
 

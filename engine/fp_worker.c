@@ -273,6 +273,8 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   memcpy(&h, p, sizeof h);
   w->enc.len = 0;
 
+  /* From here until the reply is sent, deaths are charged to this job. */
+  atomic_store(&io->st->cur_job, h.job);
   if (h.job == atomic_load(&io->st->cancel_job)) {
     w_release_task(io);
     w_reply(w, FP_M_CANCELLED, &h, 0);
@@ -338,7 +340,8 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     return;
   }
 
-  /* runner(fn, items, first, last, off, job, out, timed, nlead, lead...) */
+  /* runner(fn, items, first, last, off, job, out, mode, nlead, lead...)
+   * mode: 0 plain, 1 timed, 2 star, 3 timed + star */
   lua_createtable(L, (int)h.count, 0);
   int out_idx = lua_gettop(L);
   lua_pushvalue(L, S_RUNNER);
@@ -349,7 +352,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   lua_pushnumber(L, (lua_Number)off);
   lua_pushnumber(L, (lua_Number)h.job);
   lua_pushvalue(L, out_idx);
-  lua_pushboolean(L, (h.flags & FP_CHUNK_TIMED) != 0);
+  lua_pushinteger(L, ((h.flags & FP_CHUNK_TIMED) ? 1 : 0) | ((h.flags & FP_CHUNK_STAR) ? 2 : 0));
   lua_pushinteger(L, w->nlead);
   int n = 9 + w_push_lead(w);
   atomic_store(&io->st->cur_job, h.job);
@@ -437,6 +440,7 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
   if (rc != FP_OK || !lua_istable(L, -1)) {
     fp_chunk_hdr h;
     memset(&h, 0, sizeof h);
+    h.job = sh.id; /* the job that shipped it */
     h.fn = sh.id;
     if (rc == FP_OK) lua_pop(L, 1);
     lua_createtable(L, 0, 1);

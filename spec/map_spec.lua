@@ -157,7 +157,7 @@ describe("pool:map", function()
       assert.has_error(function() pool:map(nil, {}) end,
         "bad argument #1 to 'map' (function expected, got nil)")
       assert.has_error(function() pool:map(print, "abc") end,
-        "bad argument #2 to 'map' (table expected, got string)")
+        "bad argument #2 to 'map' (table or iterator function expected, got string)")
       assert.has_error(function() pool:map(print, {}, { chunk_size = -1 }) end,
         "bad option 'chunk_size' to 'map' (positive integer expected, got -1)")
       assert.has_error(function() pool:map(print, {}, { worker_init = 3 }) end,

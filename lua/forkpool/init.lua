@@ -5,25 +5,21 @@
 --   local squares = pool:map(function(x) return x * x end, items)
 --   pool:close()
 --
--- This file is the policy layer: option checking, the scheduler that hands
--- chunks of items to workers and reacts to what comes back (results,
--- errors, deaths, timeouts, Ctrl-C), and the error objects.  The engine
--- (forkpool.core, engine/*.c) forks the workers, moves records through
--- shared memory and encodes values.
---
--- Bookkeeping invariants:
---   * self._workers[w] describes slot w.  rec.pid is set while a process
---     lives in the slot (until its "exit" event has been handled).
---   * rec.chunks lists the chunks sent to that process and not yet
---     answered; every chunk gets exactly one answer, or the process dies
---     and its chunks are requeued or given up.
---   * While a job runs, failures are stored in job.err (never raised from
---     the middle of event handling), so the bookkeeping above stays true;
---     the job's loop raises job.err after cleaning up.
+-- This file is the API layer: option checking, the map family, async
+-- results and lazy iterators.  forkpool.scheduler runs the parent's event
+-- loop; the engine (forkpool.core, engine/*.c) forks the workers, moves
+-- records through shared memory and encodes values.
 
 local core = require "forkpool.core"
 local errors = require "forkpool.errors"
 local worker = require "forkpool.worker"
+local S = require "forkpool.scheduler"
+-- loaded on first use (progress bars)
+local progress = setmetatable({}, { __index = function(t, k)
+  local m = require "forkpool.progress"
+  setmetatable(t, { __index = m })
+  return m[k]
+end })
 local ffi = require "ffi"
 
 local ok_tnew, table_new = pcall(require, "table.new")
@@ -39,13 +35,8 @@ local M = {}
 M.is_error = errors.is_error
 M._VERSION = "forkpool scm"
 
--- How many chunks a worker holds at once: one running, one queued, so it
--- never waits for the parent between chunks.
-local INFLIGHT = 2
 -- Default chunking: about this many chunks per worker (mpire's rule).
 local CHUNKS_PER_WORKER = 64
--- How long a wait may sleep before timeouts are looked at again.
-local MAX_SLEEP = 1.0
 
 ------------------------------------------------------------------------
 -- Argument checking
@@ -68,6 +59,7 @@ local function online_cpus()
 end
 
 local CHECKS = {
+  table = function(v) return type(v) == "table" end,
   ["positive integer"] = function(v)
     return type(v) == "number" and v >= 1 and v == floor(v) and v < 2^53
   end,
@@ -105,12 +97,24 @@ end
 local POOL_OPTS = {
   n_jobs = "positive integer", keep_alive = "boolean", use_worker_state = "boolean",
   pass_worker_id = "boolean", shared_objects = "any", worker_lifespan = "positive integer",
+  order_tasks = "boolean", cpu_ids = "table", enable_insights = "boolean",
 }
-local MAP_OPTS = {
-  worker_init = "function", worker_exit = "function", chunk_size = "positive integer",
+-- Options of every call that runs tasks.
+local RUN_OPTS = {
+  worker_init = "function", worker_exit = "function",
   max_retries = "non-negative integer", task_timeout = "positive number",
   worker_init_timeout = "positive number", worker_exit_timeout = "positive number",
 }
+-- ... plus those of the map family (chunking, progress).
+local MAP_OPTS = {
+  chunk_size = "positive integer", n_splits = "positive integer",
+  iterable_len = "non-negative integer", max_tasks_active = "positive integer",
+  progress_bar = "boolean", progress_bar_options = "table",
+}
+for k, v in pairs(RUN_OPTS) do MAP_OPTS[k] = v end
+-- ... and apply_async's callbacks.
+local ASYNC_OPTS = { callback = "function", error_callback = "function" }
+for k, v in pairs(RUN_OPTS) do ASYNC_OPTS[k] = v end
 
 ------------------------------------------------------------------------
 -- Shared arrays
@@ -183,6 +187,37 @@ local function check_self(self, fname)
   end
 end
 
+-- cpu_ids: one entry for all workers, or one per worker; each entry a CPU
+-- id or a list of ids, all online.  Returns per-worker lists.
+local function check_cpu_ids(ids, n)
+  local online = {}
+  local f = io.open("/sys/devices/system/cpu/online", "r")
+  local s = f and f:read("*l") or "0"
+  if f then f:close() end
+  for part in s:gmatch("[^,]+") do
+    local a, b = part:match("^(%d+)%-(%d+)$")
+    a, b = tonumber(a or part), tonumber(b or part)
+    if a then for i = a, b do online[i] = true end end
+  end
+  if #ids ~= 1 and #ids ~= n then
+    error(("bad option 'cpu_ids' to 'new' (%d entries for %d workers: give one entry, or one per worker)")
+      :format(#ids, n), 3)
+  end
+  local per = {}
+  for i, e in ipairs(ids) do
+    local list = type(e) == "table" and e or { e }
+    for _, id in ipairs(list) do
+      if type(id) ~= "number" or id ~= floor(id) or not online[id] then
+        error(("bad option 'cpu_ids' to 'new' (invalid CPU id %s: online CPUs are %s)")
+          :format(tostring(id), s), 3)
+      end
+    end
+    per[i] = list
+  end
+  if #ids == 1 then for w = 2, n do per[w] = per[1] end end
+  return per
+end
+
 -- forkpool.new(options)
 function M.new(opts)
   opts = check_opts(opts, POOL_OPTS, "new", 2)
@@ -196,11 +231,16 @@ function M.new(opts)
     _pass_id = opts.pass_worker_id or false,
     _shared = opts.shared_objects,
     _lifespan = opts.worker_lifespan,
-    _workers = {},       -- [wid] = worker record, see spawn_worker
+    _order_tasks = opts.order_tasks or false,
+    _cpus = opts.cpu_ids and check_cpu_ids(opts.cpu_ids, n),
+    _insights = opts.enable_insights or false,
+    _workers = {},       -- [wid] = worker record (see scheduler)
+    _jobs = {}, _order = {}, _stages = {},
+    _asyncs = {},        -- outstanding apply_async results
     _exit_results = {},
-    _exit_timeout = nil, -- worker_exit_timeout of the latest map
+    _exit_timeout = nil, -- worker_exit_timeout of the latest call
     _job = 0,
-    _restart = false,    -- a setting changed: restart workers at next map
+    _restart = false,    -- a setting changed: restart workers when idle
     _closed = false,
     _busy = false,
   }, Pool)
@@ -208,512 +248,13 @@ function M.new(opts)
     cdata_kind = worker.cdata_kind,
     cdata_new = worker.cdata_new,
   })
-  for w = 1, n do self._workers[w] = { chunks = {} } end
+  for w = 1, n do self._workers[w] = S.empty_slot() end
+  if self._insights then require("forkpool.insights").attach(self) end
   return self
 end
 
--- Values reachable from package.loaded travel by name: modules themselves
--- ("cjson"), then their fields ("string\0format").  _G contributes only C
--- functions: a user's global table or Lua function must travel by value,
--- not as the worker's stale copy.
-local function build_modmap()
-  local m = {}
-  for name, mod in pairs(package.loaded) do
-    local t = type(mod)
-    if (t == "table" or t == "function" or t == "userdata") and m[mod] == nil then
-      m[mod] = name
-    end
-  end
-  for name, mod in pairs(package.loaded) do
-    if type(mod) == "table" then
-      local is_g = (mod == _G)
-      for k, v in pairs(mod) do
-        local t = type(v)
-        if type(k) == "string" and m[v] == nil and (t == "function" or t == "table" or t == "userdata") then
-          if not is_g or (t == "function" and debug.getinfo(v, "S").what == "C") then
-            m[v] = name .. "\0" .. k
-          end
-        end
-      end
-    end
-  end
-  return m
-end
-
--- The module map is rebuilt only when package.loaded gained or lost entries
--- (or when asked: a value was refused, perhaps for a module loaded since).
-local modmap_cache, modmap_size
-local function get_modmap(fresh)
-  local n = 0
-  for _ in pairs(package.loaded) do n = n + 1 end
-  if fresh or not modmap_cache or n ~= modmap_size then
-    modmap_cache, modmap_size = build_modmap(), n
-  end
-  return modmap_cache
-end
-
-local function live_workers(self)
-  local n = 0
-  for w = 1, self._n do if self._workers[w].pid then n = n + 1 end end
-  return n
-end
-
-local function empty_slot() return { chunks = {} } end
-
-------------------------------------------------------------------------
--- Starting and killing workers
-------------------------------------------------------------------------
-
--- Start a worker process in slot w for `job` (its function and items reach
--- the child through fork).  Returns nil or a spawn error object.
-local function spawn_worker(self, w, job)
-  local ctx = {
-    wid = w, job = job.id, fn = job.fn, items = job.items,
-    init = job.init, exit = job.exit,
-    shared = self._shared, has_shared = self._shared ~= nil,
-    use_state = self._use_state, pass_id = self._pass_id,
-    lifespan = self._lifespan,
-    make_runner = worker.make_runner,
-    cdata_kind = worker.cdata_kind, cdata_new = worker.cdata_new,
-  }
-  local pid, msg, errno = self._core:spawn(w, ctx)
-  if not pid then
-    return errors.new("spawn", { message = msg, worker_id = w, errno = errno })
-  end
-  self._workers[w] = {
-    pid = pid, born_job = job.id, chunks = {}, dispatched = 0,
-    fns = {}, -- functions installed by SETUP: {bytes=, id=}, most recent last
-  }
-  return nil
-end
-
--- Kill the live workers for which pick(rec) is true (all when pick is nil)
--- and wait until they are reaped; no worker_exit.  Events that arrive
--- meanwhile are handled by on_event (may be nil).
-local function kill_workers(self, pick, on_event)
-  local c = self._core
-  local victims = {}
-  for w = 1, self._n do
-    local rec = self._workers[w]
-    if rec.pid and (not pick or pick(rec)) then
-      c:kill(w, core.SIGKILL)
-      rec.killed = rec.killed or { reason = "killed" }
-      victims[w] = true
-    end
-  end
-  local jobs = {}
-  local function pending()
-    for w in pairs(victims) do if self._workers[w].pid then return true end end
-    return false
-  end
-  -- SIGKILL cannot be ignored: each wait returns as soon as one is reaped
-  local deadline = core.now() + 30
-  while pending() and core.now() < deadline do
-    local kind, w, a, b, cnt, idx, value = c:poll(jobs, 1)
-    if kind == "exit" then
-      self._workers[w] = empty_slot()
-    elseif kind == "exit_result" then
-      self._exit_results[#self._exit_results + 1] = value
-    elseif on_event and kind ~= "timeout" and kind ~= "eintr" and kind ~= "interrupted" then
-      on_event(kind, w, a, b, cnt, idx, value)
-    end
-  end
-end
-
-------------------------------------------------------------------------
--- Jobs
-------------------------------------------------------------------------
-
-local function worker_error(kind, w, rec, index, err, extra)
-  local f = {
-    worker_id = w, pid = rec and rec.pid, index = (index and index > 0) and index or nil,
-    message = err and err.message, traceback = err and err.traceback,
-    value = err and err.value, path = err and err.path,
-  }
-  if extra then for k, v in pairs(extra) do f[k] = v end end
-  return errors.new(kind, f)
-end
-
-local function fail(job, err)
-  if not job.err then job.err = err end
-end
-
-local function death_info(w, death)
-  return {
-    worker_id = w, pid = death.pid, signal = death.signal, signo = death.signo,
-    exit_code = death.exit_code, index = death.index, phase = death.phase,
-  }
-end
-
-local function death_error(w, death, deaths)
-  local where = death.phase == "worker_init" and " during worker_init"
-    or death.phase == "worker_exit" and " during worker_exit" or ""
-  local msg = errors.death_message(death) .. where
-    .. (death.index and (" while running item " .. death.index) or "")
-  if deaths and #deaths > 1 then
-    local parts = {}
-    for i, d in ipairs(deaths) do
-      parts[i] = ("worker %d (pid %d) %s%s"):format(d.worker_id, d.pid, errors.death_message(d),
-        d.index and (" on item " .. d.index) or "")
-    end
-    msg = msg .. "; " .. #deaths .. " deaths in all: " .. table.concat(parts, "; ")
-  end
-  return errors.new("worker_died", {
-    worker_id = w, pid = death.pid, signal = death.signal, exit_code = death.exit_code,
-    index = death.index, phase = death.phase, message = msg, deaths = deaths,
-  })
-end
-
--- Find and remove the chunk (job id, start) from a worker's list.
-local function take_chunk(rec, jobid, start)
-  for i, ch in ipairs(rec.chunks) do
-    if ch.job.id == jobid and ch.start == start then
-      table.remove(rec.chunks, i)
-      return ch
-    end
-  end
-  return nil
-end
-
--- A worker keeps at most this many shipped functions.
-local MAX_FNS = 4
-
--- The wire encoding of the job's function and worker_exit, made once per
--- job; equal bytes mean a worker already has exactly this function with
--- these upvalue values.
-local function job_setup_bytes(self, job)
-  if job.setup_bytes then return job.setup_bytes end
-  local v = { fn = job.fn, exit = job.exit }
-  local bytes, _, msg, path = self._core:encode(v, get_modmap())
-  if not bytes then bytes, _, msg, path = self._core:encode(v, get_modmap(true)) end
-  if not bytes then
-    msg = msg:gsub("^%.", "")
-    fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
-      .. "; pass such values through worker_init or shared_objects", path = path }))
-    return nil
-  end
-  job.setup_bytes = bytes
-  return bytes
-end
-
--- The id under which worker w runs the job's function: the job itself for
--- a worker forked for it, else a function shipped now or earlier.  Returns
--- nil when it cannot be shipped now (lane full) or at all (job.err).
-local function setup_worker(self, w, job)
-  local rec = self._workers[w]
-  if rec.born_job == job.id then return job.id end
-  local bytes = job_setup_bytes(self, job)
-  if not bytes then return nil end
-  local fns = rec.fns
-  for i, e in ipairs(fns) do
-    if e.bytes == bytes then
-      if i ~= #fns then table.remove(fns, i); fns[#fns + 1] = e end
-      return e.id
-    end
-  end
-  -- forget the least recently used function no queued chunk still needs
-  local drop_at
-  if #fns >= MAX_FNS then
-    for i, e in ipairs(fns) do
-      local used = false
-      for _, ch in ipairs(rec.chunks) do if ch.fn == e.id then used = true end end
-      if not used then drop_at = i; break end
-    end
-  end
-  local ok, _, msg = self._core:send_setup(w, job.id, drop_at and fns[drop_at].id or 0, bytes)
-  if ok == nil then
-    fail(job, errors.new("marshal", { message = msg, worker_id = w }))
-    return nil
-  end
-  if not ok then return nil end
-  if drop_at then table.remove(fns, drop_at) end
-  fns[#fns + 1] = { bytes = bytes, id = job.id }
-  return job.id
-end
-
--- The next chunk for worker w: a requeued one first, else the next slice.
-local function next_chunk(self, job, w)
-  local q = job.queue
-  local rec = self._workers[w]
-  local budget = self._lifespan and (self._lifespan - rec.dispatched) or math.huge
-  if #q > 0 then
-    if q[1].count <= budget then return table.remove(q, 1), true end
-    return nil
-  end
-  local count = min(job.chunk_size, job.n - job.next + 1, budget)
-  if count <= 0 then return nil end
-  return { job = job, start = job.next, count = count, attempts = 0 }, false
-end
-
-local function dispatch(self, job)
-  local c = self._core
-  for w = 1, self._n do
-    if job.err then return end
-    if #job.queue == 0 and job.next > job.n then return end
-    local rec = self._workers[w]
-    if rec.pid and not rec.bye and not rec.killed and #rec.chunks < INFLIGHT then
-      local ch, requeued = next_chunk(self, job, w)
-      local fn = ch and setup_worker(self, w, job)
-      if fn then
-        ch.fn = fn
-        local ok, _, msg, path
-        if rec.born_job == job.id then
-          ok = c:send_chunk(w, job.id, fn, ch.start, ch.count, nil, nil, job.timed)
-        else
-          ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, job.items,
-            get_modmap(), job.timed)
-          if ok == nil then
-            fail(job, errors.new("marshal", { message = msg, path = path,
-              index = tonumber((path or ""):match("^item%[(%d+)%]")) }))
-            return
-          end
-        end
-        if ok then
-          rec.chunks[#rec.chunks + 1] = ch
-          rec.dispatched = rec.dispatched + ch.count
-          if not requeued then job.next = job.next + ch.count end
-        elseif requeued then
-          table.insert(job.queue, 1, ch)
-        end
-      elseif ch and requeued then
-        table.insert(job.queue, 1, ch)
-      end
-    end
-  end
-end
-
--- Make sure every slot has a worker for this job (spawning where empty).
-local function fill_workers(self, job)
-  for w = 1, self._n do
-    if not self._workers[w].pid then
-      local err = spawn_worker(self, w, job)
-      if err then
-        fail(job, err)
-        return
-      end
-    end
-  end
-end
-
--- Whether item index (of any job) is in a chunk the worker still holds.
-local function holds_item(rec, index)
-  if not index then return false end
-  for _, ch in ipairs(rec.chunks) do
-    if index >= ch.start and index < ch.start + ch.count then return true end
-  end
-  return false
-end
-
--- The process in slot w is gone (event "exit").  Decide what it means for
--- the job: nothing (it said goodbye), a timeout we caused, or a death.
-local function on_worker_exit(self, job, w, death)
-  local rec = self._workers[w]
-  self._workers[w] = empty_slot()
-  -- its chunks of other jobs are answered by nobody now: forget them
-  local held = {}
-  for _, ch in ipairs(rec.chunks) do
-    if ch.job == job then held[#held + 1] = ch end
-  end
-  if rec.killed then
-    if rec.killed.reason == "timeout" then
-      fail(job, errors.new("timeout", {
-        worker_id = w, pid = death.pid, phase = rec.killed.phase, index = rec.killed.index,
-        message = ("%s took longer than %gs%s; worker %d was killed"):format(
-          rec.killed.phase == "task" and "task" or rec.killed.phase, rec.killed.limit,
-          rec.killed.index and rec.killed.index > 0 and (" (item " .. rec.killed.index .. ")") or "", w),
-      }))
-    end
-    return
-  end
-  if rec.bye and rec.bye ~= "init_failed" then
-    -- a planned exit (lifespan, stop): nothing it held was lost
-    for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
-  elseif not rec.bye and rec.ready and death.phase ~= "worker_exit"
-      and not holds_item(rec, death.index) then
-    -- it died between items (waiting for work, or just after answering),
-    -- holding nothing it had started: give back what was queued for it
-    -- and replace it; such deaths still count against a runaway loop
-    job.deaths[#job.deaths + 1] = death_info(w, death)
-    if #job.deaths > (job.max_retries + 1) * self._n then
-      fail(job, death_error(w, death, job.deaths))
-      return
-    end
-    for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
-  elseif not rec.bye then
-    local info = death_info(w, death)
-    job.deaths[#job.deaths + 1] = info
-    if not rec.ready or job.max_retries == 0 then
-      fail(job, death_error(w, death, job.deaths))
-      return
-    end
-    -- retry what it held on a fresh worker, counting the chunk it ran
-    local charged = false
-    for _, ch in ipairs(held) do
-      if death.index and death.index >= ch.start and death.index < ch.start + ch.count then
-        ch.attempts = ch.attempts + 1
-        charged = true
-      end
-    end
-    if not charged and held[1] then held[1].attempts = held[1].attempts + 1 end
-    for _, ch in ipairs(held) do
-      if ch.attempts > job.max_retries then
-        fail(job, death_error(w, death, job.deaths))
-        return
-      end
-    end
-    if #job.deaths > (job.max_retries + 1) * self._n then
-      fail(job, death_error(w, death, job.deaths))
-      return
-    end
-    for i = #held, 1, -1 do table.insert(job.queue, 1, held[i]) end
-  end
-  if job.running and not job.err and (#job.queue > 0 or job.next <= job.n) then
-    local err = spawn_worker(self, w, job)
-    if err then fail(job, err) end
-  end
-end
-
--- Handle one event of a running job.
-local function handle_event(self, job, kind, w, ejob, start, count, index, value)
-  local rec = self._workers[w]
-  if kind == "results" then
-    local ch = take_chunk(rec, ejob, start)
-    if ch and ch.job == job and not value then job.done = job.done + count end
-  elseif kind == "cancelled" then
-    take_chunk(rec, ejob, start)
-  elseif kind == "task_error" or kind == "marshal_error" then
-    local ch = take_chunk(rec, ejob, start)
-    if ch and ch.job == job then
-      fail(job, worker_error(kind == "task_error" and "task" or "marshal", w, rec, index, value))
-    end
-  elseif kind == "setup_error" then
-    fail(job, worker_error("marshal", w, rec, nil, value, {
-      message = "cannot load the task function in worker " .. w .. ": " .. tostring(value and value.message),
-    }))
-  elseif kind == "init_error" then
-    fail(job, worker_error("worker_init", w, rec, nil, value, { phase = "worker_init" }))
-  elseif kind == "exit_error" then
-    fail(job, worker_error("worker_exit", w, rec, nil, value, { phase = "worker_exit" }))
-  elseif kind == "exit_result" then
-    self._exit_results[#self._exit_results + 1] = value
-  elseif kind == "ready" then
-    rec.ready = true
-  elseif kind == "bye" then
-    rec.bye = value
-  elseif kind == "exit" then
-    on_worker_exit(self, job, w, ejob)
-  elseif kind == "corrupt" then
-    self._core:kill(w, core.SIGKILL)
-    rec.killed = { reason = "corrupt" }
-    fail(job, errors.new("marshal", { worker_id = w, pid = rec.pid, message = ejob }))
-  elseif kind == "interrupted" then
-    fail(job, errors.new("interrupted", { message = "interrupted by SIGINT" }))
-  end
-end
-
--- Look at the clocks of busy workers; kill those past a timeout.  Returns
--- how long the caller may sleep before the next deadline.
-local function check_timeouts(self, job)
-  if not (job.task_timeout or job.init_timeout or job.exit_timeout) then return -1 end
-  local c = self._core
-  local now = core.now()
-  local sleep = MAX_SLEEP
-  for w = 1, self._n do
-    local rec = self._workers[w]
-    if rec.pid and not rec.killed then
-      local st = c:worker_status(w)
-      local limit, since
-      if st.phase == "task" and job.task_timeout then
-        limit, since = job.task_timeout, st.item_since
-      elseif st.phase == "worker_init" and job.init_timeout then
-        limit, since = job.init_timeout, st.phase_since
-      elseif st.phase == "worker_exit" and job.exit_timeout then
-        limit, since = job.exit_timeout, st.phase_since
-      end
-      if limit and since > 0 then
-        local left = since + limit - now
-        if left <= 0 then
-          c:kill(w, core.SIGKILL)
-          rec.killed = { reason = "timeout", phase = st.phase, limit = limit,
-            index = st.phase == "task" and st.index or nil }
-        else
-          sleep = min(sleep, left)
-        end
-      end
-    end
-  end
-  return sleep
-end
-
--- After a failed job: stop its work everywhere.  Kept-alive workers that
--- finished starting keep running (their queued chunks answer CANCELLED and
--- are drained later); all others are killed and reaped.
-local function abandon_job(self, job, kill_everything)
-  job.running = false
-  for w = 1, self._n do
-    if self._workers[w].pid then self._core:cancel(w, job.id) end
-  end
-  local function on_event(kind, w, ejob, start, count, index, value)
-    handle_event(self, job, kind, w, ejob, start, count, index, value)
-  end
-  if kill_everything or not self._keep_alive then
-    kill_workers(self, nil, on_event)
-  else
-    kill_workers(self, function(rec) return not rec.ready or rec.killed end, on_event)
-  end
-end
-
--- Wait for events until every worker is gone, collecting exit results.
--- Used by stop_and_join, close, restarts, and at the end of maps without
--- keep_alive.  Raises the first worker_exit error, timeout or death.
-local function join_all(self)
-  local c = self._core
-  local job = { id = -1, queue = {}, deaths = {}, n = 0, next = 1, max_retries = 0,
-    exit_timeout = self._exit_timeout }
-  for w = 1, self._n do
-    local rec = self._workers[w]
-    if rec.pid and not rec.stopping then
-      rec.stopping = true
-      -- the stop record is tiny; a full lane only means replies are pending
-      while self._workers[w].pid and not c:send_stop(w) do
-        local kind, ew, a, b, cnt, idx, val = c:poll({}, 0.01)
-        if kind ~= "timeout" and kind ~= "eintr" then
-          handle_event(self, job, kind, ew, a, b, cnt, idx, val)
-        end
-      end
-    end
-  end
-  while live_workers(self) > 0 do
-    local sleep = check_timeouts(self, job)
-    local kind, w, ejob, s, cnt, idx, val = c:poll({}, sleep)
-    if kind == "exit" then
-      on_worker_exit(self, job, w, ejob)
-    elseif kind == "interrupted" then
-      handle_event(self, job, kind)
-      kill_workers(self, nil)
-    elseif kind ~= "timeout" and kind ~= "eintr" then
-      handle_event(self, job, kind, w, ejob, s, cnt, idx, val)
-    end
-  end
-  if job.err then error(job.err, 0) end
-end
-
-local function run_job(self, job)
-  fill_workers(self, job)
-  local c = self._core
-  local jobs = { [job.id] = job.results }
-  while job.done < job.n and not job.err do
-    dispatch(self, job)
-    if job.err then break end
-    local kind, w, ejob, start, count, index, value = c:poll(jobs, check_timeouts(self, job))
-    if kind ~= "timeout" and kind ~= "eintr" then
-      handle_event(self, job, kind, w, ejob, start, count, index, value)
-    end
-  end
-end
-
--- Run fn with SIGINT turned into an "interrupted" event, restoring the
--- previous handler afterwards.
+-- Run fn with the pool busy and SIGINT turned into an "interrupted" event
+-- (the previous handler is restored afterwards).
 local function guarded(self, fn, ...)
   self._busy = true
   local armed = self._core:sigint_guard(true)
@@ -721,59 +262,447 @@ local function guarded(self, fn, ...)
   if armed then self._core:sigint_guard(false) end
   self._busy = false
   if not ok then error(err, 0) end
+  return err
 end
 
--- pool:map(fn, items [, options]) -> results
-function Pool:map(fn, items, opts)
-  check_self(self, "map")
+-- Without keep_alive, workers stop once nothing is running.
+local function maybe_stop(self)
+  if not self._keep_alive and #self._order == 0 and S.live_workers(self) > 0 then
+    S.join_all(self)
+  end
+end
+
+-- Raise a failed job's error after cleaning up after it.
+local function raise_job_error(self, job)
+  local err = job.err
+  local user_error = type(err) == "table" and err.source_error ~= nil
+  local kill_everything = not user_error and (not errors.is_error(err)
+    or err.kind == "interrupted" or err.kind == "spawn")
+  S.abandon(self, job, kill_everything)
+  if user_error then error(err.source_error, 0) end
+  error(err, 0)
+end
+
+-- An imap of this pool still being consumed blocks every other call.
+local function check_no_open_imap(self, fname)
+  local it = self._imap
+  if it and not it.job.finished and not it.job.err then
+    error(("forkpool: '%s' called while an imap of this pool is still being consumed: "
+      .. "finish it or call :close() on it first"):format(fname), 3)
+  end
+  if it then self._imap = nil end
+end
+
+-- Build a job.  kind: see forkpool.scheduler; source: array or iterator.
+local function new_job(self, kind, fname, fn, source, opts, star)
   if type(fn) ~= "function" then
-    error(("bad argument #1 to 'map' (function expected, got %s)"):format(type(fn)), 2)
+    error(("bad argument #1 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3)
   end
-  if type(items) ~= "table" then
-    error(("bad argument #2 to 'map' (table expected, got %s)"):format(type(items)), 2)
+  local lazy = kind == "imap" or kind == "imap_unordered"
+  if type(source) ~= "table" and not (type(source) == "function") then
+    error(("bad argument #2 to '%s' (table or iterator function expected, got %s)")
+      :format(fname, type(source)), 3)
   end
-  opts = check_opts(opts, MAP_OPTS, "map", 2)
-  local n = #items
-  local results = table_new(n, 1)
-  results.n = n
-  if n == 0 then return results end
-
-  guarded(self, function()
-    if self._restart and live_workers(self) > 0 then join_all(self) end
-    self._restart = false
-    if live_workers(self) == 0 then self._exit_results = {} end
-    self._exit_timeout = opts.worker_exit_timeout
-    self._job = self._job + 1
-    local job = {
-      id = self._job, fn = fn, items = items, n = n, results = results,
-      init = opts.worker_init, exit = opts.worker_exit,
-      chunk_size = opts.chunk_size or max(1, ceil(n / (self._n * CHUNKS_PER_WORKER))),
-      next = 1, done = 0, queue = {}, deaths = {},
-      max_retries = opts.max_retries or 0,
-      task_timeout = opts.task_timeout, timed = opts.task_timeout ~= nil,
-      init_timeout = opts.worker_init_timeout, exit_timeout = opts.worker_exit_timeout,
-      running = true,
-    }
-    local ok, err = pcall(run_job, self, job)
-    if not ok then fail(job, err) end
-    if job.err then
-      local kill_everything = job.err.kind == "interrupted" or job.err.kind == "spawn"
-        or not errors.is_error(job.err)
-      local ok2, err2 = pcall(abandon_job, self, job, kill_everything)
-      if not ok2 then error(err2, 0) end
-      error(job.err, 0)
+  self._job = self._job + 1
+  local job = {
+    id = self._job, kind = kind, fn = fn, star = star or false,
+    init = opts.worker_init, exit = opts.worker_exit,
+    next = 1, done = 0, active = 0, chunk_no = 0, queue = {}, deaths = {},
+    max_retries = opts.max_retries or 0,
+    task_timeout = opts.task_timeout, timed = opts.task_timeout ~= nil or self._insights,
+    init_timeout = opts.worker_init_timeout,
+  }
+  if type(source) == "table" then
+    job.items = source
+    job.total = #source
+  else
+    job.iter = source
+    job.total = opts.iterable_len
+  end
+  local n = self._n
+  local cs = opts.chunk_size
+  if not cs and opts.n_splits then
+    if not job.total then
+      error(("bad option 'n_splits' to '%s' (the input's length is unknown: give iterable_len)")
+        :format(fname), 3)
     end
-    job.running = false
-    if not self._keep_alive then join_all(self) end
-  end)
-  return results
+    cs = max(1, ceil(job.total / opts.n_splits))
+  end
+  if not cs then
+    if job.total then
+      cs = max(1, ceil(job.total / (n * CHUNKS_PER_WORKER)))
+    else
+      cs, job.adaptive = 1, true
+    end
+  end
+  job.chunk_size = cs
+  if opts.max_tasks_active then
+    if opts.max_tasks_active < cs then
+      error(("bad option 'max_tasks_active' to '%s' (must be at least the chunk size, %d; got %d)")
+        :format(fname, cs, opts.max_tasks_active), 3)
+    end
+    job.max_active = opts.max_tasks_active
+  elseif job.iter or lazy then
+    job.max_active = cs * n * S.INFLIGHT
+  else
+    job.max_active = math.huge
+  end
+  if job.adaptive and opts.max_tasks_active then job.adaptive = false end
+  if kind == "map" then
+    job.stage = job.total and table_new(job.total, 1) or {}
+  else
+    job.stage = {}
+  end
+  if kind == "unordered" then job.out, job.out_n = table_new(job.total or 0, 1), 0 end
+  if kind == "imap" then job.done_ranges, job.yield_next = {}, 1 end
+  if kind == "imap_unordered" then job.ready_q, job.ready_pos, job.ready_i = {}, 1, nil end
+  if self._order_tasks then
+    job.wq = {}
+    for w = 1, n do job.wq[w] = {} end
+  end
+  if opts.progress_bar then
+    local po = opts.progress_bar_options or {}
+    job.progress = progress.new{
+      total = job.total, desc = po.desc, stream = po.stream, min_interval = po.min_interval,
+      width = po.width,
+    }
+  end
+  return job
 end
 
--- pool:stop_and_join(): stop the workers gracefully (worker_exit runs,
--- exit results are collected).  The pool stays usable.
+-- Common start of every call: checks, restarts, exit-result generations.
+local function begin_call(self, fname, opts, spec)
+  check_self(self, fname)
+  check_no_open_imap(self, fname)
+  opts = check_opts(opts, spec, fname, 3)
+  if opts.progress_bar_options then progress.check_options(opts.progress_bar_options, fname) end
+  return opts
+end
+
+local function prepare(self, opts)
+  if #self._order == 0 then
+    if self._restart and S.live_workers(self) > 0 then S.join_all(self) end
+    self._restart = false
+  end
+  if S.live_workers(self) == 0 then
+    self._exit_results = {}
+    if self._on_generation then self._on_generation() end
+  end
+  if opts.worker_exit_timeout ~= nil or opts.worker_exit ~= nil then
+    self._exit_timeout = opts.worker_exit_timeout
+  end
+end
+
+-- Run a job to completion (or failure) on the calling stack.
+local function run_sync(self, job, opts)
+  prepare(self, opts)
+  S.submit(self, job)
+  while not job.finished and not job.err do S.step(self, -1) end
+  if job.err then raise_job_error(self, job) end
+  maybe_stop(self)
+end
+
+local function sync_call(self, kind, fname, fn, items, opts, star)
+  opts = begin_call(self, fname, opts, MAP_OPTS)
+  local job = new_job(self, kind, fname, fn, items, opts, star)
+  guarded(self, run_sync, self, job, opts)
+  if kind == "map" then
+    local r = job.stage
+    r.n = job.total or (job.next - 1)
+    return r
+  end
+  local out = job.out
+  out.n = job.out_n
+  return out
+end
+
+-- pool:map(fn, items [, options]) -> results in input order
+function Pool:map(fn, items, opts)
+  return sync_call(self, "map", "map", fn, items, opts)
+end
+
+-- pool:map_unordered(fn, items [, options]) -> results in completion order
+function Pool:map_unordered(fn, items, opts)
+  return sync_call(self, "unordered", "map_unordered", fn, items, opts)
+end
+
+-- pool:starmap(fn, items [, options]): each item is an array of arguments
+function Pool:starmap(fn, items, opts)
+  return sync_call(self, "map", "starmap", fn, items, opts, true)
+end
+
+function Pool:starmap_unordered(fn, items, opts)
+  return sync_call(self, "unordered", "starmap_unordered", fn, items, opts, true)
+end
+
+------------------------------------------------------------------------
+-- Lazy iterators: imap, imap_unordered, istarmap
+------------------------------------------------------------------------
+
+local Iter = {}
+Iter.__index = Iter
+
+-- The next result (and its input index) that is ready, or nothing.
+local function take_ready(job)
+  if job.kind == "imap" then
+    local i = job.yield_next
+    while true do
+      -- find the chunk that starts at or covers i
+      local cnt = job.done_ranges[i]
+      if cnt == nil then
+        if not job.cur_end or i > job.cur_end then return false end
+      else
+        job.done_ranges[i] = nil
+        job.cur_end = i + cnt - 1
+      end
+      local v = job.stage[i]
+      job.stage[i] = nil
+      job.yield_next = i + 1
+      i = i + 1
+      if v ~= nil then return true, v, i - 1 end
+      if job.cur_end and i > job.cur_end then job.cur_end = nil end
+    end
+  else
+    while true do
+      if not job.ready_i then
+        local q, p = job.ready_q, job.ready_pos
+        if q[p] == nil then return false end
+        job.ready_i, job.ready_end = q[p], q[p] + q[p + 1] - 1
+        q[p], q[p + 1] = nil, nil
+        job.ready_pos = p + 2
+      end
+      local i = job.ready_i
+      local v = job.stage[i]
+      job.stage[i] = nil
+      if i >= job.ready_end then job.ready_i = nil else job.ready_i = i + 1 end
+      if v ~= nil then return true, v, i end
+    end
+  end
+end
+
+-- it() -> result, index (nil when done).  Results that are nil are skipped
+-- (the index, the second value, shows where they were).
+function Iter:__call()
+  local pool, job = self.pool, self.job
+  if self.closed then return nil end
+  while true do
+    local ok, v, i = take_ready(job)
+    if ok then return v, i end
+    if job.err then
+      self.closed = true
+      pool._imap = nil
+      guarded(pool, raise_job_error, pool, job)
+    end
+    if job.finished then
+      self.closed = true
+      pool._imap = nil
+      guarded(pool, maybe_stop, pool)
+      return nil
+    end
+    guarded(pool, S.step, pool, -1)
+  end
+end
+
+-- it:close(): stop early; the job's work is cancelled, workers stay usable.
+function Iter:close()
+  if self.closed then return end
+  self.closed = true
+  local pool, job = self.pool, self.job
+  if pool._imap == self then pool._imap = nil end
+  if not job.finished or job.err then
+    job.err = job.err or errors.new("interrupted", { message = "imap closed early" })
+    guarded(pool, S.abandon, pool, job, false)
+  end
+  guarded(pool, maybe_stop, pool)
+end
+
+local function imap_call(self, kind, fname, fn, items, opts, star)
+  opts = begin_call(self, fname, opts, MAP_OPTS)
+  local job = new_job(self, kind, fname, fn, items, opts, star)
+  guarded(self, function()
+    prepare(self, opts)
+    S.submit(self, job)
+  end)
+  local it = setmetatable({ pool = self, job = job }, Iter)
+  -- an iterator dropped without close() cancels its job when collected
+  local proxy = newproxy(true)
+  getmetatable(proxy).__gc = function()
+    if not it.closed and not job.finished then
+      job.err = job.err or errors.new("interrupted", { message = "imap iterator collected" })
+      it.closed = true
+    end
+  end
+  it._proxy = proxy
+  self._imap = it
+  return it
+end
+
+-- pool:imap(fn, items [, options]) -> iterator of results in input order
+function Pool:imap(fn, items, opts)
+  return imap_call(self, "imap", "imap", fn, items, opts)
+end
+
+-- pool:imap_unordered(fn, items [, options]) -> iterator, completion order
+function Pool:imap_unordered(fn, items, opts)
+  return imap_call(self, "imap_unordered", "imap_unordered", fn, items, opts)
+end
+
+function Pool:istarmap(fn, items, opts)
+  return imap_call(self, "imap", "istarmap", fn, items, opts, true)
+end
+
+function Pool:istarmap_unordered(fn, items, opts)
+  return imap_call(self, "imap_unordered", "istarmap_unordered", fn, items, opts, true)
+end
+
+------------------------------------------------------------------------
+-- apply, apply_async
+------------------------------------------------------------------------
+
+local function check_args(args, fname)
+  if type(args) ~= "table" and args ~= nil then
+    error(("bad argument #2 to '%s' (table of arguments expected, got %s)"):format(fname, type(args)), 3)
+  end
+  return { args or {} }
+end
+
+-- pool:apply(fn [, args [, options]]) -> fn(unpack(args)) run on a worker
+function Pool:apply(fn, args, opts)
+  opts = begin_call(self, "apply", opts, RUN_OPTS)
+  local job = new_job(self, "apply", "apply", fn, check_args(args, "apply"), opts, true)
+  guarded(self, run_sync, self, job, opts)
+  return job.stage[1]
+end
+
+local Async = {}
+Async.__index = Async
+
+local function async_done(a)
+  return a.job.finished or a.job.err ~= nil
+end
+
+-- Collect the outcome of a finished or failed job once: callbacks run here.
+local function settle(a)
+  if a.settled or not async_done(a) then return end
+  a.settled = true
+  local job, pool = a.job, a.pool
+  if job.err then
+    local err = job.err
+    if not job.finished then
+      -- a failure of this call only: the pool carries on
+      local kill = errors.is_error(err) and (err.kind == "interrupted" or err.kind == "spawn")
+      S.abandon(pool, job, kill)
+    end
+    a.error = err
+    if a.error_callback then a.error_callback(err) end
+  else
+    a.value = job.stage[1]
+    if a.callback then a.callback(a.value) end
+  end
+end
+
+local function pump(pool, pred, timeout)
+  local deadline = timeout and (core.now() + timeout)
+  while not pred() do
+    local left = deadline and (deadline - core.now()) or -1
+    if deadline and left <= 0 then break end
+    S.step(pool, left)
+    -- settle whatever finished meanwhile (callbacks run in the parent)
+    for _, a in pairs(pool._asyncs) do settle(a) end
+  end
+end
+
+-- a:ready() -> whether the result is there (looks for news without waiting)
+function Async:ready()
+  if not async_done(self) and not self.pool._busy and not self.pool._closed then
+    guarded(self.pool, S.step, self.pool, 0)
+  end
+  guarded(self.pool, settle, self)
+  return async_done(self)
+end
+
+-- a:wait([timeout]) -> ready()
+function Async:wait(timeout)
+  if not async_done(self) then
+    local pool = self.pool
+    check_self(pool, "wait")
+    guarded(pool, pump, pool, function() return async_done(self) end, timeout)
+  end
+  guarded(self.pool, settle, self)
+  if self.settled then self.pool._asyncs[self] = nil end
+  if #self.pool._order == 0 then guarded(self.pool, maybe_stop, self.pool) end
+  return async_done(self)
+end
+
+-- a:get([timeout]) -> the result, or raises the call's error (or a timeout
+-- error when timeout seconds pass first; the call goes on)
+function Async:get(timeout)
+  if not self:wait(timeout) then
+    error(errors.new("timeout", { phase = "get",
+      message = ("result not ready after %gs"):format(timeout) }), 2)
+  end
+  if self.error then error(self.error, 2) end
+  return self.value
+end
+
+-- a:successful() -> whether the call succeeded (an error if not ready)
+function Async:successful()
+  if not self:ready() then error("forkpool: successful() called before the result is ready", 2) end
+  return self.error == nil
+end
+
+-- pool:apply_async(fn [, args [, options]]) -> AsyncResult
+function Pool:apply_async(fn, args, opts)
+  opts = begin_call(self, "apply_async", opts, ASYNC_OPTS)
+  local job = new_job(self, "apply", "apply_async", fn, check_args(args, "apply_async"), opts, true)
+  local a = setmetatable({ pool = self, job = job, callback = opts.callback,
+    error_callback = opts.error_callback }, Async)
+  self._asyncs[a] = a
+  guarded(self, function()
+    prepare(self, opts)
+    S.submit(self, job)
+    S.dispatch(self)
+  end)
+  return a
+end
+
+-- pool:join(): wait for every outstanding apply_async call (callbacks run).
+function Pool:join()
+  check_self(self, "join")
+  guarded(self, pump, self, function() return #self._order == 0 end)
+  for _, a in pairs(self._asyncs) do settle(a) end
+  self._asyncs = {}
+  guarded(self, maybe_stop, self)
+end
+
+------------------------------------------------------------------------
+-- Stopping
+------------------------------------------------------------------------
+
+-- Fail every outstanding job (apply_async calls) before the workers go.
+local function drop_jobs(self, why)
+  for _, id in ipairs(self._order) do
+    local job = self._jobs[id]
+    if job then S.fail(job, errors.new("closed", { message = why })) end
+  end
+  while #self._order > 0 do
+    local job = self._jobs[self._order[1]]
+    S.finish_job(self, job)
+  end
+  for _, a in pairs(self._asyncs) do settle(a) end
+end
+
+-- pool:stop_and_join(): wait for outstanding calls, then stop the workers
+-- gracefully (worker_exit runs, exit results are collected).  The pool
+-- stays usable.
 function Pool:stop_and_join()
   check_self(self, "stop_and_join")
-  guarded(self, join_all, self)
+  check_no_open_imap(self, "stop_and_join")
+  guarded(self, function()
+    pump(self, function() return #self._order == 0 end)
+    for _, a in pairs(self._asyncs) do settle(a) end
+    S.join_all(self)
+  end)
 end
 
 -- pool:terminate(): kill the workers now, no worker_exit; the pool is
@@ -782,23 +711,37 @@ function Pool:terminate()
   if getmetatable(self) ~= Pool then error("bad self to 'terminate' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "terminate")
+  if self._imap then self._imap.closed = true; self._imap = nil end
   self._busy = true
-  local ok, err = pcall(kill_workers, self, nil)
+  local ok, err = pcall(function()
+    drop_jobs(self, "the pool was terminated")
+    S.kill_workers(self, nil)
+  end)
   self._core:close()
   self._closed = "terminated"
   self._busy = false
   if not ok then error(err, 0) end
 end
 
--- pool:close(): stop_and_join, then release everything.  Closing twice is
--- allowed; any other use afterwards raises a "closed" error.  The workers
--- are reaped even when worker_exit fails or times out (the error is raised
--- after everything is released).
+-- pool:close(): wait for outstanding calls, stop_and_join, then release
+-- everything.  Closing twice is allowed; any other use afterwards raises a
+-- "closed" error.  The workers are reaped even when worker_exit fails or
+-- times out (the error is raised after everything is released).
 function Pool:close()
   if getmetatable(self) ~= Pool then error("bad self to 'close' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "close")
-  local ok, err = pcall(guarded, self, join_all, self)
+  if self._imap then self._imap:close() end
+  local ok, err = pcall(guarded, self, function()
+    local ok2, err2 = pcall(pump, self, function() return #self._order == 0 end)
+    if not ok2 then drop_jobs(self, "the pool was closed") end
+    for _, a in pairs(self._asyncs) do settle(a) end
+    S.join_all(self)
+    if not ok2 then error(err2, 0) end
+  end)
+  if not ok then
+    pcall(S.kill_workers, self, nil)
+  end
   self._core:close()
   self._closed = "closed"
   if not ok then error(err, 0) end
@@ -829,6 +772,7 @@ Pool.set_keep_alive = setter("_keep_alive", false, "keep_alive")
 Pool.set_use_worker_state = setter("_use_state", true, "use_worker_state")
 Pool.set_pass_worker_id = setter("_pass_id", true, "pass_worker_id")
 Pool.set_shared_objects = setter("_shared", true, "shared_objects")
+Pool.set_order_tasks = setter("_order_tasks", false, "order_tasks")
 
 -- pool:worker_pids(): the pids of the live workers, by worker id.
 function Pool:worker_pids()

@@ -22,21 +22,33 @@ local stamp_fn_t = ffi.typeof("void (*)(void)")
 -- when an item begins (used only for timed chunks, when a task_timeout is
 -- set).  The runner returns true when every item ran, false when the job
 -- was cancelled; errors propagate (the C side catches them).
+-- mode: 0 plain, 1 timed, 2 star (each item is an argument list), 3 both.
 function M.make_runner(cur_p, cancel_p, stamp_p)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
   local stamp = ffi.cast(stamp_fn_t, stamp_p)
-  return function(fn, items, first, last, off, job, out, timed, nlead, a1, a2, a3)
+  local unpack = unpack
+  return function(fn, items, first, last, off, job, out, mode, nlead, a1, a2, a3)
     local k = 1 - first
-    if timed then
+    if mode ~= 0 then
+      local timed, star = mode % 2 == 1, mode >= 2
       for i = first, last do
         cur[0] = i + off
-        stamp()
+        if timed then stamp() end
         if cancel[0] == job then return false end
-        if nlead == 0 then out[i + k] = fn(items[i])
-        elseif nlead == 1 then out[i + k] = fn(a1, items[i])
-        elseif nlead == 2 then out[i + k] = fn(a1, a2, items[i])
-        else out[i + k] = fn(a1, a2, a3, items[i]) end
+        local it = items[i]
+        if star then
+          local n = it.n or #it
+          if nlead == 0 then out[i + k] = fn(unpack(it, 1, n))
+          elseif nlead == 1 then out[i + k] = fn(a1, unpack(it, 1, n))
+          elseif nlead == 2 then out[i + k] = fn(a1, a2, unpack(it, 1, n))
+          else out[i + k] = fn(a1, a2, a3, unpack(it, 1, n)) end
+        else
+          if nlead == 0 then out[i + k] = fn(it)
+          elseif nlead == 1 then out[i + k] = fn(a1, it)
+          elseif nlead == 2 then out[i + k] = fn(a1, a2, it)
+          else out[i + k] = fn(a1, a2, a3, it) end
+        end
       end
     elseif nlead == 0 then
       for i = first, last do
