@@ -237,6 +237,7 @@ function M.new(opts)
     _workers = {},       -- [wid] = worker record (see scheduler)
     _jobs = {}, _order = {}, _stages = {},
     _asyncs = {},        -- outstanding apply_async results
+    _imap = setmetatable({}, { __mode = "v" }), -- [1] = the open imap iterator
     _exit_results = {},
     _exit_timeout = nil, -- worker_exit_timeout of the latest call
     _job = 0,
@@ -283,14 +284,23 @@ local function raise_job_error(self, job)
   error(err, 0)
 end
 
--- An imap of this pool still being consumed blocks every other call.
+-- An imap of this pool still being consumed blocks every other call.  The
+-- pool holds its iterator weakly: one dropped without close() is collected,
+-- and its job is abandoned here.
 local function check_no_open_imap(self, fname)
-  local it = self._imap
-  if it and not it.job.finished and not it.job.err then
+  local it = self._imap[1]
+  if it and not it.closed and not it.job.finished and not it.job.err then
     error(("forkpool: '%s' called while an imap of this pool is still being consumed: "
       .. "finish it or call :close() on it first"):format(fname), 3)
   end
-  if it then self._imap = nil end
+  self._imap[1] = nil
+  for _, id in ipairs(self._order) do
+    local job = self._jobs[id]
+    if job and job.orphaned then
+      guarded(self, S.abandon, self, job, false)
+      return check_no_open_imap(self, fname)
+    end
+  end
 end
 
 -- Build a job.  kind: see forkpool.scheduler; source: array or iterator.
@@ -355,7 +365,7 @@ local function new_job(self, kind, fname, fn, source, opts, star)
   end
   if kind == "unordered" then job.out, job.out_n = table_new(job.total or 0, 1), 0 end
   if kind == "imap" then job.done_ranges, job.yield_next = {}, 1 end
-  if kind == "imap_unordered" then job.ready_q, job.ready_pos, job.ready_i = {}, 1, nil end
+  if kind == "imap_unordered" then job.ready_q, job.ready_pos, job.ready_tail = {}, 1, 1 end
   if self._order_tasks then
     job.wq = {}
     for w = 1, n do job.wq[w] = {} end
@@ -490,12 +500,12 @@ function Iter:__call()
     if ok then return v, i end
     if job.err then
       self.closed = true
-      pool._imap = nil
+      pool._imap[1] = nil
       guarded(pool, raise_job_error, pool, job)
     end
     if job.finished then
       self.closed = true
-      pool._imap = nil
+      pool._imap[1] = nil
       guarded(pool, maybe_stop, pool)
       return nil
     end
@@ -508,7 +518,7 @@ function Iter:close()
   if self.closed then return end
   self.closed = true
   local pool, job = self.pool, self.job
-  if pool._imap == self then pool._imap = nil end
+  if pool._imap[1] == self then pool._imap[1] = nil end
   if not job.finished or job.err then
     job.err = job.err or errors.new("interrupted", { message = "imap closed early" })
     guarded(pool, S.abandon, pool, job, false)
@@ -527,13 +537,11 @@ local function imap_call(self, kind, fname, fn, items, opts, star)
   -- an iterator dropped without close() cancels its job when collected
   local proxy = newproxy(true)
   getmetatable(proxy).__gc = function()
-    if not it.closed and not job.finished then
-      job.err = job.err or errors.new("interrupted", { message = "imap iterator collected" })
-      it.closed = true
-    end
+    -- only a flag: this may run in the middle of anything
+    if not job.finished then job.orphaned = true end
   end
   it._proxy = proxy
-  self._imap = it
+  self._imap[1] = it
   return it
 end
 
@@ -711,7 +719,7 @@ function Pool:terminate()
   if getmetatable(self) ~= Pool then error("bad self to 'terminate' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "terminate")
-  if self._imap then self._imap.closed = true; self._imap = nil end
+  if self._imap[1] then self._imap[1].closed = true; self._imap[1] = nil end
   self._busy = true
   local ok, err = pcall(function()
     drop_jobs(self, "the pool was terminated")
@@ -731,7 +739,7 @@ function Pool:close()
   if getmetatable(self) ~= Pool then error("bad self to 'close' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "close")
-  if self._imap then self._imap:close() end
+  if self._imap[1] then self._imap[1]:close() end
   local ok, err = pcall(guarded, self, function()
     local ok2, err2 = pcall(pump, self, function() return #self._order == 0 end)
     if not ok2 then drop_jobs(self, "the pool was closed") end

@@ -272,8 +272,11 @@ local function deliver(pool, job, ch)
   elseif kind == "imap" then
     job.done_ranges[ch.start] = ch.count
   elseif kind == "imap_unordered" then
-    job.ready_q[#job.ready_q + 1] = ch.start
-    job.ready_q[#job.ready_q + 1] = ch.count
+    -- a queue of (start, count) pairs; the reader clears what it took, so
+    -- the length operator would be ambiguous: keep the tail explicitly
+    local t = job.ready_tail
+    job.ready_q[t], job.ready_q[t + 1] = ch.start, ch.count
+    job.ready_tail = t + 2
   end
   if job.adaptive and ch.sent_at then
     local dt = core.now() - ch.sent_at
