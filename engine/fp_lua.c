@@ -210,6 +210,7 @@ static int l_spawn(lua_State *L) {
   }
   memset(&p->stats[w], 0, sizeof p->stats[w]);
   atomic_store(&p->stats[w].exit_code, -1);
+  atomic_store(&p->stats[w].start_ns, fp_now_ns());
   /* Buffered output would otherwise be copied into the child and printed
    * twice. */
   fflush(NULL);
@@ -764,6 +765,46 @@ static int l_worker_status(lua_State *L) {
   return 1;
 }
 
+/* pool:worker_insights(wid) -> {start_up=, init=, waiting=, working=,
+ * exit=, tasks=, slow = {{index=, job=, duration=}, ...}} (seconds) for the
+ * process now or last in slot wid. */
+static int l_worker_insights(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  fp_wstat *st = &p->stats[w];
+  uint64_t start = atomic_load(&st->start_ns), ready = atomic_load(&st->ready_ns);
+  uint64_t init = atomic_load(&st->init_ns);
+  lua_createtable(L, 0, 7);
+  double up = ready > start ? (double)(ready - start - (init < ready - start ? init : 0)) * 1e-9 : 0;
+  lua_pushnumber(L, up);
+  lua_setfield(L, -2, "start_up");
+  lua_pushnumber(L, (double)init * 1e-9);
+  lua_setfield(L, -2, "init");
+  lua_pushnumber(L, (double)atomic_load(&st->wait_ns) * 1e-9);
+  lua_setfield(L, -2, "waiting");
+  lua_pushnumber(L, (double)atomic_load(&st->work_ns) * 1e-9);
+  lua_setfield(L, -2, "working");
+  lua_pushnumber(L, (double)atomic_load(&st->exit_ns) * 1e-9);
+  lua_setfield(L, -2, "exit");
+  lua_pushnumber(L, (lua_Number)atomic_load(&st->items_done));
+  lua_setfield(L, -2, "tasks");
+  lua_createtable(L, 5, 0);
+  for (int i = 0; i < 5; i++) {
+    int64_t idx = atomic_load(&st->slow[i].index);
+    if (!idx) break;
+    lua_createtable(L, 0, 3);
+    lua_pushnumber(L, (lua_Number)idx);
+    lua_setfield(L, -2, "index");
+    lua_pushnumber(L, (lua_Number)atomic_load(&st->slow[i].job));
+    lua_setfield(L, -2, "job");
+    lua_pushnumber(L, (double)atomic_load(&st->slow[i].dur_ns) * 1e-9);
+    lua_setfield(L, -2, "duration");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "slow");
+  return 1;
+}
+
 /* pool:close(): kill and reap everything now.  Idempotent. */
 static int l_close(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
@@ -851,7 +892,7 @@ static const luaL_Reg pool_methods[] = {
   {"cancel", l_cancel},         {"poll", l_poll},
   {"kill", l_kill},             {"wait_exit", l_wait_exit},
   {"pid", l_pid},               {"worker_status", l_worker_status},
-  {"sigint_guard", l_sigint_guard},
+  {"sigint_guard", l_sigint_guard}, {"worker_insights", l_worker_insights},
   {"close", l_close},           {NULL, NULL},
 };
 

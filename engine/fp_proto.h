@@ -102,6 +102,15 @@ typedef struct fp_wstat {
   _Atomic int32_t fatal_signal;
   _Atomic int32_t exit_code;
   _Alignas(64) _Atomic uint64_t cancel_job;
+  /* Insights (written by the worker; start_ns by the parent at spawn):
+   * durations in ns, slow[] the five slowest items of timed chunks,
+   * slowest first (index 0 = unused). */
+  _Alignas(64) _Atomic uint64_t start_ns;
+  _Atomic uint64_t ready_ns, init_ns, exit_ns, wait_ns, work_ns;
+  struct fp_slow {
+    _Atomic int64_t index;
+    _Atomic uint64_t job, dur_ns;
+  } slow[5];
 } fp_wstat;
 
 #endif

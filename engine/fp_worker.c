@@ -69,10 +69,43 @@ void fp_worker_set_fault(uint32_t phase, int sig, int after) {
   fault_after = after;
 }
 
+/* The item stamped last (timed chunks), to time it when the next begins. */
+static int64_t stamp_idx;
+static uint64_t stamp_job, stamp_ns;
+
+/* Keep the five slowest items, slowest first (insights). */
+static void w_note_duration(int64_t index, uint64_t job, uint64_t dur) {
+  struct fp_slow *s = w_stat->slow;
+  if (dur <= atomic_load_explicit(&s[4].dur_ns, memory_order_relaxed) &&
+      atomic_load_explicit(&s[4].index, memory_order_relaxed))
+    return;
+  int at = 4;
+  while (at > 0 && (!atomic_load(&s[at - 1].index) || atomic_load(&s[at - 1].dur_ns) < dur)) at--;
+  for (int i = 4; i > at; i--) {
+    atomic_store(&s[i].index, atomic_load(&s[i - 1].index));
+    atomic_store(&s[i].job, atomic_load(&s[i - 1].job));
+    atomic_store(&s[i].dur_ns, atomic_load(&s[i - 1].dur_ns));
+  }
+  atomic_store(&s[at].index, index);
+  atomic_store(&s[at].job, job);
+  atomic_store(&s[at].dur_ns, dur);
+}
+
+/* Close the timing of the item stamped last (at a stamp or a chunk's end). */
+static void w_stamp_close(uint64_t now) {
+  if (stamp_idx) w_note_duration(stamp_idx, stamp_job, now - stamp_ns);
+  stamp_idx = 0;
+}
+
 /* Called by the chunk runner through the FFI before each item of a timed
- * chunk (task_timeout set): when this item began. */
+ * chunk (task_timeout or insights): when this item began. */
 static void w_stamp_item(void) {
-  atomic_store_explicit(&w_stat->item_ns, fp_now_ns(), memory_order_relaxed);
+  uint64_t now = fp_now_ns();
+  w_stamp_close(now);
+  stamp_idx = atomic_load_explicit(&w_stat->cur_index, memory_order_relaxed);
+  stamp_job = atomic_load_explicit(&w_stat->cur_job, memory_order_relaxed);
+  stamp_ns = now;
+  atomic_store_explicit(&w_stat->item_ns, now, memory_order_relaxed);
 }
 
 /* Enter a phase, stamping when it began (the parent's timeouts read it). */
@@ -234,7 +267,10 @@ static void w_finish(W *w, uint32_t reason) {
     w_phase(w, FP_PH_EXIT);
     lua_pushvalue(L, S_EXIT);
     int n = w_push_lead(w);
-    if (lua_pcall(L, n, 1, S_MSGH) == 0) {
+    uint64_t t0 = fp_now_ns();
+    int st = lua_pcall(L, n, 1, S_MSGH);
+    atomic_store(&w->io->st->exit_ns, fp_now_ns() - t0);
+    if (st == 0) {
       int rc = w_encode_top(w, "exit result");
       w_send2(w, rc == FP_OK ? FP_M_EXIT_RESULT : FP_M_EXIT_ERROR, NULL, 0,
               w->enc.p, w->enc.len);
@@ -360,7 +396,11 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   atomic_store(&io->st->cur_index, h.start);
   atomic_store(&io->st->item_ns, fp_now_ns());
   w_phase(w, FP_PH_TASK);
+  uint64_t t_run = fp_now_ns();
   int st = lua_pcall(L, n, 1, S_MSGH);
+  uint64_t t_end = fp_now_ns();
+  atomic_fetch_add(&io->st->work_ns, t_end - t_run);
+  w_stamp_close(t_end);
   int64_t cur = atomic_load(&io->st->cur_index);
   atomic_store(&io->st->cur_index, 0);
   if (st != 0) {
@@ -376,6 +416,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   } else {
     lua_pop(L, 1);
     w->items_done += h.count;
+    atomic_fetch_add(&io->st->items_done, h.count);
     atomic_store(&io->st->cur_index, h.start);
     w_phase(w, FP_PH_ENCODE);
     fp_enc_opts o;
@@ -411,7 +452,6 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   }
   /* Only now, with the reply sent, does the worker hold no item. */
   atomic_store(&io->st->cur_index, 0);
-  atomic_fetch_add(&io->st->items_done, h.count);
   lua_settop(L, fn_idx - 1);
   w_phase(w, FP_PH_IDLE);
   if (w->lifespan > 0 && (double)w->items_done >= w->lifespan)
@@ -533,7 +573,10 @@ static int w_body(lua_State *L) {
     w_phase(&w, FP_PH_INIT);
     lua_pushvalue(L, S_INIT);
     int n = w_push_lead(&w);
-    if (lua_pcall(L, n, 0, S_MSGH) != 0) {
+    uint64_t t0 = fp_now_ns();
+    int st = lua_pcall(L, n, 0, S_MSGH);
+    atomic_store(&io->st->init_ns, fp_now_ns() - t0);
+    if (st != 0) {
       w_encode_error(&w);
       w_send2(&w, FP_M_INIT_ERROR, NULL, 0, w.enc.p, w.enc.len);
       fp_bye bye = {.reason = FP_BYE_INIT_FAILED, .pad = 0};
@@ -542,13 +585,20 @@ static int w_body(lua_State *L) {
     }
   }
   w_phase(&w, FP_PH_IDLE);
+  atomic_store(&io->st->ready_ns, fp_now_ns());
   w_send2(&w, FP_M_READY, NULL, 0, NULL, 0);
 
+  uint64_t idle_since = fp_now_ns();
   for (;;) {
     uint32_t type;
     const unsigned char *p;
     size_t len;
     int rc = fp_lane_peek(&io->tasks, &type, &p, &len);
+    if (rc == FP_OK) {
+      /* Insights: time spent waiting for work. */
+      uint64_t now = fp_now_ns();
+      atomic_fetch_add(&io->st->wait_ns, now - idle_since);
+    }
     if (rc == FP_EEMPTY) {
       /* Going idle: let the worker's own output out now, not at exit. */
       fflush(NULL);
@@ -558,8 +608,8 @@ static int w_body(lua_State *L) {
     }
     if (rc != FP_OK) w_exit_now(72); /* the parent wrote garbage */
     switch (type) {
-    case FP_M_CHUNK: w_chunk(&w, p, len); break;
-    case FP_M_SETUP: w_setup(&w, p, len); break;
+    case FP_M_CHUNK: w_chunk(&w, p, len); idle_since = fp_now_ns(); break;
+    case FP_M_SETUP: w_setup(&w, p, len); idle_since = fp_now_ns(); break;
     case FP_M_STOP:
       w_release_task(io);
       w_finish(&w, FP_BYE_STOP);

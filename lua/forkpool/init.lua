@@ -782,6 +782,24 @@ Pool.set_pass_worker_id = setter("_pass_id", true, "pass_worker_id")
 Pool.set_shared_objects = setter("_shared", true, "shared_objects")
 Pool.set_order_tasks = setter("_order_tasks", false, "order_tasks")
 
+-- pool:get_insights() / pool:print_insights([stream]): see forkpool.insights
+-- (pools made with enable_insights = true).
+function Pool:get_insights()
+  check_self(self, "get_insights")
+  if not self._insights then
+    error("forkpool: get_insights needs a pool made with enable_insights = true", 2)
+  end
+  return require("forkpool.insights").get(self)
+end
+
+function Pool:print_insights(stream)
+  check_self(self, "print_insights")
+  if not self._insights then
+    error("forkpool: print_insights needs a pool made with enable_insights = true", 2)
+  end
+  return require("forkpool.insights").print(self, stream)
+end
+
 -- pool:worker_pids(): the pids of the live workers, by worker id.
 function Pool:worker_pids()
   local out = {}
