@@ -1,0 +1,181 @@
+-- bench_util.lua: clocks, statistics, /proc readers and table formatting
+-- shared by bench/run.lua, bench/workloads.lua and bench/baseline_pipes.lua.
+local ffi = require "ffi"
+
+local M = {}
+
+-- A NAMED struct: an anonymous struct in a cdef would be a distinct type at
+-- every declaration.  Each declaration in its own pcall so that one already
+-- made elsewhere in the process does not stop the others.
+pcall(ffi.cdef, "struct fpbench_timespec { long tv_sec; long tv_nsec; };")
+pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
+pcall(ffi.cdef, "int getpid(void);")
+
+local CLOCK_MONOTONIC = 1
+local ts = ffi.new("struct fpbench_timespec")
+local C = ffi.C
+
+-- Seconds since an arbitrary point, CLOCK_MONOTONIC.
+function M.now()
+  C.clock_gettime(CLOCK_MONOTONIC, ts)
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+function M.getpid() return C.getpid() end
+
+function M.median(xs)
+  local t = {}
+  for i = 1, #xs do t[i] = xs[i] end
+  table.sort(t)
+  local n = #t
+  if n == 0 then return nil end
+  if n % 2 == 1 then return t[(n + 1) / 2] end
+  return (t[n / 2] + t[n / 2 + 1]) / 2
+end
+
+function M.min(xs)
+  local m = math.huge
+  for i = 1, #xs do if xs[i] < m then m = xs[i] end end
+  return m
+end
+
+function M.max(xs)
+  local m = -math.huge
+  for i = 1, #xs do if xs[i] > m then m = xs[i] end end
+  return m
+end
+
+-- Full GC, twice (finalizers queued by the first run in the second).
+function M.gc()
+  collectgarbage()
+  collectgarbage()
+end
+
+------------------------------------------------------------------------
+-- /proc
+------------------------------------------------------------------------
+
+-- Fields of /proc/<pid>/smaps_rollup in bytes: { Pss = ..., Rss = ...,
+-- Private_Dirty = ..., ... }; nil, message when it cannot be read.
+function M.smaps_rollup(pid)
+  local f, err = io.open(("/proc/%d/smaps_rollup"):format(pid), "r")
+  if not f then return nil, err end
+  local out = {}
+  for line in f:lines() do
+    local k, v = line:match("^([%w_]+):%s+(%d+) kB")
+    if k then out[k] = tonumber(v) * 1024 end
+  end
+  f:close()
+  if not out.Pss then return nil, "no Pss line in smaps_rollup" end
+  return out
+end
+
+function M.read_first_line(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("*l")
+  f:close()
+  return s
+end
+
+function M.cpu_model()
+  local f = io.open("/proc/cpuinfo", "r")
+  if not f then return "?" end
+  for line in f:lines() do
+    local m = line:match("^model name%s*:%s*(.-)%s*$")
+    if m then f:close(); return m end
+  end
+  f:close()
+  return "?"
+end
+
+function M.online_cpus()
+  local s = M.read_first_line("/sys/devices/system/cpu/online") or ""
+  local n = 0
+  for part in s:gmatch("[^,]+") do
+    local a, b = part:match("^(%d+)%-(%d+)$")
+    if a then n = n + tonumber(b) - tonumber(a) + 1
+    elseif part:match("^%d+$") then n = n + 1 end
+  end
+  return n
+end
+
+------------------------------------------------------------------------
+-- Formatting
+------------------------------------------------------------------------
+
+-- A duration in seconds, with a unit that keeps 3 significant digits.
+local function sig3(v)
+  local a = math.abs(v)
+  if a >= 99.95 then return ("%.0f"):format(v) end
+  if a >= 9.995 then return ("%.1f"):format(v) end
+  return ("%.2f"):format(v)
+end
+
+local UNITS = { { 1e9, "ns" }, { 1e6, "µs" }, { 1e3, "ms" }, { 1, "s" } }
+function M.fmt_time(s)
+  if s == nil or s ~= s then return "-" end
+  for i, u in ipairs(UNITS) do
+    local v = s * u[1]
+    if math.abs(v) < 999.5 or i == #UNITS then return sig3(v) .. " " .. u[2] end
+  end
+end
+
+function M.fmt_bytes(b)
+  if b == nil then return "-" end
+  local a = math.abs(b)
+  if a >= 2^30 then return ("%.2f GiB"):format(b / 2^30)
+  elseif a >= 2^20 then return ("%.1f MiB"):format(b / 2^20)
+  elseif a >= 2^10 then return ("%.0f KiB"):format(b / 2^10)
+  else return ("%d B"):format(b) end
+end
+
+function M.fmt_rate(bytes_per_s)
+  return ("%.2f GB/s"):format(bytes_per_s / 1e9)
+end
+
+function M.fmt_ratio(r)
+  if r == nil or r ~= r then return "-" end
+  if r >= 100 then return ("%.0f×"):format(r) end
+  if r >= 10 then return ("%.1f×"):format(r) end
+  return ("%.2f×"):format(r)
+end
+
+-- Display width of a UTF-8 string (continuation bytes take no column).
+local function width(s)
+  local _, cont = s:gsub("[\128-\191]", "")
+  return #s - cont
+end
+M.width = width
+
+local function pad(s, w)
+  return s .. (" "):rep(w - width(s))
+end
+
+-- Print rows (arrays of strings) as a pipe table with a header row; a row
+-- that is a plain string is printed as a separator-less full-width line.
+function M.print_table(header, rows, out)
+  out = out or io.stdout
+  local ncol = #header
+  local w = {}
+  for c = 1, ncol do w[c] = width(header[c]) end
+  for _, r in ipairs(rows) do
+    if type(r) == "table" then
+      for c = 1, ncol do w[c] = math.max(w[c], width(r[c] or "")) end
+    end
+  end
+  local function line(r)
+    local parts = {}
+    for c = 1, ncol do parts[c] = pad(r[c] or "", w[c]) end
+    out:write("| ", table.concat(parts, " | "), " |\n")
+  end
+  line(header)
+  local dashes = {}
+  for c = 1, ncol do dashes[c] = ("-"):rep(w[c]) end
+  out:write("|-", table.concat(dashes, "-|-"), "-|\n")
+  for _, r in ipairs(rows) do
+    if type(r) == "table" then line(r) end
+  end
+end
+
+return M
