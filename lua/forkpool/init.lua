@@ -235,7 +235,9 @@ function M.new(opts)
     _cpus = opts.cpu_ids and check_cpu_ids(opts.cpu_ids, n),
     _insights = opts.enable_insights or false,
     _workers = {},       -- [wid] = worker record (see scheduler)
-    _jobs = {}, _order = {}, _stages = {},
+    _jobs = {}, _order = {}, _stages = {}, _rq = { head = 1, tail = 0 }, _active = 0,
+    _failures = 0, _timed_jobs = 0, _progress_jobs = 0,
+    _settle = {},        -- apply_async results whose job is over
     _asyncs = {},        -- outstanding apply_async results
     _imap = setmetatable({}, { __mode = "v" }), -- [1] = the open imap iterator
     _exit_results = {},
@@ -268,7 +270,7 @@ end
 
 -- Without keep_alive, workers stop once nothing is running.
 local function maybe_stop(self)
-  if not self._keep_alive and #self._order == 0 and S.live_workers(self) > 0 then
+  if not self._keep_alive and S.active(self) == 0 and S.live_workers(self) > 0 then
     S.join_all(self)
   end
 end
@@ -317,7 +319,7 @@ local function new_job(self, kind, fname, fn, source, opts, star)
   local job = {
     id = self._job, kind = kind, fn = fn, star = star or false,
     init = opts.worker_init, exit = opts.worker_exit,
-    next = 1, done = 0, active = 0, chunk_no = 0, queue = {}, deaths = {},
+    next = 1, done = 0, active = 0, pending = 0, chunk_no = 0, queue = {}, deaths = {},
     max_retries = opts.max_retries or 0,
     task_timeout = opts.task_timeout, timed = opts.task_timeout ~= nil or self._insights,
     init_timeout = opts.worker_init_timeout,
@@ -390,7 +392,7 @@ local function begin_call(self, fname, opts, spec)
 end
 
 local function prepare(self, opts)
-  if #self._order == 0 then
+  if S.active(self) == 0 then
     if self._restart and S.live_workers(self) > 0 then S.join_all(self) end
     self._restart = false
   end
@@ -467,6 +469,7 @@ local function take_ready(job)
       end
       local v = job.stage[i]
       job.stage[i] = nil
+      job.active = job.active - 1
       job.yield_next = i + 1
       i = i + 1
       if v ~= nil then return true, v, i - 1 end
@@ -484,6 +487,7 @@ local function take_ready(job)
       local i = job.ready_i
       local v = job.stage[i]
       job.stage[i] = nil
+      job.active = job.active - 1
       if i >= job.ready_end then job.ready_i = nil else job.ready_i = i + 1 end
       if v ~= nil then return true, v, i end
     end
@@ -609,15 +613,23 @@ local function settle(a)
   end
 end
 
+-- Settle the apply_async results whose jobs ended (callbacks run here).
+local function settle_finished(pool)
+  local q = pool._settle
+  if #q == 0 then return end
+  pool._settle = {}
+  for _, a in ipairs(q) do settle(a) end
+end
+
 local function pump(pool, pred, timeout)
   local deadline = timeout and (core.now() + timeout)
   while not pred() do
     local left = deadline and (deadline - core.now()) or -1
     if deadline and left <= 0 then break end
     S.step(pool, left)
-    -- settle whatever finished meanwhile (callbacks run in the parent)
-    for _, a in pairs(pool._asyncs) do settle(a) end
+    settle_finished(pool)
   end
+  settle_finished(pool)
 end
 
 -- a:ready() -> whether the result is there (looks for news without waiting)
@@ -638,7 +650,7 @@ function Async:wait(timeout)
   end
   guarded(self.pool, settle, self)
   if self.settled then self.pool._asyncs[self] = nil end
-  if #self.pool._order == 0 then guarded(self.pool, maybe_stop, self.pool) end
+  if S.active(self.pool) == 0 then guarded(self.pool, maybe_stop, self.pool) end
   return async_done(self)
 end
 
@@ -666,6 +678,12 @@ function Pool:apply_async(fn, args, opts)
   local a = setmetatable({ pool = self, job = job, callback = opts.callback,
     error_callback = opts.error_callback }, Async)
   self._asyncs[a] = a
+  job.on_finish = function()
+    if not a.queued then
+      a.queued = true
+      self._settle[#self._settle + 1] = a
+    end
+  end
   guarded(self, function()
     prepare(self, opts)
     S.submit(self, job)
@@ -677,7 +695,7 @@ end
 -- pool:join(): wait for every outstanding apply_async call (callbacks run).
 function Pool:join()
   check_self(self, "join")
-  guarded(self, pump, self, function() return #self._order == 0 end)
+  guarded(self, pump, self, function() return S.active(self) == 0 end)
   for _, a in pairs(self._asyncs) do settle(a) end
   self._asyncs = {}
   guarded(self, maybe_stop, self)
@@ -689,13 +707,14 @@ end
 
 -- Fail every outstanding job (apply_async calls) before the workers go.
 local function drop_jobs(self, why)
-  for _, id in ipairs(self._order) do
+  local ids = {}
+  for i, id in ipairs(self._order) do ids[i] = id end
+  for _, id in ipairs(ids) do
     local job = self._jobs[id]
-    if job then S.fail(job, errors.new("closed", { message = why })) end
-  end
-  while #self._order > 0 do
-    local job = self._jobs[self._order[1]]
-    S.finish_job(self, job)
+    if job then
+      S.fail(job, errors.new("closed", { message = why }))
+      S.finish_job(self, job)
+    end
   end
   for _, a in pairs(self._asyncs) do settle(a) end
 end
@@ -707,7 +726,7 @@ function Pool:stop_and_join()
   check_self(self, "stop_and_join")
   check_no_open_imap(self, "stop_and_join")
   guarded(self, function()
-    pump(self, function() return #self._order == 0 end)
+    pump(self, function() return S.active(self) == 0 end)
     for _, a in pairs(self._asyncs) do settle(a) end
     S.join_all(self)
   end)
@@ -741,7 +760,7 @@ function Pool:close()
   check_self(self, "close")
   if self._imap[1] then self._imap[1]:close() end
   local ok, err = pcall(guarded, self, function()
-    local ok2, err2 = pcall(pump, self, function() return #self._order == 0 end)
+    local ok2, err2 = pcall(pump, self, function() return S.active(self) == 0 end)
     if not ok2 then drop_jobs(self, "the pool was closed") end
     for _, a in pairs(self._asyncs) do settle(a) end
     S.join_all(self)

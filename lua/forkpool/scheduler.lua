@@ -102,7 +102,11 @@ function S.live_workers(pool)
 end
 
 local function fail(job, err)
-  if not job.err then job.err = err end
+  if not job.err then
+    job.err = err
+    if job.pool then job.pool._failures = job.pool._failures + 1 end
+    if job.on_finish then job.on_finish(job) end
+  end
 end
 S.fail = fail
 
@@ -166,12 +170,27 @@ end
 
 -- Put a chunk back at the front of its job's queue (or its worker's queue
 -- when tasks are ordered).
+-- pool._rq: a queue (rq.head .. rq.tail) of the jobs that may have chunks
+-- to send, oldest first.  Jobs whose work is all sent are popped from the
+-- front as dispatch meets them there; one found in the middle is skipped
+-- and popped when it reaches the front.
+local function make_runnable(job)
+  local pool = job.pool
+  if pool and not job.runnable and not job.finished then
+    job.runnable = true
+    local rq = pool._rq
+    rq.tail = rq.tail + 1
+    rq[rq.tail] = job
+  end
+end
+
 local function requeue(job, ch, w)
   if job.wq then
     table.insert(job.wq[w], 1, ch)
   else
     table.insert(job.queue, 1, ch)
   end
+  make_runnable(job)
 end
 
 ------------------------------------------------------------------------
@@ -225,6 +244,7 @@ local function build_chunk(pool, job, limit)
   end
   job.next = job.next + ch.count
   job.active = job.active + ch.count
+  job.pending = job.pending + ch.count
   ch.no = job.chunk_no + 1
   job.chunk_no = ch.no
   return ch
@@ -257,10 +277,14 @@ local function next_chunk(pool, job, w, budget)
 end
 
 -- Hand a finished chunk's results to the job's sink.
+-- job.pending counts items pulled and not yet answered; job.active those
+-- pulled and not yet handed to the caller (for imap, results wait in the
+-- iterator until consumed, and count against max_tasks_active until then).
 local function deliver(pool, job, ch)
   job.done = job.done + ch.count
-  job.active = job.active - ch.count
+  job.pending = job.pending - ch.count
   local kind = job.kind
+  if kind ~= "imap" and kind ~= "imap_unordered" then job.active = job.active - ch.count end
   if kind == "unordered" then
     local stage, out, n = job.stage, job.out, job.out_n
     for i = ch.start, ch.start + ch.count - 1 do
@@ -287,14 +311,26 @@ local function deliver(pool, job, ch)
   if job.progress then job.progress:update(job.done) end
 end
 
+-- Drop finished jobs from pool._order (lazily: only when they are many).
+local function compact_order(pool)
+  local order, n = pool._order, 0
+  for i = 1, #order do
+    local id = order[i]
+    order[i] = nil
+    if pool._jobs[id] then n = n + 1; order[n] = id end
+  end
+  pool._active = n
+end
+
 local function finish_job(pool, job)
   if job.finished then return end
   job.finished = true
   pool._jobs[job.id] = nil
   pool._stages[job.id] = nil
-  for i, id in ipairs(pool._order) do
-    if id == job.id then table.remove(pool._order, i); break end
-  end
+  pool._active = pool._active - 1
+  if #pool._order > 2 * pool._active + 16 then compact_order(pool) end
+  if job.task_timeout or job.init_timeout then pool._timed_jobs = pool._timed_jobs - 1 end
+  if job.progress then pool._progress_jobs = pool._progress_jobs - 1 end
   if job.progress then
     if job.err then job.progress:close() else
       job.progress:set_total(job.done)
@@ -309,7 +345,7 @@ S.finish_job = finish_job
 -- Is everything of the job done?
 local function check_complete(pool, job)
   if job.finished or job.err then return end
-  if source_done(job) and job.active == 0 and not has_queued(job) then
+  if source_done(job) and job.pending == 0 and not has_queued(job) then
     finish_job(pool, job)
   end
 end
@@ -428,20 +464,38 @@ local function send_chunk(pool, job, w, ch)
   return ok
 end
 
--- Give free workers chunks of active jobs, oldest job first.
+local function sendable(job)
+  return not job.finished and not job.err and (not source_done(job) or has_queued(job))
+end
+
+-- Pop the jobs with nothing left to send from the front of the queue.
+local function prune_runnable(pool)
+  local rq = pool._rq
+  while rq.head <= rq.tail and not sendable(rq[rq.head]) do
+    rq[rq.head].runnable = false
+    rq[rq.head] = nil
+    rq.head = rq.head + 1
+  end
+end
+
+-- Give free workers chunks of the jobs that have some, oldest job first.
+-- Returns true when a job failed meanwhile (it has nothing to wait for).
 function S.dispatch(pool)
-  local order = pool._order
-  if #order == 0 then return end
+  local failures = pool._failures
+  prune_runnable(pool)
+  local rq = pool._rq
+  if rq.head > rq.tail then return false end
   for w = 1, pool._n do
     local rec = pool._workers[w]
     while rec.pid and not rec.bye and not rec.killed and not rec.stopping
         and #rec.chunks < INFLIGHT do
       local budget = pool._lifespan and (pool._lifespan - rec.dispatched) or math.huge
       local sent = false
-      for _, id in ipairs(order) do
-        local job = pool._jobs[id]
-        if job and not job.err and not job.finished then
-          local ch, requeued = next_chunk(pool, job, w, budget)
+      prune_runnable(pool)
+      for i = rq.head, rq.tail do
+        local job = rq[i]
+        if sendable(job) then
+          local ch = next_chunk(pool, job, w, budget)
           if ch then
             if send_chunk(pool, job, w, ch) then
               sent = true
@@ -457,15 +511,16 @@ function S.dispatch(pool)
       rec = pool._workers[w]
     end
   end
+  return pool._failures ~= failures
 end
 
 -- Make sure every slot has a worker (spawning where empty) while some job
 -- has work.  Workers are born for the oldest job with work.
 function S.fill_workers(pool)
   local birth
-  for _, id in ipairs(pool._order) do
-    local job = pool._jobs[id]
-    if job and has_work(job) then birth = job; break end
+  local rq = pool._rq
+  for i = rq.head, rq.tail do
+    if has_work(rq[i]) then birth = rq[i]; break end
   end
   if not birth then return end
   for w = 1, pool._n do
@@ -674,12 +729,7 @@ end
 -- Look at the clocks of busy workers; kill those past a timeout.  Returns
 -- how long the caller may sleep before the next deadline (-1: no limit).
 function S.check_timeouts(pool)
-  local any = pool._exit_timeout_active
-  for _, id in ipairs(pool._order) do
-    local job = pool._jobs[id]
-    if job and (job.task_timeout or job.init_timeout) then any = true; break end
-  end
-  if not any then return -1 end
+  if not pool._exit_timeout_active and pool._timed_jobs == 0 then return -1 end
   local c = pool._core
   local now = core.now()
   local sleep = MAX_SLEEP
@@ -720,41 +770,49 @@ end
 -- One turn of the loop: send what can be sent, wait (at most timeout
 -- seconds; negative: until something happens) for one event, handle it.
 function S.step(pool, timeout)
-  S.dispatch(pool)
   -- a job that failed while being dispatched (a function or item that
   -- cannot be sent, an iterator that raised) has nothing to wait for
-  for _, id in ipairs(pool._order) do
-    local job = pool._jobs[id]
-    if job and job.err then return "failed" end
-  end
+  if S.dispatch(pool) then return "failed" end
   local wait = S.check_timeouts(pool)
   if timeout and timeout >= 0 and (wait < 0 or timeout < wait) then wait = timeout end
-  for _, id in ipairs(pool._order) do
-    local job = pool._jobs[id]
-    if job and job.progress then
-      local t = job.progress:next_wakeup()
-      if wait < 0 or t < wait then wait = t end
+  if pool._progress_jobs > 0 then
+    for _, id in ipairs(pool._order) do
+      local job = pool._jobs[id]
+      if job and job.progress then
+        local t = job.progress:next_wakeup()
+        if wait < 0 or t < wait then wait = t end
+      end
     end
   end
   local kind, w, ejob, start, count, index, value = pool._core:poll(pool._stages, wait)
   if kind ~= "timeout" and kind ~= "eintr" then
     S.handle_event(pool, kind, w, ejob, start, count, index, value)
   end
-  for _, id in ipairs(pool._order) do
-    local job = pool._jobs[id]
-    if job and job.progress then job.progress:update(job.done) end
+  if pool._progress_jobs > 0 then
+    for _, id in ipairs(pool._order) do
+      local job = pool._jobs[id]
+      if job and job.progress then job.progress:update(job.done) end
+    end
   end
   return kind
 end
 
 -- Register a job and start workers for it.
 function S.submit(pool, job)
+  job.pool = pool
   pool._jobs[job.id] = job
   pool._stages[job.id] = job.stage
   pool._order[#pool._order + 1] = job.id
+  pool._active = pool._active + 1
+  if job.task_timeout or job.init_timeout then pool._timed_jobs = pool._timed_jobs + 1 end
+  if job.progress then pool._progress_jobs = pool._progress_jobs + 1 end
+  make_runnable(job)
   S.fill_workers(pool)
   check_complete(pool, job)
 end
+
+-- Number of active jobs.
+function S.active(pool) return pool._active end
 
 -- After a job failed: forget it, stop its work everywhere.  Kept-alive
 -- workers that finished starting keep running (their queued chunks answer
@@ -772,7 +830,7 @@ function S.abandon(pool, job, kill_everything)
       end
     end
   end
-  if kill_everything or (not pool._keep_alive and #pool._order == 0) then
+  if kill_everything or (not pool._keep_alive and pool._active == 0) then
     S.kill_workers(pool, nil)
   else
     S.kill_workers(pool, function(rec) return not rec.ready or rec.killed end)
