@@ -530,6 +530,10 @@ function S.fill_workers(pool)
         fail(birth, err)
         return
       end
+      -- give it work before forking the next one: the first result then
+      -- waits for one fork, not n_jobs of them (a fork of a big parent
+      -- costs milliseconds)
+      if w < pool._n then S.dispatch(pool) end
     end
   end
 end
