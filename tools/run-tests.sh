@@ -1,8 +1,10 @@
 #!/bin/sh
 # Runs every test suite and ends with one line "N passed, N failed" that adds
 # them all up: C unit tests (plain and under ASan+UBSan), busted specs (plain
-# and against an ASan build of the engine), the decoder fuzz run, and the
-# packaging check (luarocks make into a scratch tree, then require it).
+# and against an ASan build of the engine), the decoder fuzz run, a smoke run
+# of the benchmarks (QUICK: small sizes, results verified, no timing
+# targets), and the packaging check (luarocks make into a scratch tree, then
+# require it).
 # Exit status 0 only when nothing failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -64,6 +66,13 @@ if make -s fuzz FUZZ_SECONDS="$FUZZ_SECONDS" >"$LOG/fuzz.log" 2>&1; then
   tail -n 3 "$LOG/fuzz.log"; add 1 0
 else
   tail -n 40 "$LOG/fuzz.log"; add 0 1
+fi
+
+step "benchmarks, smoke run (make bench QUICK=1: each workload once, small; results verified)"
+if make -s bench QUICK=1 >"$LOG/bench-quick.log" 2>&1; then
+  tail -n 3 "$LOG/bench-quick.log"; add 1 0
+else
+  tail -n 40 "$LOG/bench-quick.log"; add 0 1
 fi
 
 step "packaging: luarocks make into a scratch tree, then require it"
