@@ -380,6 +380,27 @@ static int l_send_chunk(lua_State *L) {
   return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, p->enc.p, p->enc.len);
 }
 
+/* pool:send_chunk_packed(wid, job, fn, start, count, addr, len [, flags]):
+ * like send_chunk, the items being one string.buffer encoding of an array
+ * of scalars at addr (a number), len bytes (forkpool.worker.pack). */
+static int l_send_chunk_packed(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  fp_chunk_hdr h;
+  memset(&h, 0, sizeof h);
+  h.job = (uint64_t)luaL_checknumber(L, 3);
+  h.fn = (uint64_t)luaL_checknumber(L, 4);
+  h.start = (int64_t)luaL_checknumber(L, 5);
+  h.count = (uint32_t)luaL_checkinteger(L, 6);
+  const void *body = (const void *)(uintptr_t)luaL_checknumber(L, 7);
+  size_t blen = (size_t)luaL_checknumber(L, 8);
+  const char *fl = luaL_optstring(L, 9, "");
+  h.flags = FP_CHUNK_PACKED;
+  if (strchr(fl, 't')) h.flags |= FP_CHUNK_TIMED;
+  if (strchr(fl, 's')) h.flags |= FP_CHUNK_STAR;
+  return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, body, blen);
+}
+
 /* pool:send_stop(wid) */
 static int l_send_stop(lua_State *L) {
   fp_pool *p = check_pool(L);
@@ -490,7 +511,24 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
     kind = "results";
     lua_pushnumber(L, (lua_Number)h.job);
     lua_rawget(L, jobs_idx);
-    if (lua_istable(L, -1)) {
+    if (lua_istable(L, -1) && (h.flags & FP_CHUNK_PACKED)) {
+      /* helpers.unpack_into(results, start, count, addr, len) */
+      int t = lua_gettop(L);
+      push_helpers(L, 1);
+      lua_getfield(L, -1, "unpack_into");
+      lua_remove(L, -2);
+      lua_pushvalue(L, t);
+      lua_pushnumber(L, (lua_Number)h.start);
+      lua_pushinteger(L, (lua_Integer)h.count);
+      lua_pushnumber(L, (lua_Number)(uintptr_t)(d + pos));
+      lua_pushnumber(L, (lua_Number)(len - pos));
+      if (lua_pcall(L, 5, 0, 0) != 0) {
+        snprintf(err.msg, sizeof err.msg, "bad packed results: %s",
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+        err.path[0] = 0;
+        goto corrupt_err;
+      }
+    } else if (lua_istable(L, -1)) {
       int rc = fp_decode_range(L, lua_gettop(L), h.start, h.count, d, len, &pos, &o, &err);
       if (rc != FP_OK) goto corrupt_err;
     } else {
@@ -887,7 +925,7 @@ static int l__exit(lua_State *L) {
 
 static const luaL_Reg pool_methods[] = {
   {"spawn", l_spawn},           {"send_setup", l_send_setup},
-  {"encode", l_encode},
+  {"encode", l_encode},           {"send_chunk_packed", l_send_chunk_packed},
   {"send_chunk", l_send_chunk}, {"send_stop", l_send_stop},
   {"cancel", l_cancel},         {"poll", l_poll},
   {"kill", l_kill},             {"wait_exit", l_wait_exit},

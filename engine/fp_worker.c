@@ -40,8 +40,10 @@
 #define S_INIT    11
 #define S_EXIT    12  /* the worker_exit that runs when this worker leaves */
 #define S_BEXIT   13  /* the worker_exit of the job we were forked for */
-#define S_LEAD1   14  /* leading arguments: worker id, shared objects, state */
-#define S_NSLOTS  16
+#define S_PACK    14  /* forkpool.worker.pack_results (packed chunks) */
+#define S_UNPACK  15  /* forkpool.worker.unpack */
+#define S_LEAD1   16  /* leading arguments: worker id, shared objects, state */
+#define S_NSLOTS  18
 
 /* How long one wait sleeps before re-checking that the parent lives (the
  * parent-death signal normally kills us first). */
@@ -286,11 +288,13 @@ static void w_finish(W *w, uint32_t reason) {
 
 /* ---- running a chunk ---- */
 
-static void w_reply(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index) {
+static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index,
+                        uint32_t flags, const void *body, size_t blen) {
   fp_chunk_hdr r = *h;
   r.index = index;
-  r.flags = 0;
-  if (w_send2(w, type, &r, sizeof r, w->enc.p, w->enc.len) == FP_E2BIG) {
+  r.flags = flags;
+  if (w_send2(w, type, &r, sizeof r, body, blen) == FP_E2BIG) {
+    r.flags = 0;
     /* The encoded results exceed even the big area: say so instead. */
     lua_createtable(w->L, 0, 1);
     lua_pushfstring(w->L, "result of item %d: too large to send (%d bytes)",
@@ -299,6 +303,28 @@ static void w_reply(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index) {
     w_encode_error(w);
     w_send2(w, FP_M_MARSHAL_ERROR, &r, sizeof r, w->enc.p, w->enc.len);
   }
+}
+
+static void w_reply(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index) {
+  w_reply_raw(w, type, h, index, 0, w->enc.p, w->enc.len);
+}
+
+/* Results of a chunk that are all scalars: one string.buffer encoding made
+ * by forkpool.worker.pack_results.  Returns 1 when sent that way. */
+static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx) {
+  lua_State *L = w->L;
+  lua_pushvalue(L, S_PACK);
+  lua_pushvalue(L, out_idx);
+  lua_pushinteger(L, (lua_Integer)h->count);
+  if (lua_pcall(L, 2, 2, 0) != 0 || !lua_isnumber(L, -2)) {
+    lua_pop(L, lua_gettop(L) >= 2 ? 2 : 1);
+    return 0;
+  }
+  const void *body = (const void *)(uintptr_t)lua_tonumber(L, -2);
+  size_t blen = (size_t)lua_tonumber(L, -1);
+  lua_pop(L, 2);
+  w_reply_raw(w, FP_M_RESULTS, h, 0, FP_CHUNK_PACKED, body, blen);
+  return 1;
 }
 
 static void w_chunk(W *w, const unsigned char *p, size_t len) {
@@ -344,12 +370,25 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     /* A death while decoding is reported against the chunk's first item. */
     atomic_store(&io->st->cur_index, h.start);
     w_phase(w, FP_PH_DECODE);
-    lua_createtable(L, (int)h.count, 0);
     fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
                      .cdata_new_idx = S_CNEW};
     fp_codec_err err;
-    size_t pos = sizeof h;
-    int rc = fp_decode_range(L, lua_gettop(L), 1, h.count, p, len, &pos, &o, &err);
+    int rc;
+    if (h.flags & FP_CHUNK_PACKED) {
+      lua_pushvalue(L, S_UNPACK);
+      lua_pushnumber(L, (lua_Number)(uintptr_t)(p + sizeof h));
+      lua_pushnumber(L, (lua_Number)(len - sizeof h));
+      rc = lua_pcall(L, 2, 1, 0) == 0 && lua_istable(L, -1) ? FP_OK : FP_ECORRUPT;
+      if (rc != FP_OK) {
+        snprintf(err.msg, sizeof err.msg, "bad packed chunk: %s",
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a table");
+        err.path[0] = 0;
+      }
+    } else {
+      lua_createtable(L, (int)h.count, 0);
+      size_t pos = sizeof h;
+      rc = fp_decode_range(L, lua_gettop(L), 1, h.count, p, len, &pos, &o, &err);
+    }
     w_release_task(io);
     if (rc != FP_OK) {
       lua_settop(L, fn_idx - 1);
@@ -425,7 +464,8 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     w->enc.len = 0;
     int rc = FP_OK;
     int64_t bad = 0;
-    for (uint32_t k = 0; k < h.count && rc == FP_OK; k++) {
+    int packed = w_reply_packed(w, &h, out_idx);
+    for (uint32_t k = 0; !packed && k < h.count && rc == FP_OK; k++) {
       /* A death while encoding is reported against the item encoded. */
       atomic_store_explicit(&io->st->cur_index, h.start + k, memory_order_relaxed);
       lua_rawgeti(L, out_idx, (int)(k + 1));
@@ -433,7 +473,9 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
       lua_pop(L, 1);
       if (rc != FP_OK) bad = h.start + k;
     }
-    if (rc == FP_OK) {
+    if (packed) {
+      /* sent */
+    } else if (rc == FP_OK) {
       w_reply(w, FP_M_RESULTS, &h, 0);
     } else {
       lua_createtable(L, 0, 2);
@@ -536,6 +578,8 @@ static int w_body(lua_State *L) {
   lua_getfield(L, S_CTX, "init");                         /* S_INIT */
   lua_getfield(L, S_CTX, "exit");                         /* S_EXIT */
   lua_pushvalue(L, S_EXIT);                               /* S_BEXIT */
+  lua_getfield(L, S_CTX, "pack_results");                 /* S_PACK */
+  lua_getfield(L, S_CTX, "unpack");                       /* S_UNPACK */
   lua_settop(L, S_NSLOTS);
 
   /* Leading arguments, in mpire's order. */

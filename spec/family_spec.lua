@@ -304,7 +304,7 @@ describe("placement", function()
 
   it("cpu_ids pins workers, one list for all or one entry per worker", function()
     local function allowed(pid)
-      local f = io.open("/proc/" .. pid .. "/status")
+      local f = assert(io.open("/proc/" .. pid .. "/status"), "worker " .. pid .. " is gone")
       local s = f:read("*a")
       f:close()
       return s:match("Cpus_allowed_list:%s*(%S+)")

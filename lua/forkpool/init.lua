@@ -250,6 +250,7 @@ function M.new(opts)
   self._core = core.new(n, {
     cdata_kind = worker.cdata_kind,
     cdata_new = worker.cdata_new,
+    unpack_into = worker.unpack_into,
   })
   for w = 1, n do self._workers[w] = S.empty_slot() end
   if self._insights then require("forkpool.insights").attach(self) end

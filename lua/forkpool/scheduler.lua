@@ -367,6 +367,7 @@ local function spawn_worker(pool, w, job)
     insights = pool._insights,
     make_runner = worker.make_runner,
     cdata_kind = worker.cdata_kind, cdata_new = worker.cdata_new,
+    pack_results = worker.pack_results, unpack = worker.unpack,
   }
   local pid, msg, errno = pool._core:spawn(w, ctx)
   if not pid then
@@ -442,7 +443,15 @@ local function send_chunk(pool, job, w, ch)
   ch.fn = fn
   local flags = (job.timed and "t" or "") .. (job.star and "s" or "")
   local ok, _, msg, path
-  if ch.items then
+  -- items the worker does not have in memory: packed when all are scalars
+  local addr, len
+  if not job.star and (ch.items or rec.born_job ~= job.id) then
+    if ch.items then addr, len = worker.pack(ch.items, 1, ch.count)
+    else addr, len = worker.pack(job.items, ch.start, ch.count) end
+  end
+  if addr then
+    ok = pool._core:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len, flags)
+  elseif ch.items then
     ok, _, msg, path = pool._core:send_chunk(w, job.id, fn, ch.start, ch.count, ch.items,
       get_modmap(), flags, 1)
   elseif rec.born_job == job.id then

@@ -79,6 +79,86 @@ function M.make_runner(cur_p, cancel_p, stamp_p)
   end
 end
 
+------------------------------------------------------------------------
+-- Packed chunks: a chunk whose items (or results) are all plain scalars --
+-- numbers, strings, booleans, nil -- travels as one string.buffer encoding
+-- of the chunk, made and read by JIT-compiled Lua (LuaJIT's own serializer
+-- beats any walk through the C API several times over).  Anything else goes
+-- through forkpool's C codec.  Addresses cross the C boundary as numbers
+-- (user-space pointers fit a double exactly).
+------------------------------------------------------------------------
+
+local sbuf = require "string.buffer"
+local enc_buf, dec_buf = sbuf.new(), sbuf.new()
+local scratch, scratch_n = {}, 0
+local cchar_ptr_t = ffi.typeof("const char *")
+
+local function pack_table(t)
+  enc_buf:reset()
+  enc_buf:encode(t)
+  local p, len = enc_buf:ref()
+  return tonumber(ffi.cast("uintptr_t", p)), len
+end
+
+-- pack(t, first, n) -> address, length of the encoding of t[first ..
+-- first+n-1] (valid until the next pack), or nil when one is not a scalar.
+function M.pack(t, first, n)
+  local s = scratch
+  for i = 1, n do
+    local v = t[first + i - 1]
+    local tv = type(v)
+    if tv ~= "number" and tv ~= "string" and tv ~= "boolean" and v ~= nil then return nil end
+    s[i] = v
+  end
+  for i = n + 1, scratch_n do s[i] = nil end
+  scratch_n = n
+  return pack_table(s)
+end
+
+-- Is t a plain array of scalars (no holes, no other keys, no metatable)?
+-- Nothing in it can be shared or cyclic, so string.buffer's encoding (which
+-- does not keep identity) means the same as forkpool's codec.
+local function flat_scalars(t)
+  if getmetatable(t) ~= nil then return false end
+  local m = #t
+  for j = 1, m do
+    local tx = type(t[j])
+    if tx ~= "number" and tx ~= "string" and tx ~= "boolean" then return false end
+  end
+  return next(t, m > 0 and m or nil) == nil
+end
+
+-- pack_results(out, n): the same for a worker's fresh results table, whose
+-- values may also be flat arrays of scalars.  (If string.buffer refuses
+-- something the check missed, the caller's pcall falls back to the codec.)
+function M.pack_results(out, n)
+  for i = 1, n do
+    local v = out[i]
+    local tv = type(v)
+    if tv == "table" then
+      if not flat_scalars(v) then return nil end
+    elseif tv ~= "number" and tv ~= "string" and tv ~= "boolean" and v ~= nil then
+      return nil
+    end
+  end
+  return pack_table(out)
+end
+
+-- unpack(addr, len) -> the table packed there (1-based).
+function M.unpack(addr, len)
+  dec_buf:set(ffi.cast(cchar_ptr_t, addr), len)
+  local t = dec_buf:decode()
+  dec_buf:reset()
+  return t
+end
+
+-- unpack_into(dst, first, n, addr, len): dst[first + i - 1] = packed[i].
+function M.unpack_into(dst, first, n, addr, len)
+  local t = M.unpack(addr, len)
+  local k = first - 1
+  for i = 1, n do dst[k + i] = t[i] end
+end
+
 local core = require "forkpool.core"
 local uintptr_t = ffi.typeof("uintptr_t")
 local u64ptr_t = ffi.typeof("const uint64_t *")
