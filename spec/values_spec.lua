@@ -85,6 +85,31 @@ describe("values", function()
     assert.are.equal(cjson.null, r[1].b[2])
   end)
 
+  it("chunks of scalars and flat arrays (packed) and of anything else (codec) mean the same", function()
+    local r = pool:map(function(x)
+      if x == 1 then return { 1.5, "two", true, -0.0 } end
+      if x == 2 then return { 1, nil, 3 } end          -- a hole: not flat
+      if x == 3 then local t = { 7 }; t.self = t; return t end -- a cycle
+      if x == 4 then return { a = 1 } end
+      if x == 5 then return nil end
+      return x
+    end, { 1, 2, 3, 4, 5, 6 }, { chunk_size = 6 })
+    assert.are.same({ 1.5, "two", true, -0.0 }, r[1])
+    assert.are.equal(-math.huge, 1 / r[1][4])
+    assert.are.equal(1, r[2][1]); assert.is_nil(r[2][2]); assert.are.equal(3, r[2][3])
+    assert.are.equal(r[3], r[3].self)
+    assert.are.same({ a = 1 }, r[4])
+    assert.is_nil(r[5])
+    assert.are.equal(6, r[6])
+    -- all scalars, with a nil among them
+    r = pool:map(function(x) if x == 2 then return nil end return x * 0.5 end, { 1, 2, 3 })
+    assert.are.equal(0.5, r[1]); assert.is_nil(r[2]); assert.are.equal(1.5, r[3])
+    -- scalar items sent packed to kept-alive workers: NaN, -0.0, binary strings
+    r = pool:map(function(x) return type(x) == "number" and (x ~= x and "nan" or 1 / x) or #x end,
+      { 0 / 0, -0.0, "a\0b" })
+    assert.are.same({ "nan", -math.huge, 3 }, { r[1], r[2], r[3] })
+  end)
+
   it("metatables are not sent", function()
     local r = roundtrip(pool, setmetatable({ 1 }, { __index = function() return "mt" end }))
     assert.is_nil(getmetatable(r))
