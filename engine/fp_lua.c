@@ -353,19 +353,25 @@ static int l_send_setup(lua_State *L) {
  * first+count-1] are sent (first defaults to start).  flags: a string with
  * "t" (timed: stamp each item's start, a task_timeout is set) and/or "s"
  * (star: each item is an array of arguments). */
+/* The arguments both chunk senders share: (pool, wid, job, fn, start,
+ * count), and the flags string at flags_arg ("t" timed, "s" star). */
+static void check_chunk_args(lua_State *L, fp_chunk_hdr *h, int flags_arg) {
+  memset(h, 0, sizeof *h);
+  h->job = (uint64_t)luaL_checknumber(L, 3);
+  h->fn = (uint64_t)luaL_checknumber(L, 4);
+  h->start = (int64_t)luaL_checknumber(L, 5);
+  h->count = (uint32_t)luaL_checkinteger(L, 6);
+  const char *fl = luaL_optstring(L, flags_arg, "");
+  if (strchr(fl, 't')) h->flags |= FP_CHUNK_TIMED;
+  if (strchr(fl, 's')) h->flags |= FP_CHUNK_STAR;
+}
+
 static int l_send_chunk(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   fp_chunk_hdr h;
-  memset(&h, 0, sizeof h);
-  h.job = (uint64_t)luaL_checknumber(L, 3);
-  h.fn = (uint64_t)luaL_checknumber(L, 4);
-  h.start = (int64_t)luaL_checknumber(L, 5);
-  h.count = (uint32_t)luaL_checkinteger(L, 6);
+  check_chunk_args(L, &h, 9);
   p->enc.len = 0;
-  const char *fl = luaL_optstring(L, 9, "");
-  if (strchr(fl, 't')) h.flags |= FP_CHUNK_TIMED;
-  if (strchr(fl, 's')) h.flags |= FP_CHUNK_STAR;
   if (lua_isnoneornil(L, 7)) {
     h.flags |= FP_CHUNK_INHERITED;
   } else {
@@ -387,17 +393,10 @@ static int l_send_chunk_packed(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   fp_chunk_hdr h;
-  memset(&h, 0, sizeof h);
-  h.job = (uint64_t)luaL_checknumber(L, 3);
-  h.fn = (uint64_t)luaL_checknumber(L, 4);
-  h.start = (int64_t)luaL_checknumber(L, 5);
-  h.count = (uint32_t)luaL_checkinteger(L, 6);
+  check_chunk_args(L, &h, 9);
+  h.flags |= FP_CHUNK_PACKED;
   const void *body = (const void *)(uintptr_t)luaL_checknumber(L, 7);
   size_t blen = (size_t)luaL_checknumber(L, 8);
-  const char *fl = luaL_optstring(L, 9, "");
-  h.flags = FP_CHUNK_PACKED;
-  if (strchr(fl, 't')) h.flags |= FP_CHUNK_TIMED;
-  if (strchr(fl, 's')) h.flags |= FP_CHUNK_STAR;
   return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, body, blen);
 }
 

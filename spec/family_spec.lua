@@ -5,11 +5,7 @@ local util = require "support.util"
 local ffi = require "ffi"
 pcall(ffi.cdef, "int getpid(void); unsigned int sleep(unsigned int); int usleep(unsigned int);")
 
-local function items(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+local items = require("support.util").items
 
 local function sorted(t, n)
   local c = {}

@@ -12,11 +12,7 @@ pcall(ffi.cdef, "int getpid(void); int kill(int, int); unsigned int sleep(unsign
 
 local SIGSEGV, SIGABRT, SIGKILL, SIGTERM = 11, 6, 9, 15
 
-local function items(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+local items = require("support.util").items
 
 local function tmpfile()
   local p = os.tmpname()
@@ -456,12 +452,7 @@ describe("in a child process", function()
       print("kind", forkpool.is_error(err) and err.kind or tostring(err))
       pool:close()
     ]]
-    local path = os.tmpname()
-    local f = io.open(path, "w")
-    f:write("package.path = ", ("%q"):format(package.path), "\n")
-    f:write("package.cpath = ", ("%q"):format(package.cpath), "\n")
-    f:write(script)
-    f:close()
+    local path = util.lua_script(script)
     local out = os.tmpname()
     -- setsid: its own process group, as a terminal's foreground job is
     local p = io.popen(("setsid luajit %s >%s 2>&1 & echo $!"):format(path, out))
@@ -499,12 +490,7 @@ describe("in a child process", function()
           local f = io.open(%q, "a"); f:write(ffi.C.getpid(), "\n"); f:close()
         end })
     ]]):format(pidfile)
-    local path = os.tmpname()
-    local f = io.open(path, "w")
-    f:write("package.path = ", ("%q"):format(package.path), "\n")
-    f:write("package.cpath = ", ("%q"):format(package.cpath), "\n")
-    f:write(script)
-    f:close()
+    local path = util.lua_script(script)
     local shm_before = require("support.leakcheck").devshm()
     local p = io.popen(("luajit %s >/dev/null 2>&1 & echo $!"):format(path))
     local parent = tonumber(p:read("*l"))

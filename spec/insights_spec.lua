@@ -1,11 +1,7 @@
 -- Insights: where the workers' time went, and the slowest tasks.
 local forkpool = require "forkpool"
 
-local function items(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+local items = require("support.util").items
 
 local function spin(s)
   local t = os.clock() + s

@@ -11,11 +11,7 @@ local function pidset(r)
   return s, n
 end
 
-local function items(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+local items = require("support.util").items
 
 -- each task sleeps a little so that every worker takes some
 local function busy_pid()

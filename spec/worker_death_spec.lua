@@ -3,11 +3,7 @@
 -- the item; the pool stays usable.
 local forkpool = require "forkpool"
 
-local function items(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+local items = require("support.util").items
 
 local function segfault()
   local ffi = require "ffi"

@@ -53,15 +53,29 @@ end
 function M.getpid() return ffi.C.getpid() end
 function M.kill(pid, sig) return ffi.C.kill(pid, sig) end
 
--- run_lua(code [, timeout]) -> ok, output, exit code: runs `code` in a fresh
--- luajit with the same module paths, killed after timeout seconds.
-function M.run_lua(code, timeout)
+-- items(n) -> { 1, 2, ..., n }
+function M.items(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+-- lua_script(code) -> path of a temporary Lua file that runs code with this
+-- process's module paths (the caller removes it).
+function M.lua_script(code)
   local path = os.tmpname()
   local f = assert(io.open(path, "w"))
   f:write("package.path = ", ("%q"):format(package.path), "\n")
   f:write("package.cpath = ", ("%q"):format(package.cpath), "\n")
   f:write(code)
   f:close()
+  return path
+end
+
+-- run_lua(code [, timeout]) -> ok, output, exit code: runs `code` in a fresh
+-- luajit with the same module paths, killed after timeout seconds.
+function M.run_lua(code, timeout)
+  local path = M.lua_script(code)
   local p = io.popen(("timeout -s KILL %d luajit %s 2>&1; echo \"__rc=$?\""):format(timeout or 30, path))
   local out = p:read("*a")
   p:close()
