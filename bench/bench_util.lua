@@ -70,6 +70,20 @@ function M.smaps_rollup(pid)
   return out
 end
 
+-- A field of /proc/self/status in bytes (e.g. "VmHWM", the peak resident
+-- set size of this process, or "VmRSS"); nil when it cannot be read.
+function M.proc_status_bytes(field)
+  local f = io.open("/proc/self/status", "r")
+  if not f then return nil end
+  local v
+  for line in f:lines() do
+    local k, n = line:match("^([%w_]+):%s+(%d+) kB")
+    if k == field then v = tonumber(n) * 1024; break end
+  end
+  f:close()
+  return v
+end
+
 function M.read_first_line(path)
   local f = io.open(path, "r")
   if not f then return nil end

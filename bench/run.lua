@@ -22,7 +22,7 @@ package.path = script_dir .. "/?.lua;" .. package.path
 
 local util = require "bench_util"
 
-local opts = { quick = false, runs = nil, only = nil, child = nil, out = nil, inline = false }
+local opts = { quick = false, runs = nil, only = nil, child = nil, out = nil, inline = false, sub_arg = nil }
 do
   local i = 1
   while arg and arg[i] do
@@ -36,6 +36,7 @@ do
     elseif a == "--inline" then opts.inline = true
     elseif a:match("^%-%-child=") then opts.child = a:match("=(.*)")
     elseif a:match("^%-%-out=") then opts.out = a:match("=(.*)")
+    elseif a:match("^%-%-arg=") then opts.sub_arg = a:match("=(.*)")
     elseif a == "--help" or a == "-h" then
       print("usage: luajit bench/run.lua [--quick] [--runs N] [--only id[,id...]] [--list] [--inline]")
       print("  --quick    each workload once, at a small size (smoke test)")
@@ -59,7 +60,9 @@ local runs = opts.runs or (opts.quick and 1 or 5)
 
 local workloads = require "workloads"
 if opts.list then
-  for _, w in ipairs(workloads) do if w.id then print(("%-10s %s"):format(w.id, w.title)) end end
+  for _, w in ipairs(workloads) do
+    if w.id and not w.helper then print(("%-10s %s"):format(w.id, w.title)) end
+  end
   os.exit(0)
 end
 local selected = {}
@@ -71,9 +74,49 @@ local forkpool = require "forkpool"
 local bp = require "baseline_pipes"
 local buffer = require "string.buffer"
 
+local function shell_quote(s)
+  if s:match("^[%w%._/:=,+-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Run workload `id` in a fresh process (same interpreter, same LUA_PATH /
+-- LUA_CPATH): no workload inherits another's heap, allocator state, JIT
+-- traces or page-fault history, and a hard crash is reported as ERROR for
+-- that workload only.  `sub_arg` (a string) reaches the child as ctx.arg,
+-- `child_runs` overrides the number of runs.  Returns true, rows (whatever
+-- the workload returned) or false, message.
+local lo = -1
+while arg[lo - 1] do lo = lo - 1 end
+local interp_argv = {}
+for i = lo, -1 do interp_argv[#interp_argv + 1] = shell_quote(arg[i]) end
+
+local function run_child(id, sub_arg, child_runs)
+  local out = os.tmpname()
+  local argv = { table.concat(interp_argv, " "), shell_quote(arg[0]), "--child=" .. shell_quote(id),
+    "--out=" .. shell_quote(out), "--runs", tostring(child_runs or runs) }
+  if opts.quick then argv[#argv + 1] = "--quick" end
+  if sub_arg then argv[#argv + 1] = shell_quote("--arg=" .. sub_arg) end
+  io.stdout:flush(); io.stderr:flush()
+  local status = os.execute(table.concat(argv, " "))
+  local f = io.open(out, "rb")
+  local data = f and f:read("*a")
+  if f then f:close() end
+  os.remove(out)
+  local ok, msg = pcall(buffer.decode, data or "")
+  if data and data ~= "" and ok and type(msg) == "table" then
+    if msg.rows then return true, msg.rows end
+    return false, msg.error
+  end
+  return false, ("the workload's process died (os.execute status %s) without a result"):format(tostring(status))
+end
+
 local ctx = {
   quick = opts.quick, runs = runs, n_jobs = 2,
   forkpool = forkpool, bp = bp, util = util,
+  arg = opts.sub_arg,
+  -- for workloads that need several processes of their own (helper
+  -- workloads, `helper = true`): run one in a fresh process
+  spawn = run_child,
 }
 
 -- Run one workload here; returns true, rows or false, message.
@@ -102,23 +145,12 @@ end
 -- Header: machine and command
 ------------------------------------------------------------------------
 
-local run_child
-
-local function shell_quote(s)
-  if s:match("^[%w%._/:=,+-]+$") then return s end
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
 local cmd = {}
 for _, k in ipairs{ "LUA_PATH", "LUA_CPATH" } do
   local v = os.getenv(k)
   if v then cmd[#cmd + 1] = k .. "=" .. shell_quote(v) end
 end
-do
-  local lo = 0
-  while arg[lo - 1] do lo = lo - 1 end
-  for i = lo, #arg do cmd[#cmd + 1] = shell_quote(arg[i]) end
-end
+for i = lo, #arg do cmd[#cmd + 1] = shell_quote(arg[i]) end
 
 
 local function sh(cmdline)
@@ -156,33 +188,6 @@ io.stdout:flush()
 ------------------------------------------------------------------------
 
 local rows, notes = {}, {}
--- Run one workload in a fresh process (same interpreter, same LUA_PATH /
--- LUA_CPATH): no workload inherits another's heap, allocator state, JIT
--- traces or page-fault history, and a hard crash is reported as ERROR for
--- that workload only.
-local lo = -1
-while arg[lo - 1] do lo = lo - 1 end
-local interp_argv = {}
-for i = lo, -1 do interp_argv[#interp_argv + 1] = shell_quote(arg[i]) end
-
-run_child = function(w)
-  local out = os.tmpname()
-  local argv = { table.concat(interp_argv, " "), shell_quote(arg[0]), "--child=" .. w.id,
-    "--out=" .. shell_quote(out), "--runs", tostring(runs) }
-  if opts.quick then argv[#argv + 1] = "--quick" end
-  io.stdout:flush(); io.stderr:flush()
-  local status = os.execute(table.concat(argv, " "))
-  local f = io.open(out, "rb")
-  local data = f and f:read("*a")
-  if f then f:close() end
-  os.remove(out)
-  local ok, msg = pcall(buffer.decode, data or "")
-  if data and data ~= "" and ok and type(msg) == "table" then
-    if msg.rows then return true, msg.rows end
-    return false, msg.error
-  end
-  return false, ("the workload's process died (os.execute status %s) without a result"):format(tostring(status))
-end
 
 local counts = { PASS = 0, MISS = 0, ERROR = 0, info = 0, ["n/a"] = 0 }
 local t_start = util.now()
@@ -197,7 +202,7 @@ local function add_note(text)
 end
 
 for _, w in ipairs(workloads) do
-  if not opts.only or selected[w.id] then
+  if not w.helper and (not opts.only or selected[w.id]) then
     io.stderr:write(("bench: %-10s ... "):format(w.id))
     io.stderr:flush()
     local t0 = util.now()
@@ -205,7 +210,7 @@ for _, w in ipairs(workloads) do
     if opts.inline then
       ok, res = run_here(w)
     else
-      ok, res = run_child(w)
+      ok, res = run_child(w.id)
     end
     io.stderr:write(("%.1f s%s\n"):format(util.now() - t0, ok and "" or " ERROR"))
     if ok then

@@ -506,7 +506,302 @@ W[#W + 1] = { id = "roundtrip", title = "single-item map (round trip)", run = fu
 end }
 
 ------------------------------------------------------------------------
--- 8. First map on a fresh pool whose parent holds 100 MiB of Lua data
+-- 8. apply: one call at a time on a warm pool
+------------------------------------------------------------------------
+
+-- p-th percentile (0 < p ≤ 1) of the samples, nearest rank.
+local function percentile(xs, p)
+  local t = {}
+  for i = 1, #xs do t[i] = xs[i] end
+  table.sort(t)
+  return t[math.max(1, math.ceil(#t * p))]
+end
+
+W[#W + 1] = { id = "apply", title = "apply round trip (warm pool)", run = function(ctx)
+  local K = ctx.quick and 200 or 2000
+  local fp, bp = ctx.forkpool, ctx.bp
+  return protected(function(s)
+    local fn = function(x) return x + 1 end
+    local pool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true })
+    -- the first apply forks the workers, before any baseline pipe exists
+    if pool:apply(fn, { 0 }) ~= 1 then wrong("apply(fn, {0}) ~= 1") end
+    local pa = s.add(bp.new{ fn = fn, n_jobs = ctx.n_jobs, mode = "item", window = 8 })
+    for j = 1, 100 do pool:apply(fn, { j }); pa:map({ j }) end -- warm
+    local function series(call1)
+      local t = table_new(K, 0)
+      for j = 1, K do
+        local t0 = now()
+        local res = call1(j)
+        t[j] = now() - t0
+        if res ~= j + 1 then wrong("call %d: got %s, want %d", j, tostring(res), j + 1) end
+      end
+      return t
+    end
+    local fp_call = function(j) return pool:apply(fn, { j }) end
+    local a_call = function(j) return pa:map({ j })[1] end
+    local fp_meds, a_meds, all_fp = {}, {}, {}
+    for r = 1, ctx.runs do
+      -- alternate which contender goes first
+      for k = 0, 1 do
+        gc()
+        if (r + k) % 2 == 0 then
+          local a = series(fp_call)
+          fp_meds[#fp_meds + 1] = median(a)
+          for _, v in ipairs(a) do all_fp[#all_fp + 1] = v end
+        else
+          a_meds[#a_meds + 1] = median(series(a_call))
+        end
+      end
+    end
+    local m_fp, m_a = median(fp_meds), median(a_meds)
+    local p99 = percentile(all_fp, 0.99)
+    if VERBOSE then
+      local meds = {}
+      for i, v in ipairs(fp_meds) do meds[i] = fmt_time(v) end
+      io.stderr:write(("  apply: run medians %s; p50 %s p90 %s p99 %s max %s over %d calls\n"):format(
+        table.concat(meds, " "),
+        fmt_time(percentile(all_fp, 0.5)), fmt_time(percentile(all_fp, 0.9)), fmt_time(p99),
+        fmt_time(util.max(all_fp)), #all_fp))
+    end
+    return {
+      { forkpool = ("%s (p99 %s)"):format(fmt_time(m_fp), fmt_time(p99)),
+        baseline = "pipes (a) 1-item map", base_value = fmt_time(m_a),
+        ratio = "fp/(a) " .. fmt_ratio(m_fp / m_a), target = "median ≤ 20 µs", result = verdict(m_fp <= 20e-6),
+        note = ("%d calls of pool:apply(fn, {x}) per run on a warm keep_alive pool (n_jobs = %d), "
+          .. "each timed alone; median per run, then the median of the %d runs; p99 over all %d "
+          .. "forkpool samples. Baseline: a one-item map on baseline pool (a), same count, runs "
+          .. "alternating with forkpool's."):format(K, ctx.n_jobs, ctx.runs, #all_fp) },
+    }
+  end)
+end }
+
+------------------------------------------------------------------------
+-- 9. apply_async: 10,000 calls outstanding, then get() each
+------------------------------------------------------------------------
+
+W[#W + 1] = { id = "async", title = "apply_async, 10000 outstanding", run = function(ctx)
+  local N = ctx.quick and 2000 or 10000
+  local fp = ctx.forkpool
+  return protected(function(s)
+    local fn = function(x) return x + 1 end
+    local items = range(N)
+    local pool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true })
+    pool:map(fn, items) -- warm: workers started, JIT warm
+    do
+      local rs = {}
+      for i = 1, 100 do rs[i] = pool:apply_async(fn, { i }) end
+      for i = 1, 100 do if rs[i]:get() ~= i + 1 then wrong("warm-up apply_async %d", i) end end
+    end
+    local function check(res, who)
+      for i = 1, N do
+        if res[i] ~= i + 1 then wrong("%s: result %d = %s, want %d", who, i, tostring(res[i]), i + 1) end
+      end
+    end
+    -- the submit loop is timed in tenths, to show whether a submission
+    -- costs more with more calls outstanding
+    local TENTH = N / 10
+    local submit, get, first, last = {}, {}, {}, {}
+    local med = measure(ctx.runs, {
+      { name = "async", run = function()
+          local rs = table_new(N, 0)
+          local out = table_new(N, 0)
+          local t0 = now()
+          local tb = t0
+          for i = 1, N do
+            rs[i] = pool:apply_async(fn, { i })
+            if i % TENTH == 0 then
+              local t = now()
+              if i == TENTH then first[#first + 1] = t - tb end
+              if i == N then last[#last + 1] = t - tb end
+              tb = t
+            end
+          end
+          local t1 = now()
+          for i = 1, N do out[i] = rs[i]:get() end
+          local t2 = now()
+          submit[#submit + 1], get[#get + 1] = t1 - t0, t2 - t1
+          return out
+        end, verify = function(r) check(r, "apply_async") end },
+      { name = "map", run = function() return pool:map(fn, items) end,
+        verify = function(r) check(r, "map") end },
+    })
+    local t, tm = med.async, med.map
+    local per = function(x) return fmt_time(x / N) end
+    return {
+      { title = ctx.quick and ("apply_async, %d outstanding"):format(N) or nil,
+        forkpool = ("%s (%s/call, %.0f calls/s)"):format(fmt_time(t), per(t), N / t),
+        baseline = ("one pool:map of the same %d calls"):format(N),
+        base_value = ("%s (%s/item)"):format(fmt_time(tm), per(tm)),
+        ratio = "async/map " .. fmt_ratio(t / tm), target = "report", result = "info",
+        note = ("timed: %d calls of pool:apply_async(fn, {i}) (all outstanding: no get() before the "
+          .. "last submission), then r:get() on each in order; results checked afterwards. Baseline: "
+          .. "pool:map(fn, {1..%d}) on the same warm keep_alive pool (n_jobs = %d, default chunk "
+          .. "size), rounds interleaved with apply_async."):format(N, N, ctx.n_jobs) },
+      { forkpool = ("submit %s + get %s"):format(fmt_time(median(submit)), fmt_time(median(get))),
+        baseline = "(split of the apply_async time)",
+        base_value = ("submit %s/call (first %d), %s/call (last %d)"):format(
+          fmt_time(median(first) / TENTH), TENTH, fmt_time(median(last) / TENTH), TENTH),
+        ratio = "", target = "(for reference)", result = "info",
+        note = ("submit = the loop of %d apply_async calls, get = the loop of get() calls (medians "
+          .. "over the runs); the per-call submit cost of the first and the last tenth of the "
+          .. "submissions shows whether a submission gets dearer with more calls outstanding.")
+          :format(N) },
+    }
+  end)
+end }
+
+------------------------------------------------------------------------
+-- 10. imap over a 1e7-line file (lazy, constant memory) vs map over the
+--     same lines held in a table, each in a process of its own
+------------------------------------------------------------------------
+
+local function line_len(s) return #s end
+
+-- ctx.arg of the helpers: "n,sum,path"
+local function imap_arg(ctx)
+  local n, sum, path = (ctx.arg or ""):match("^(%d+),(%d+),(.+)$")
+  if not n then error("imap helper: bad --arg " .. tostring(ctx.arg)) end
+  return tonumber(n), tonumber(sum), path
+end
+
+local function warm_pool(s, ctx)
+  local pool = s.add(ctx.forkpool.new{ n_jobs = ctx.n_jobs, keep_alive = true })
+  local r = pool:map(line_len, { "warm", "up!" })
+  if r[1] ~= 4 or r[2] ~= 3 then wrong("warm-up map") end
+  return pool
+end
+
+W[#W + 1] = { id = "imap_lazy", helper = true, title = "(imap helper: the imap)", run = function(ctx)
+  local N, sum, path = imap_arg(ctx)
+  return protected(function(s)
+    local pool = warm_pool(s, ctx)
+    gc()
+    local before = util.proc_status_bytes("VmHWM")
+    local total, n, bad = 0, 0, nil
+    local t0 = now()
+    for r, idx in pool:imap(line_len, io.lines(path)) do
+      n = n + 1
+      if idx ~= n and not bad then bad = ("result %d has index %s"):format(n, tostring(idx)) end
+      total = total + r
+    end
+    local dt = now() - t0
+    local peak = util.proc_status_bytes("VmHWM")
+    if bad then wrong("imap: %s", bad) end
+    if n ~= N or total ~= sum then wrong("imap: %d results summing to %d, want %d summing to %d", n, total, N, sum) end
+    return { time = dt, before = before, peak = peak }
+  end)
+end }
+
+W[#W + 1] = { id = "imap_table", helper = true, title = "(imap helper: the table)", run = function(ctx)
+  local N, sum, path = imap_arg(ctx)
+  return protected(function(s)
+    local pool = warm_pool(s, ctx)
+    gc()
+    local before = util.proc_status_bytes("VmHWM")
+    local t0 = now()
+    local lines, n = {}, 0
+    for l in io.lines(path) do n = n + 1; lines[n] = l end
+    local t_read = now() - t0
+    gc()
+    t0 = now()
+    local res = pool:map(line_len, lines)
+    local t_map = now() - t0
+    local peak = util.proc_status_bytes("VmHWM")
+    if n ~= N or res.n ~= N then wrong("map: %s results of %d lines, want %d", tostring(res.n), n, N) end
+    local total = 0
+    for i = 1, N do
+      local r = res[i]
+      if r ~= #lines[i] then wrong("map: result %d = %s, want %d", i, tostring(r), #lines[i]) end
+      total = total + r
+    end
+    if total ~= sum then wrong("map: results sum to %d, want %d", total, sum) end
+    return { time = t_map, read = t_read, before = before, peak = peak }
+  end)
+end }
+
+W[#W + 1] = { id = "imap", title = "imap over a 1e7-line file", run = function(ctx)
+  local N = ctx.quick and 200000 or 10000000
+  -- one round = one process for the imap and one for the table (about 50 s
+  -- together at full size on 2 cores), so at most 3 rounds
+  local rounds = math.min(ctx.runs, 3)
+  return protected(function(s)
+    local path = os.tmpname()
+    s.add({ close = function() os.remove(path) end })
+    -- "line 1\n" .. "line N\n"; sum = total length of the lines without "\n"
+    local f = assert(io.open(path, "wb"))
+    local sb = buffer.new()
+    local sum, digits, next_pow = 0, 1, 10
+    for i = 1, N do
+      if i == next_pow then digits = digits + 1; next_pow = next_pow * 10 end
+      sum = sum + 5 + digits
+      sb:put("line ", i, "\n")
+      if #sb >= 65536 then assert(f:write(sb:get())) end
+    end
+    assert(f:write(sb:get()))
+    assert(f:close())
+    local fsize = sum + N
+    local a = ("%d,%d,%s"):format(N, sum, path)
+    local lazy, tab = {}, {}
+    for r = 1, rounds do
+      for k = 0, 1 do
+        local which = (r + k) % 2 == 0 and "imap_lazy" or "imap_table"
+        local ok, res = ctx.spawn(which, a, 1)
+        if not ok then error(res, 0) end
+        local into = which == "imap_lazy" and lazy or tab
+        into[#into + 1] = res
+        if VERBOSE then
+          io.stderr:write(("  %-10s %s%s, VmHWM %s (before %s)\n"):format(which, fmt_time(res.time),
+            res.read and (" (read " .. fmt_time(res.read) .. ")") or "", fmt_bytes(res.peak), fmt_bytes(res.before)))
+        end
+      end
+    end
+    local function med_of(list, key)
+      local xs = {}
+      for i, x in ipairs(list) do xs[i] = x[key] end
+      return median(xs)
+    end
+    local function max_of(list, key)
+      local xs = {}
+      for i, x in ipairs(list) do xs[i] = x[key] end
+      return util.max(xs)
+    end
+    local t_imap, t_map, t_read = med_of(lazy, "time"), med_of(tab, "time"), med_of(tab, "read")
+    local pk_imap, pk_tab = max_of(lazy, "peak"), max_of(tab, "peak")
+    local b_imap, b_tab = max_of(lazy, "before"), max_of(tab, "before")
+    local per = function(x) return ("%s (%s/line)"):format(fmt_time(x), fmt_time(x / N)) end
+    local ratio = t_imap / t_map
+    return {
+      { title = ctx.quick and ("imap over a %d-line file"):format(N) or nil,
+        forkpool = per(t_imap), baseline = "map over the lines in a table", base_value = per(t_map),
+        ratio = "imap/map " .. fmt_ratio(ratio), target = "imap/map ≤ 1.5×", result = verdict(ratio <= 1.5),
+        note = ("file: %d lines \"line <i>\\n\" (%s), written once to a temporary file and deleted "
+          .. "afterwards; fn = function(s) return #s end. imap: `for r in pool:imap(fn, io.lines(path))` "
+          .. "(default options: chunks of an iterator of unknown length grow adaptively), results "
+          .. "summed and their order checked. Table: the lines read into a table with io.lines "
+          .. "(timed separately, row below), then pool:map(fn, lines) timed alone (default chunk "
+          .. "size), every result checked. Both on a warm keep_alive pool (n_jobs = %d), each in a "
+          .. "fresh process of its own; %d round(s), the two alternating; times are medians.")
+          :format(N, fmt_bytes(fsize), ctx.n_jobs, rounds) },
+      { forkpool = ("peak RSS %s (%s before)"):format(fmt_bytes(pk_imap), fmt_bytes(b_imap)),
+        baseline = "table variant: peak RSS",
+        base_value = ("%s (%s before)"):format(fmt_bytes(pk_tab), fmt_bytes(b_tab)),
+        ratio = "table/imap " .. fmt_ratio(pk_tab / pk_imap), target = "report", result = "info",
+        note = "peak RSS = VmHWM of /proc/self/status of the process running the pool (the parent; "
+          .. "workers not included), after the timed run; \"before\" = VmHWM after the warm-up, "
+          .. "before the file is read; the largest over the rounds. Constant memory means the imap's "
+          .. "peak stays small and does not depend on the file's size (compare QUICK's 2e5 lines), "
+          .. "while the table variant's grows with the file (the lines, then the results)." },
+      { baseline = "table variant: reading the lines", base_value = fmt_time(t_read),
+        ratio = "imap/(read+map) " .. fmt_ratio(t_imap / (t_read + t_map)), target = "(for reference)",
+        result = "info",
+        note = "`local lines, n = {}, 0 for l in io.lines(path) do n = n + 1; lines[n] = l end`, "
+          .. "timed in the table variant's process; not part of its map time." },
+    }
+  end)
+end }
+
+------------------------------------------------------------------------
+-- 11. First map on a fresh pool whose parent holds 100 MiB of Lua data
 ------------------------------------------------------------------------
 
 W[#W + 1] = { id = "fresh", title = "fresh pool, parent holds 100 MiB", run = function(ctx)
@@ -577,7 +872,7 @@ W[#W + 1] = { id = "fresh", title = "fresh pool, parent holds 100 MiB", run = fu
 end }
 
 ------------------------------------------------------------------------
--- 9. Memory: workers reading a big dataset (PSS)
+-- 12. Memory: workers reading a big dataset (PSS)
 ------------------------------------------------------------------------
 
 -- Start a keep_alive pool whose workers run `init` (reading the data, then
