@@ -235,7 +235,7 @@ function M.new(opts)
     _cpus = opts.cpu_ids and check_cpu_ids(opts.cpu_ids, n),
     _insights = opts.enable_insights or false,
     _workers = {},       -- [wid] = worker record (see scheduler)
-    _jobs = {}, _order = {}, _stages = {}, _rq = { head = 1, tail = 0 }, _active = 0,
+    _jobs = {}, _order = {}, _orphans = 0, _stages = {}, _rq = { head = 1, tail = 0 }, _active = 0,
     _failures = 0, _timed_jobs = 0, _progress_jobs = 0,
     _settle = {},        -- apply_async results whose job is over
     _asyncs = {},        -- outstanding apply_async results
@@ -297,13 +297,16 @@ local function check_no_open_imap(self, fname)
       .. "finish it or call :close() on it first"):format(fname), 3)
   end
   self._imap[1] = nil
+  -- finalizers only count; the scan happens here, and only when one ran,
+  -- so that thousands of outstanding apply_async jobs cost nothing per call
+  if self._orphans == 0 then return end
+  self._orphans = 0
+  local dropped = {}   -- abandoning may compact _order: collect first
   for _, id in ipairs(self._order) do
     local job = self._jobs[id]
-    if job and job.orphaned then
-      guarded(self, S.abandon, self, job, false)
-      return check_no_open_imap(self, fname)
-    end
+    if job and job.orphaned and not job.finished then dropped[#dropped + 1] = job end
   end
+  for _, job in ipairs(dropped) do guarded(self, S.abandon, self, job, false) end
 end
 
 -- Build a job.  kind: see forkpool.scheduler; source: array or iterator.
@@ -543,7 +546,10 @@ local function imap_call(self, kind, fname, fn, items, opts, star)
   local proxy = newproxy(true)
   getmetatable(proxy).__gc = function()
     -- only a flag: this may run in the middle of anything
-    if not job.finished then job.orphaned = true end
+    if not job.finished then
+      job.orphaned = true
+      self._orphans = self._orphans + 1
+    end
   end
   it._proxy = proxy
   self._imap[1] = it
