@@ -110,6 +110,39 @@ describe("values", function()
     assert.are.same({ "nan", -math.huge, 3 }, { r[1], r[2], r[3] })
   end)
 
+  it("chunks of plain numbers (raw doubles both ways) keep every double exactly", function()
+    local specials = { 0 / 0, -0.0, math.huge, -math.huge, 2 ^ 53, -(2 ^ 53) + 1, 5e-324,
+      1.7976931348623157e308, 0.1, -1 }
+    local items = {}
+    for i = 1, 5000 do items[i] = specials[(i - 1) % #specials + 1] end
+    -- identity: results are numbers too, so both directions use the f64 lane
+    local r = pool:map(function(x) return x end, items, { chunk_size = 777 })
+    for i = 1, #items do
+      local a, b = items[i], r[i]
+      if a ~= a then assert.is_true(b ~= b, "NaN at " .. i)
+      else
+        assert.are.equal(a, b)
+        if a == 0 then assert.are.equal(1 / a, 1 / b) end -- the sign of zero
+      end
+    end
+    -- a chunk that is numbers up to a point, then not: the whole chunk goes
+    -- the other way, nothing is lost or shifted
+    r = pool:map(function(x) return type(x) == "number" and x + 1 or x .. "!" end,
+      { 1, 2, 3, "s", 5, 6 }, { chunk_size = 6 })
+    assert.are.same({ 2, 3, 4, "s!", 6, 7, n = 6 }, r)
+    -- numeric items, results that are not all numbers (and the reverse)
+    r = pool:map(function(x) return x % 2 == 0 and tostring(x) or x end, { 1, 2, 3, 4 }, { chunk_size = 4 })
+    assert.are.same({ 1, "2", 3, "4", n = 4 }, r)
+    r = pool:map(function(s) return #s end, { "a", "bb", "ccc" }, { chunk_size = 3 })
+    assert.are.same({ 1, 2, 3, n = 3 }, r)
+    -- a chunk larger than any before it grows the packing buffer
+    local big = {}
+    for i = 1, 300000 do big[i] = i * 0.5 end
+    r = pool:map(function(x) return -x end, big, { n_splits = 2 })
+    assert.are.equal(300000, #r)
+    assert.are.equal(-0.5, r[1]); assert.are.equal(-150000, r[300000])
+  end)
+
   it("metatables are not sent", function()
     local r = roundtrip(pool, setmetatable({ 1 }, { __index = function() return "mt" end }))
     assert.is_nil(getmetatable(r))

@@ -29,6 +29,7 @@ local worker = require "forkpool.worker"
 
 local min, max, floor = math.min, math.max, math.floor
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local table_new = require "table.new"
 
 local S = {}
 
@@ -814,13 +815,16 @@ end
 function S.submit(pool, job)
   job.pool = pool
   pool._jobs[job.id] = job
-  pool._stages[job.id] = job.stage
   pool._order[#pool._order + 1] = job.id
   pool._active = pool._active + 1
   if job.task_timeout or job.init_timeout then pool._timed_jobs = pool._timed_jobs + 1 end
   if job.progress then pool._progress_jobs = pool._progress_jobs + 1 end
   make_runnable(job)
   S.fill_workers(pool)
+  -- results are only decoded by poll, after this: a big results table is
+  -- made (and page-faulted) while the workers run the first chunks
+  if not job.stage then job.stage = job.stage_size and table_new(job.stage_size, 1) or {} end
+  if not job.finished then pool._stages[job.id] = job.stage end
   check_complete(pool, job)
 end
 

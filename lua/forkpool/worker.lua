@@ -81,28 +81,63 @@ end
 
 ------------------------------------------------------------------------
 -- Packed chunks: a chunk whose items (or results) are all plain scalars --
--- numbers, strings, booleans, nil -- travels as one string.buffer encoding
--- of the chunk, made and read by JIT-compiled Lua (LuaJIT's own serializer
--- beats any walk through the C API several times over).  Anything else goes
+-- numbers, strings, booleans, nil -- travels as raw doubles (all numbers)
+-- or one string.buffer encoding of the chunk, made and read by JIT-compiled
+-- Lua (LuaJIT's own serializer beats any walk through the C API several
+-- times over).  Anything else goes
 -- through forkpool's C codec.  Addresses cross the C boundary as numbers
 -- (user-space pointers fit a double exactly).
 ------------------------------------------------------------------------
 
 local sbuf = require "string.buffer"
+local table_new = require "table.new"
 local enc_buf, dec_buf = sbuf.new(), sbuf.new()
 local scratch, scratch_n = {}, 0
 local cchar_ptr_t = ffi.typeof("const char *")
+local f64_ptr_t = ffi.typeof("const double *")
+local f64_arr_t = ffi.typeof("double[?]")
+
+-- A packed body begins with an 8-byte tag saying how the rest is laid out:
+--   "fp.f64\0\0"  n doubles (a chunk of plain numbers: the common case of
+--                 numeric maps, read and written by a JIT-compiled loop);
+--   "fp.sbuf\0"  one string.buffer encoding of the 1-based array.
+-- Only this file makes and reads them; the C side passes them through.
+local TAG_LEN = 8
+local TAG_F64, TAG_SBUF = "fp.f64\0\0", "fp.sbuf\0"
+local f64_buf, f64_cap = nil, 0
+
+local function addr_of(p) return tonumber(ffi.cast("uintptr_t", p)) end
+
+-- All of t[first .. first+n-1] as doubles after the tag, or nil when one
+-- is not a number.
+local function pack_f64(t, first, n)
+  if n + 1 > f64_cap then
+    f64_cap = math.max(n + 1, 2 * f64_cap, 1024)
+    f64_buf = f64_arr_t(f64_cap)
+    ffi.copy(f64_buf, TAG_F64, TAG_LEN)
+  end
+  local b, k = f64_buf, first - 1
+  for i = 1, n do
+    local v = t[k + i]
+    if type(v) ~= "number" then return nil end
+    b[i] = v
+  end
+  return addr_of(b), (n + 1) * 8
+end
 
 local function pack_table(t)
   enc_buf:reset()
+  enc_buf:put(TAG_SBUF)
   enc_buf:encode(t)
   local p, len = enc_buf:ref()
-  return tonumber(ffi.cast("uintptr_t", p)), len
+  return addr_of(p), len
 end
 
--- pack(t, first, n) -> address, length of the encoding of t[first ..
+-- pack(t, first, n) -> address, length of the packing of t[first ..
 -- first+n-1] (valid until the next pack), or nil when one is not a scalar.
 function M.pack(t, first, n)
+  local a, len = pack_f64(t, first, n)
+  if a then return a, len end
   local s = scratch
   for i = 1, n do
     local v = t[first + i - 1]
@@ -132,6 +167,8 @@ end
 -- values may also be flat arrays of scalars.  (If string.buffer refuses
 -- something the check missed, the caller's pcall falls back to the codec.)
 function M.pack_results(out, n)
+  local a, len = pack_f64(out, 1, n)
+  if a then return a, len end
   for i = 1, n do
     local v = out[i]
     local tv = type(v)
@@ -144,18 +181,46 @@ function M.pack_results(out, n)
   return pack_table(out)
 end
 
--- unpack(addr, len) -> the table packed there (1-based).
-function M.unpack(addr, len)
-  dec_buf:set(ffi.cast(cchar_ptr_t, addr), len)
+-- The layout of a packed body: "f64" (and the count of doubles) or "sbuf".
+local function body_kind(addr, len)
+  if len < TAG_LEN then error("packed body of " .. len .. " bytes") end
+  local tag = ffi.string(ffi.cast(cchar_ptr_t, addr), TAG_LEN)
+  if tag == TAG_F64 then
+    if len % 8 ~= 0 then error("f64 body of " .. len .. " bytes") end
+    return "f64", len / 8 - 1
+  elseif tag == TAG_SBUF then
+    return "sbuf"
+  end
+  error("unknown packed body tag")
+end
+
+local function decode_sbuf(addr, len)
+  dec_buf:set(ffi.cast(cchar_ptr_t, addr) + TAG_LEN, len - TAG_LEN)
   local t = dec_buf:decode()
   dec_buf:reset()
   return t
 end
 
+-- unpack(addr, len) -> the table packed there (1-based).
+function M.unpack(addr, len)
+  local kind, n = body_kind(addr, len)
+  if kind == "sbuf" then return decode_sbuf(addr, len) end
+  local p, t = ffi.cast(f64_ptr_t, addr), table_new(n, 0)
+  for i = 1, n do t[i] = p[i] end
+  return t
+end
+
 -- unpack_into(dst, first, n, addr, len): dst[first + i - 1] = packed[i].
 function M.unpack_into(dst, first, n, addr, len)
-  local t = M.unpack(addr, len)
+  local kind, m = body_kind(addr, len)
   local k = first - 1
+  if kind == "f64" then
+    if m ~= n then error(("%d doubles for %d results"):format(m, n)) end
+    local p = ffi.cast(f64_ptr_t, addr)
+    for i = 1, n do dst[k + i] = p[i] end
+    return
+  end
+  local t = decode_sbuf(addr, len)
   for i = 1, n do dst[k + i] = t[i] end
 end
 
