@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <poll.h>
 #include <sched.h>
@@ -510,14 +511,32 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
     kind = "results";
     lua_pushnumber(L, (lua_Number)h.job);
     lua_rawget(L, jobs_idx);
+    int64_t at = h.start; /* where the chunk's first result goes */
+    if (lua_istable(L, -1)) {
+      /* A stage marked per_chunk (jobs consumed a chunk at a time: imap,
+       * unordered) gets each chunk's results as a fresh array stored at
+       * stage[start]: indexes far from 1 that come and go would otherwise
+       * live in the stage's hash part and rehash it over and over. */
+      lua_getfield(L, -1, "per_chunk");
+      int per_chunk = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+      if (per_chunk) {
+        lua_createtable(L, h.count > INT_MAX ? INT_MAX : (int)h.count, 0);
+        lua_pushnumber(L, (lua_Number)h.start);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -4);
+        lua_remove(L, -2);
+        at = 1;
+      }
+    }
     if (lua_istable(L, -1) && (h.flags & FP_CHUNK_PACKED)) {
-      /* helpers.unpack_into(results, start, count, addr, len) */
+      /* helpers.unpack_into(results, at, count, addr, len) */
       int t = lua_gettop(L);
       push_helpers(L, 1);
       lua_getfield(L, -1, "unpack_into");
       lua_remove(L, -2);
       lua_pushvalue(L, t);
-      lua_pushnumber(L, (lua_Number)h.start);
+      lua_pushnumber(L, (lua_Number)at);
       lua_pushinteger(L, (lua_Integer)h.count);
       lua_pushnumber(L, (lua_Number)(uintptr_t)(d + pos));
       lua_pushnumber(L, (lua_Number)(len - pos));
@@ -528,7 +547,7 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
         goto corrupt_err;
       }
     } else if (lua_istable(L, -1)) {
-      int rc = fp_decode_range(L, lua_gettop(L), h.start, h.count, d, len, &pos, &o, &err);
+      int rc = fp_decode_range(L, lua_gettop(L), at, h.count, d, len, &pos, &o, &err);
       if (rc != FP_OK) goto corrupt_err;
     } else {
       stale = 1;

@@ -69,6 +69,57 @@ describe("the map family", function()
     assert.are.same(sorted(m, 300), sorted(got, n))
   end)
 
+  it("imap, imap_unordered and map_unordered: nil results, table results, a retried crash", function()
+    -- nil results are skipped by the iterators (the index shows where),
+    -- kept as holes by map_unordered; tables go through the codec
+    local f = function(x)
+      if x % 4 == 0 then return nil end
+      if x % 4 == 1 then return { x = x } end
+      return x
+    end
+    local want = {}
+    for i = 1, 103 do if i % 4 ~= 0 then want[#want + 1] = i end end
+    local key = function(v) return type(v) == "table" and v.x or v end
+    local got, idx = {}, {}
+    for v, i in pool:imap(f, items(103), { chunk_size = 5 }) do
+      got[#got + 1] = key(v); idx[#idx + 1] = i
+    end
+    assert.are.same(want, got)
+    assert.are.same(want, idx)
+    got = {}
+    for v, i in pool:imap_unordered(f, counter(103), { chunk_size = 4 }) do
+      assert.are.equal(i, key(v)); got[#got + 1] = key(v)
+    end
+    assert.are.same(want, sorted(got))
+    local r = pool:map_unordered(f, items(103), { chunk_size = 6 })
+    assert.are.equal(103, r.n)
+    got = {}
+    for k = 1, r.n do if r[k] ~= nil then got[#got + 1] = key(r[k]) end end
+    assert.are.same(want, sorted(got))
+    -- a worker dies once on item 50: its chunk is retried, every result
+    -- arrives once, in order
+    local flag = os.tmpname()
+    got = {}
+    for v in pool:imap(function(x)
+      if x == 50 then
+        local fh = io.open(flag, "r")
+        if fh and fh:read("*a") == "" then
+          fh:close()
+          fh = io.open(flag, "w"); fh:write("died"); fh:close()
+          require("forkpool.core")._exit(9)
+        end
+        if fh then fh:close() end
+      end
+      return x
+    end, items(100), { chunk_size = 8, max_retries = 1 }) do got[#got + 1] = v end
+    local fh = assert(io.open(flag, "r"))
+    local died = fh:read("*a")
+    fh:close()
+    os.remove(flag)
+    assert.are.equal("died", died)
+    assert.are.same(items(100), got)
+  end)
+
   it("imap pulls an iterator only as workers have room (max_tasks_active)", function()
     local pulled = 0
     local src = function()

@@ -368,8 +368,12 @@ local function new_job(self, kind, fname, fn, source, opts, star)
     -- sized when the first chunks are out (see S.submit): filling a fresh
     -- 1e6-slot table page-faults for ~20 ms here, time the workers can use
     job.stage_size = job.total
-  else
+  elseif kind == "apply" then
     job.stage = {}
+  else
+    -- consumed a chunk at a time: the C side stores each chunk's results
+    -- as an array at stage[start] (see handle_record in engine/fp_lua.c)
+    job.stage = { per_chunk = true }
   end
   if kind == "unordered" then job.out, job.out_n = table_new(job.total or 0, 1), 0 end
   if kind == "imap" then job.done_ranges, job.yield_next = {}, 1 end
@@ -460,43 +464,39 @@ end
 local Iter = {}
 Iter.__index = Iter
 
--- The next result (and its input index) that is ready, or nothing.
+-- The next result (and its input index) that is ready, or nothing.  The
+-- chunk being read is job.cur (its results array), job.cur_i (the next item
+-- index) and job.cur_end (its last index).
 local function take_ready(job)
-  if job.kind == "imap" then
-    local i = job.yield_next
-    while true do
-      -- find the chunk that starts at or covers i
-      local cnt = job.done_ranges[i]
-      if cnt == nil then
-        if not job.cur_end or i > job.cur_end then return false end
+  while true do
+    local i = job.cur_i
+    if not i or i > job.cur_end then
+      -- the next chunk: imap the one starting at yield_next, imap_unordered
+      -- the oldest delivered
+      local start, cnt
+      if job.kind == "imap" then
+        start = job.yield_next
+        cnt = job.done_ranges[start]
+        if cnt == nil then return false end
+        job.done_ranges[start] = nil
+        job.yield_next = start + cnt
       else
-        job.done_ranges[i] = nil
-        job.cur_end = i + cnt - 1
-      end
-      local v = job.stage[i]
-      job.stage[i] = nil
-      job.active = job.active - 1
-      job.yield_next = i + 1
-      i = i + 1
-      if v ~= nil then return true, v, i - 1 end
-      if job.cur_end and i > job.cur_end then job.cur_end = nil end
-    end
-  else
-    while true do
-      if not job.ready_i then
         local q, p = job.ready_q, job.ready_pos
-        if q[p] == nil then return false end
-        job.ready_i, job.ready_end = q[p], q[p] + q[p + 1] - 1
+        start = q[p]
+        if start == nil then return false end
+        cnt = q[p + 1]
         q[p], q[p + 1] = nil, nil
         job.ready_pos = p + 2
       end
-      local i = job.ready_i
-      local v = job.stage[i]
-      job.stage[i] = nil
-      job.active = job.active - 1
-      if i >= job.ready_end then job.ready_i = nil else job.ready_i = i + 1 end
-      if v ~= nil then return true, v, i end
+      job.cur = job.stage[start]
+      job.stage[start] = nil
+      job.cur_i, job.cur_end, job.cur_base = start, start + cnt - 1, start - 1
+      i = start
     end
+    local v = job.cur[i - job.cur_base]
+    job.cur_i = i + 1
+    job.active = job.active - 1
+    if v ~= nil then return true, v, i end
   end
 end
 

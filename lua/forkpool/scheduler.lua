@@ -287,13 +287,10 @@ local function deliver(pool, job, ch)
   local kind = job.kind
   if kind ~= "imap" and kind ~= "imap_unordered" then job.active = job.active - ch.count end
   if kind == "unordered" then
-    local stage, out, n = job.stage, job.out, job.out_n
-    for i = ch.start, ch.start + ch.count - 1 do
-      n = n + 1
-      out[n] = stage[i]
-      stage[i] = nil
-    end
-    job.out_n = n
+    local r, out, n = job.stage[ch.start], job.out, job.out_n
+    job.stage[ch.start] = nil
+    for k = 1, ch.count do out[n + k] = r[k] end
+    job.out_n = n + ch.count
   elseif kind == "imap" then
     job.done_ranges[ch.start] = ch.count
   elseif kind == "imap_unordered" then
