@@ -2,6 +2,7 @@
 -- workers, in both directions, and the errors for what it cannot carry.
 local forkpool = require "forkpool"
 local ffi = require "ffi"
+local items = require("support.util").items
 
 local function roundtrip(pool, v)
   -- the value goes to kept-alive workers as an item and comes back as a result
@@ -108,6 +109,29 @@ describe("values", function()
     r = pool:map(function(x) return type(x) == "number" and (x ~= x and "nan" or 1 / x) or #x end,
       { 0 / 0, -0.0, "a\0b" })
     assert.are.same({ "nan", -math.huge, 3 }, { r[1], r[2], r[3] })
+  end)
+
+  it("a table with an array part and other keys is never mistaken for a flat array", function()
+    -- string keys set first, integers after: #t can lie in the hash part,
+    -- where a shortcut check would miss the keys before it
+    local r = pool:map(function(x)
+      local sub = { "shared" }
+      local t = {}
+      for s = 1, x % 7 + 1 do t["k" .. (x * 7 + s)] = sub end
+      for i = 1, x % 5 + 1 do t[i] = i end
+      return t
+    end, items(300), { chunk_size = 1 }) -- one result per chunk: each is packed alone
+    for x = 1, 300 do
+      local t = r[x]
+      local first
+      for s = 1, x % 7 + 1 do
+        local v = t["k" .. (x * 7 + s)]
+        assert.are.same({ "shared" }, v)
+        first = first or v
+        assert.are.equal(first, v, "shared table duplicated in result " .. x)
+      end
+      for i = 1, x % 5 + 1 do assert.are.equal(i, t[i]) end
+    end
   end)
 
   it("chunks of plain numbers (raw doubles both ways) keep every double exactly", function()

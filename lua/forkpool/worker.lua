@@ -153,14 +153,21 @@ end
 -- Is t a plain array of scalars (no holes, no other keys, no metatable)?
 -- Nothing in it can be shared or cyclic, so string.buffer's encoding (which
 -- does not keep identity) means the same as forkpool's codec.
+--
+-- Every key is visited: checking 1..#t and then next(t, #t) == nil is not
+-- enough, because when #t lies in the hash part, next() from it skips the
+-- hash nodes before it (a table filled with string keys first, integers
+-- after, passed that check with its string keys unchecked).
 local function flat_scalars(t)
   if getmetatable(t) ~= nil then return false end
-  local m = #t
-  for j = 1, m do
-    local tx = type(t[j])
-    if tx ~= "number" and tx ~= "string" and tx ~= "boolean" then return false end
+  local m, count = #t, 0
+  for k, v in next, t do
+    if type(k) ~= "number" or k < 1 or k > m or k % 1 ~= 0 then return false end
+    local tv = type(v)
+    if tv ~= "number" and tv ~= "string" and tv ~= "boolean" then return false end
+    count = count + 1
   end
-  return next(t, m > 0 and m or nil) == nil
+  return count == m
 end
 
 -- pack_results(out, n): the same for a worker's fresh results table, whose
