@@ -134,6 +134,51 @@ describe("values", function()
     end
   end)
 
+  it("results that are arrays of numbers (raw doubles) come back exactly, other shapes too", function()
+    local r = pool:map(function(x)
+      if x == 1 then return {} end
+      if x == 2 then return { 0 / 0, -0.0, math.huge, 2 ^ 53, 5e-324 } end
+      local t = {}
+      for i = 1, x * 1000 do t[i] = i * 0.25 end
+      return t
+    end, { 1, 2, 3, 40 }, { chunk_size = 4 })
+    assert.are.same({}, r[1])
+    assert.is_true(r[2][1] ~= r[2][1])
+    assert.are.equal(-math.huge, 1 / r[2][2])
+    assert.are.equal(math.huge, r[2][3]); assert.are.equal(2 ^ 53, r[2][4]); assert.are.equal(5e-324, r[2][5])
+    assert.are.equal(5, #r[2])
+    assert.are.equal(3000, #r[3]); assert.are.equal(750, r[3][3000])
+    assert.are.equal(40000, #r[4]); assert.are.equal(0.25, r[4][1]); assert.are.equal(10000, r[4][40000])
+    -- one result in the chunk is not a flat array of numbers: the chunk
+    -- goes another way, nothing is lost
+    r = pool:map(function(x)
+      if x == 2 then return { 1, 2, name = "two" } end
+      if x == 3 then return { 1, nil, 3 } end
+      if x == 4 then return { 1, "s" } end
+      return { x, x }
+    end, { 1, 2, 3, 4, 5 }, { chunk_size = 5 })
+    assert.are.same({ 1, 1 }, r[1])
+    assert.are.same({ 1, 2, name = "two" }, r[2])
+    assert.are.equal(1, r[3][1]); assert.is_nil(r[3][2]); assert.are.equal(3, r[3][3])
+    assert.are.same({ 1, "s" }, r[4])
+    assert.are.same({ 5, 5 }, r[5])
+    -- which lane each shape takes (forkpool.worker's packers, called here)
+    local w = require "forkpool.worker"
+    local function tag(out, n)
+      local addr = w.pack_results(out, n)
+      return addr and ffi.string(ffi.cast("const char *", addr), 8):gsub("%z", "") or "codec"
+    end
+    assert.are.equal("fp.f64", tag({ 1, 2.5 }, 2))
+    assert.are.equal("fp.f64a", tag({ { 1, 2 }, {} }, 2))
+    assert.are.equal("fp.sbuf", tag({ { 1, "s" } }, 1))
+    assert.are.equal("codec", tag({ { 1, 2, name = "n" } }, 1))
+    assert.are.equal("codec", tag({ { { 1 } } }, 1))
+    local back = {}
+    local addr, len = w.pack_results({ { 1, 2 }, {}, { -0.0 } }, 3)
+    w.unpack_into(back, 5, 3, addr, len)
+    assert.are.same({ 1, 2 }, back[5]); assert.are.same({}, back[6]); assert.are.equal(-math.huge, 1 / back[7][1])
+  end)
+
   it("chunks of plain numbers (raw doubles both ways) keep every double exactly", function()
     local specials = { 0 / 0, -0.0, math.huge, -math.huge, 2 ^ 53, -(2 ^ 53) + 1, 5e-324,
       1.7976931348623157e308, 0.1, -1 }

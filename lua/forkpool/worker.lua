@@ -100,29 +100,66 @@ local f64_arr_t = ffi.typeof("double[?]")
 -- A packed body begins with an 8-byte tag saying how the rest is laid out:
 --   "fp.f64\0\0"  n doubles (a chunk of plain numbers: the common case of
 --                 numeric maps, read and written by a JIT-compiled loop);
+--   "fp.f64a\0"  (results only) n, then for each result its length m and
+--                 its m numbers, as doubles: every result a flat array of
+--                 numbers (numeric vectors, image rows, samples);
 --   "fp.sbuf\0"  one string.buffer encoding of the 1-based array.
 -- Only this file makes and reads them; the C side passes them through.
 local TAG_LEN = 8
-local TAG_F64, TAG_SBUF = "fp.f64\0\0", "fp.sbuf\0"
+local TAG_F64, TAG_F64A, TAG_SBUF = "fp.f64\0\0", "fp.f64a\0", "fp.sbuf\0"
 local f64_buf, f64_cap = nil, 0
 
 local function addr_of(p) return tonumber(ffi.cast("uintptr_t", p)) end
 
+-- The doubles buffer with room for the tag and `slots` more doubles.
+local function f64_space(slots, tag)
+  if slots + 1 > f64_cap then
+    f64_cap = math.max(slots + 1, 2 * f64_cap, 1024)
+    f64_buf = f64_arr_t(f64_cap)
+  end
+  ffi.copy(f64_buf, tag, TAG_LEN)
+  return f64_buf
+end
+
 -- All of t[first .. first+n-1] as doubles after the tag, or nil when one
 -- is not a number.
 local function pack_f64(t, first, n)
-  if n + 1 > f64_cap then
-    f64_cap = math.max(n + 1, 2 * f64_cap, 1024)
-    f64_buf = f64_arr_t(f64_cap)
-    ffi.copy(f64_buf, TAG_F64, TAG_LEN)
-  end
-  local b, k = f64_buf, first - 1
+  local b, k = f64_space(n, TAG_F64), first - 1
   for i = 1, n do
     local v = t[k + i]
     if type(v) ~= "number" then return nil end
     b[i] = v
   end
   return addr_of(b), (n + 1) * 8
+end
+
+-- out[1..n], each a flat array of numbers (every key visited: see
+-- flat_scalars), as TAG_F64A; nil when one is anything else.
+local function pack_f64_arrays(out, n)
+  local slots = 1
+  for i = 1, n do
+    local v = out[i]
+    if type(v) ~= "table" or getmetatable(v) ~= nil then return nil end
+    slots = slots + 1 + #v
+  end
+  local b = f64_space(slots, TAG_F64A)
+  b[1] = n
+  local pos = 2
+  for i = 1, n do
+    local v = out[i]
+    local m, count = #v, 0
+    b[pos] = m
+    for k, x in next, v do
+      if type(k) ~= "number" or k < 1 or k > m or k % 1 ~= 0 or type(x) ~= "number" then
+        return nil
+      end
+      b[pos + k] = x
+      count = count + 1
+    end
+    if count ~= m then return nil end
+    pos = pos + 1 + m
+  end
+  return addr_of(b), pos * 8
 end
 
 local function pack_table(t)
@@ -176,6 +213,10 @@ end
 function M.pack_results(out, n)
   local a, len = pack_f64(out, 1, n)
   if a then return a, len end
+  if n > 0 and type(out[1]) == "table" then
+    a, len = pack_f64_arrays(out, n)
+    if a then return a, len end
+  end
   for i = 1, n do
     local v = out[i]
     local tv = type(v)
@@ -188,13 +229,14 @@ function M.pack_results(out, n)
   return pack_table(out)
 end
 
--- The layout of a packed body: "f64" (and the count of doubles) or "sbuf".
+-- The layout of a packed body: "f64" (and the count of doubles), "f64a"
+-- (and the count of doubles) or "sbuf".
 local function body_kind(addr, len)
   if len < TAG_LEN then error("packed body of " .. len .. " bytes") end
   local tag = ffi.string(ffi.cast(cchar_ptr_t, addr), TAG_LEN)
-  if tag == TAG_F64 then
+  if tag == TAG_F64 or tag == TAG_F64A then
     if len % 8 ~= 0 then error("f64 body of " .. len .. " bytes") end
-    return "f64", len / 8 - 1
+    return tag == TAG_F64 and "f64" or "f64a", len / 8 - 1
   elseif tag == TAG_SBUF then
     return "sbuf"
   end
@@ -208,10 +250,32 @@ local function decode_sbuf(addr, len)
   return t
 end
 
+-- dst[first + i - 1] = the i-th array of a TAG_F64A body of `slots`
+-- doubles after the tag; checks that the lengths fit.
+local function decode_f64a(dst, first, n, addr, slots)
+  local p = ffi.cast(f64_ptr_t, addr)
+  if slots < 1 or p[1] ~= n then error(("f64a body for %s results, expected %d"):format(p[1], n)) end
+  local pos, k = 2, first - 1
+  for i = 1, n do
+    local m = pos <= slots and p[pos] or -1
+    if m < 0 or m % 1 ~= 0 or pos + m > slots then error("f64a body: bad length") end
+    local a = table_new(m, 0)
+    for j = 1, m do a[j] = p[pos + j] end
+    dst[k + i] = a
+    pos = pos + 1 + m
+  end
+  if pos ~= slots + 1 then error("f64a body: trailing bytes") end
+end
+
 -- unpack(addr, len) -> the table packed there (1-based).
 function M.unpack(addr, len)
   local kind, n = body_kind(addr, len)
   if kind == "sbuf" then return decode_sbuf(addr, len) end
+  if kind == "f64a" then
+    local t = {}
+    decode_f64a(t, 1, ffi.cast(f64_ptr_t, addr)[1], addr, n)
+    return t
+  end
   local p, t = ffi.cast(f64_ptr_t, addr), table_new(n, 0)
   for i = 1, n do t[i] = p[i] end
   return t
@@ -226,6 +290,8 @@ function M.unpack_into(dst, first, n, addr, len)
     local p = ffi.cast(f64_ptr_t, addr)
     for i = 1, n do dst[k + i] = p[i] end
     return
+  elseif kind == "f64a" then
+    return decode_f64a(dst, first, n, addr, m)
   end
   local t = decode_sbuf(addr, len)
   for i = 1, n do dst[k + i] = t[i] end
