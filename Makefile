@@ -1,7 +1,9 @@
-# forkpool development build.  The list of C sources lives in the rockspec
-# (build.modules["forkpool.core"].sources); this file reads it from there.
+# forkpool's build.  This file is the one place that lists the C sources; both
+# rockspecs build through it (build.type = "make": targets rock-build and
+# rock-install), so the rock and the development build cannot drift apart.
+# Every build writes only below build/.
 #
-#   make            build build/forkpool/core.so (warnings are errors)
+#   make            build build/forkpool/core.so (warnings are errors, test hooks on)
 #   make test       C unit tests + busted specs against the in-tree build
 #   make ctest      C unit tests (ring, codec), plain build
 #   make ctest-san  the same under AddressSanitizer + UndefinedBehaviorSanitizer
@@ -9,48 +11,94 @@
 #   make fuzz       run the decoder fuzz target for FUZZ_SECONDS (clang)
 #   make demo       the parallel-map demo (sequential vs parallel time)
 #   make bench      benchmarks (QUICK=1: each workload once, small)
-#   make install    luarocks make (the way users install it)
+#   make rock       build/forkpool-$(VERSION)-1.src.rock, offline, from the checkout
+#   make install    install the rock for LuaJIT into LuaRocks' default tree
+#   make clean      remove build/
 
 LUAJIT   ?= luajit
 CC       ?= gcc
+VERSION  := 0.1.0
 ROCKSPEC := forkpool-scm-1.rockspec
-LUA_INC  ?= /usr/include/luajit-2.1
+RELEASE_ROCKSPEC := forkpool-$(VERSION)-1.rockspec
 BUILD    := build
 
-SOURCES := $(shell $(LUAJIT) tools/rockspec-sources.lua $(ROCKSPEC))
+# LuaJIT's headers (never PUC Lua's: engine/fp_luajit.h stops the build with
+# the fix when they are not LuaJIT's).  LuaRocks passes its own LUA_INCDIR.
+LUA_INCDIR ?= $(shell pkg-config --variable=includedir luajit 2>/dev/null || echo /usr/include/luajit-2.1)
+
+SOURCES := engine/fp_common.c engine/fp_shm.c engine/fp_ring.c engine/fp_proc.c \
+           engine/fp_codec.c engine/fp_worker.c engine/fp_lua.c
+HEADERS := $(wildcard engine/*.h)
+LUA_MODULES := $(wildcard lua/forkpool/*.lua)
 ENGINE_NOBIND := $(filter-out engine/fp_lua.c engine/fp_worker.c,$(SOURCES))
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wpointer-arith -Wcast-align -Wundef -Wvla -Wformat=2
 CSTD    := -std=c11 -D_GNU_SOURCE
 OPT     ?= -O2 -g
-CFLAGS_MOD := $(CSTD) $(OPT) $(WARN) -fPIC -fvisibility=hidden -Iengine -I$(LUA_INC)
+# Development builds carry the fault-injection hooks the specs use
+# (core._set_worker_fault, core._fail_fork_after); a rock does not.
+TEST_HOOKS := -DFP_TEST_HOOKS
+CFLAGS_MOD := $(CSTD) $(OPT) $(WARN) $(TEST_HOOKS) -fPIC -fvisibility=hidden -Iengine -I$(LUA_INCDIR)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all test ctest ctest-san spec asan fuzz demo bench install clean check-sources
+.PHONY: all test ctest ctest-san spec asan fuzz demo bench rock install clean \
+        rock-build rock-install check-symbols
 
 all: $(BUILD)/forkpool/core.so
 
-$(BUILD)/forkpool/core.so: $(SOURCES) $(wildcard engine/*.h) $(ROCKSPEC)
+$(BUILD)/forkpool/core.so: $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_MOD) -shared -o $@ $(SOURCES)
 
 # ASan build of the module, loaded into luajit with LD_PRELOAD=libasan.
-$(BUILD)/asan/forkpool/core.so: $(SOURCES) $(wildcard engine/*.h) $(ROCKSPEC)
+$(BUILD)/asan/forkpool/core.so: $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_MOD) $(SAN) -shared -o $@ $(SOURCES)
+
+# ---- the rock's build (LuaRocks runs these with its own CFLAGS, LIBFLAG,
+# LUA_INCDIR and INST_* variables; see the rockspecs).  No -Werror here: a
+# user's newer compiler may warn about something new, and must still build.
+ROCK_CFLAGS ?= -O2 -fPIC
+LIBFLAG     ?= -shared
+ROCK_SO     := $(BUILD)/rock/forkpool/core.so
+
+rock-build: $(ROCK_SO)
+
+$(ROCK_SO): $(SOURCES) $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ROCK_CFLAGS) $(CSTD) -Wall -Wextra -Iengine -I$(LUA_INCDIR) $(LIBFLAG) -o $@ $(SOURCES)
+
+rock-install: $(ROCK_SO)
+	@test -n "$(INST_LIBDIR)" -a -n "$(INST_LUADIR)" || { echo "rock-install: INST_LIBDIR and INST_LUADIR are set by LuaRocks" >&2; exit 2; }
+	mkdir -p $(INST_LIBDIR)/forkpool $(INST_LUADIR)/forkpool
+	cp $(ROCK_SO) $(INST_LIBDIR)/forkpool/core.so
+	cp lua/forkpool/init.lua $(INST_LUADIR)/forkpool.lua
+	for f in $(filter-out lua/forkpool/init.lua,$(LUA_MODULES)); do cp $$f $(INST_LUADIR)/forkpool/; done
+
+# Only luaopen_* may be exported, however the module is built: the engine
+# sets hidden visibility in its headers, so even a build without
+# -fvisibility=hidden (a host's own, LuaRocks' defaults) exports nothing else.
+check-symbols: $(BUILD)/forkpool/core.so $(ROCK_SO)
+	@for so in $^; do \
+	  bad=$$(nm -D --defined-only $$so | awk '{print $$3}' | grep -v '^luaopen_' || true); \
+	  if [ -n "$$bad" ]; then echo "$$so exports more than luaopen_*:"; echo "$$bad"; exit 1; fi; \
+	  if nm -D --defined-only $$so | grep -q '_set_worker_fault\|fail_fork' ; then echo "$$so: test hooks"; exit 1; fi; \
+	  echo "$$so: exports $$(nm -D --defined-only $$so | awk '{print $$3}' | tr '\n' ' ')"; \
+	done
+	@if strings $(ROCK_SO) | grep -q '_set_worker_fault'; then echo "$(ROCK_SO) carries the test hooks"; exit 1; fi
 
 # ---- C unit tests: each tests/c/test_*.c is one executable linked with the
 # engine files it needs and with libluajit (a test program embeds its own VM).
 CTESTS := $(patsubst tests/c/%.c,%,$(wildcard tests/c/test_*.c))
-CTEST_FLAGS := $(CSTD) -O1 -g $(WARN) -Iengine -Itests/c -I$(LUA_INC)
+CTEST_FLAGS := $(CSTD) -O1 -g $(WARN) -Iengine -Itests/c -I$(LUA_INCDIR)
 CTEST_LIBS  := -lluajit-5.1 -lm -lpthread
 
-$(BUILD)/ctest/%: tests/c/%.c $(ENGINE_NOBIND) $(wildcard engine/*.h) tests/c/fp_test.h
+$(BUILD)/ctest/%: tests/c/%.c $(ENGINE_NOBIND) $(HEADERS) tests/c/fp_test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CTEST_FLAGS) -o $@ $< $(ENGINE_NOBIND) $(CTEST_LIBS)
 
-$(BUILD)/ctest-san/%: tests/c/%.c $(ENGINE_NOBIND) $(wildcard engine/*.h) tests/c/fp_test.h
+$(BUILD)/ctest-san/%: tests/c/%.c $(ENGINE_NOBIND) $(HEADERS) tests/c/fp_test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CTEST_FLAGS) $(SAN) -o $@ $< $(ENGINE_NOBIND) $(CTEST_LIBS)
 
@@ -72,9 +120,9 @@ test: all ctest spec
 
 # ---- fuzzing the parent's decoder (clang + libFuzzer).
 FUZZ_SECONDS ?= 60
-$(BUILD)/fuzz/fuzz_decode: tests/fuzz/fuzz_decode.c $(ENGINE_NOBIND) $(wildcard engine/*.h)
+$(BUILD)/fuzz/fuzz_decode: tests/fuzz/fuzz_decode.c $(ENGINE_NOBIND) $(HEADERS)
 	@mkdir -p $(dir $@)
-	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iengine -I$(LUA_INC) \
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iengine -I$(LUA_INCDIR) \
 	  -o $@ $< $(ENGINE_NOBIND) -lluajit-5.1 -lm
 
 fuzz: $(BUILD)/fuzz/fuzz_decode
@@ -87,8 +135,23 @@ demo: all
 bench: all
 	LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" $(LUAJIT) bench/run.lua $(if $(QUICK),--quick,)
 
+# ---- the source rock, offline: the release rockspec plus the checkout's
+# tracked files (as they are in the work tree) under forkpool/, the directory
+# LuaRocks unpacks a git source into.
+ROCK := $(BUILD)/forkpool-$(VERSION)-1.src.rock
+# (always remade: which files are tracked is not a file date make can see)
+rock:
+	rm -rf $(BUILD)/srcrock && mkdir -p $(BUILD)/srcrock/forkpool
+	git ls-files -z | xargs -0 tar cf - | tar xf - -C $(BUILD)/srcrock/forkpool
+	cp $(RELEASE_ROCKSPEC) $(BUILD)/srcrock/
+	rm -f $(ROCK) && cd $(BUILD)/srcrock && zip -qr ../$(notdir $(ROCK)) $(RELEASE_ROCKSPEC) forkpool
+	@echo "built $(ROCK)"
+
+# LuaRocks for LuaJIT whatever its default Lua version is (Debian's picks the
+# newest Lua installed): tools/luarocks-luajit.sh passes --lua-version=5.1,
+# the luajit interpreter and LuaJIT's headers.
 install:
-	luarocks make $(ROCKSPEC) LUA_INCDIR=$(LUA_INC) CFLAGS="$(CSTD) -O2 -fPIC -fvisibility=hidden $(WARN)"
+	tools/luarocks-luajit.sh make $(ROCKSPEC)
 
 clean:
 	rm -rf $(BUILD)

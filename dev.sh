@@ -9,8 +9,10 @@
 set -eu
 cd "$(dirname "$0")"
 
-PKGS="make gcc luajit libluajit-5.1-dev lua-cjson lua-busted luarocks pkg-config"
-TEST_PKGS="clang libclang-rt-14-dev procps coreutils"
+PKGS="make gcc luajit libluajit-5.1-dev lua-cjson lua-busted luarocks pkg-config git"
+# lua5.1 .. lua5.4: spec/install_spec.lua checks that PUC Lua gets a clear
+# refusal; zip/unzip: the src rock; lua-check: luacheck.
+TEST_PKGS="clang libclang-rt-14-dev procps coreutils util-linux binutils zip unzip lua-check lua5.1 lua5.2 lua5.3 lua5.4"
 
 missing() {
   out=""

@@ -1,9 +1,14 @@
--- The one list of forkpool's sources: the Makefile reads build.modules from
--- this file, so the rock and the development build cannot drift apart.
+-- forkpool from a checkout: `luarocks make` (or `make install`, which runs it
+-- for LuaJIT whatever LuaRocks' default Lua is).  The same build as
+-- forkpool-0.1.0-1.rockspec (spec/rockspec_spec.lua checks that they agree):
+-- the C sources are listed once, in the Makefile.
+rockspec_format = "3.0"
 package = "forkpool"
 version = "scm-1"
 source = {
-   url = "git+file:///dev/null", -- installed from a checkout with `luarocks make`
+   url = "git+https://github.com/forkpool/forkpool.git",
+   branch = "main",
+   dir = "forkpool",
 }
 description = {
    summary = "Parallel map for LuaJIT: forked workers, shared-memory transport",
@@ -13,32 +18,28 @@ worker processes and brings the results back through shared memory, with
 mpire's worker model: keep_alive, worker state, worker_init/worker_exit,
 lifespans, shared objects passed copy-on-write, and clear errors.
 ]],
+   homepage = "https://github.com/forkpool/forkpool",
+   issues_url = "https://github.com/forkpool/forkpool/issues",
    license = "MIT",
+   labels = { "parallel", "multiprocessing", "luajit", "fork" },
 }
+supported_platforms = { "linux" }
 dependencies = {
-   "lua >= 5.1, < 5.2",
+   "lua == 5.1",
+   "luajit >= 2.1.0-beta3",
 }
 build = {
-   type = "builtin",
-   modules = {
-      ["forkpool"] = "lua/forkpool/init.lua",
-      ["forkpool.errors"] = "lua/forkpool/errors.lua",
-      ["forkpool.worker"] = "lua/forkpool/worker.lua",
-      ["forkpool.scheduler"] = "lua/forkpool/scheduler.lua",
-      ["forkpool.progress"] = "lua/forkpool/progress.lua",
-      ["forkpool.insights"] = "lua/forkpool/insights.lua",
-      ["forkpool.core"] = {
-         sources = {
-            "engine/fp_common.c",
-            "engine/fp_shm.c",
-            "engine/fp_ring.c",
-            "engine/fp_proc.c",
-            "engine/fp_codec.c",
-            "engine/fp_worker.c",
-            "engine/fp_lua.c",
-         },
-         defines = { "_GNU_SOURCE" },
-         incdirs = { "engine" },
-      },
+   type = "make",
+   build_target = "rock-build",
+   install_target = "rock-install",
+   build_variables = {
+      ROCK_CFLAGS = "$(CFLAGS)",
+      LIBFLAG = "$(LIBFLAG)",
+      LUA_INCDIR = "$(LUA_INCDIR)",
+   },
+   install_variables = {
+      INST_LIBDIR = "$(LIBDIR)",
+      INST_LUADIR = "$(LUADIR)",
+      INST_BINDIR = "$(BINDIR)",
    },
 }

@@ -17,7 +17,9 @@
 #define FP_CODEC_H
 
 #include "fp_common.h"
-#include <lua.h>
+#include "fp_luajit.h"
+
+FP_HIDDEN_BEGIN
 
 /* Nesting limit for tables/functions, in both directions.  Deeper values
  * are refused with "too deep" (encoder) or FP_ECORRUPT (decoder), so neither
@@ -104,5 +106,7 @@ int fp_decode_value(lua_State *L, const unsigned char *p, size_t len,
 int fp_decode_range(lua_State *L, int tidx, int64_t first, size_t n,
                     const unsigned char *p, size_t len, size_t *pos,
                     const fp_dec_opts *o, fp_codec_err *err);
+
+FP_HIDDEN_END
 
 #endif

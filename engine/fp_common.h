@@ -12,6 +12,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * Symbol visibility.  forkpool.core exports luaopen_* and nothing else,
+ * however it is built (LuaRocks' defaults, a host's own build system, with
+ * or without -fvisibility=hidden): every engine header wraps its
+ * declarations in FP_HIDDEN_BEGIN / FP_HIDDEN_END, after its #includes so
+ * that system and Lua API declarations keep their own visibility (a hidden
+ * *declaration* of lua_pushnil would make the link fail).  A definition
+ * takes the visibility of its declaration, and -Wmissing-prototypes makes
+ * sure every shared function has one.
+ */
+#define FP_HIDDEN_BEGIN _Pragma("GCC visibility push(hidden)")
+#define FP_HIDDEN_END _Pragma("GCC visibility pop")
+/* The module's entry points (luaopen_*). */
+#define FP_EXPORT __attribute__((visibility("default")))
+
+FP_HIDDEN_BEGIN
+
 enum {
   FP_OK       = 0,
   FP_ENOMEM   = -1,  /* malloc / mmap failed */
@@ -49,5 +66,7 @@ int fp_buf_append(fp_buf *b, const void *src, size_t n);
 void fp_buf_free(fp_buf *b);
 
 #define FP_ALIGN_UP(x, a) (((x) + ((a) - 1)) & ~((size_t)(a) - 1))
+
+FP_HIDDEN_END
 
 #endif

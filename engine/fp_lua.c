@@ -21,11 +21,10 @@
 #include "fp_ring.h"
 #include "fp_shm.h"
 #include "fp_worker.h"
+#include "fp_luajit.h"
 
 #include <errno.h>
-#include <lauxlib.h>
 #include <limits.h>
-#include <lua.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -37,7 +36,6 @@
 #include <unistd.h>
 
 #define FP_POOL_MT "forkpool.core.pool"
-#define FP_EXPORT __attribute__((visibility("default")))
 
 /* How long poll looks at the lanes before it sleeps (see l_poll). */
 #define FP_POLL_SPIN_NS 20000
@@ -69,8 +67,10 @@ typedef struct fp_pool {
   int rr;
 } fp_pool;
 
+#ifdef FP_TEST_HOOKS
 /* Test hook state (core._set_worker_fault): arm only this worker id. */
 static int fault_wid;
+#endif
 
 /* ---- helpers ---- */
 
@@ -231,7 +231,9 @@ static int l_spawn(lua_State *L) {
     fp_proc_close_tracked_except(&keep, 1);
     fp_proc_child_init(parent);
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
+#ifdef FP_TEST_HOOKS
     if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
+#endif
     /* cpu_ids: pin this worker (the ids were checked by the Lua layer). */
     lua_getfield(L, 3, "cpus");
     if (lua_istable(L, -1)) {
@@ -913,6 +915,10 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+#ifdef FP_TEST_HOOKS
+/* Fault injection for the specs: only in builds made with -DFP_TEST_HOOKS
+ * (the Makefile's development build), never in a rock. */
+
 /* core._fail_fork_after(n): test hook, the n-th next fork fails (EAGAIN). */
 static int l_fail_fork_after(lua_State *L) {
   fp_proc_fail_fork_after((int)luaL_checkinteger(L, 1));
@@ -933,6 +939,7 @@ static int l_set_worker_fault(lua_State *L) {
   fp_worker_set_fault((uint32_t)ph, sig, after);
   return 0;
 }
+#endif
 
 /* forkpool.core._exit(code): leave the process now (tests, worker helpers). */
 static int l__exit(lua_State *L) {
@@ -959,8 +966,10 @@ static const luaL_Reg funcs[] = {
   {"shared_free", l_shared_free},
   {"shared_contains", l_shared_contains},
   {"_exit", l__exit},
+#ifdef FP_TEST_HOOKS
   {"_fail_fork_after", l_fail_fork_after},
   {"_set_worker_fault", l_set_worker_fault},
+#endif
   {NULL, NULL},
 };
 

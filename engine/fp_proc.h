@@ -13,6 +13,8 @@
 #include <stdatomic.h>
 #include <sys/types.h>
 
+FP_HIDDEN_BEGIN
+
 /* Remember / forget an fd that belongs to forkpool in this process. */
 void fp_proc_track_fd(int fd);
 void fp_proc_untrack_fd(int fd);
@@ -75,5 +77,7 @@ pid_t fp_proc_self(void);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t fp_now_ns(void);
+
+FP_HIDDEN_END
 
 #endif

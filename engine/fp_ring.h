@@ -47,6 +47,8 @@
 #include "fp_common.h"
 #include <stdatomic.h>
 
+FP_HIDDEN_BEGIN
+
 #define FP_LANE_BIG   0x80000000u  /* type bit: payload lives in the big area */
 #define FP_LANE_PAD   0x7fffffffu  /* internal filler record type */
 
@@ -145,5 +147,7 @@ void fp_lane_wake_producer(fp_lane *l);
 
 /* Bytes published and not yet released (for tests and insights). */
 size_t fp_lane_used(const fp_lane *l);
+
+FP_HIDDEN_END
 
 #endif

@@ -11,6 +11,8 @@
 
 #include "fp_common.h"
 
+FP_HIDDEN_BEGIN
+
 /* Map len bytes (rounded up to the page size) of zeroed shared memory,
  * readable and writable.  noreserve: MAP_NORESERVE, for very large regions
  * of which only what is touched costs memory.  Returns FP_OK and *out, or
@@ -53,5 +55,7 @@ size_t fp_shm_big_size(void);
 
 /* The page size. */
 size_t fp_shm_page(void);
+
+FP_HIDDEN_END
 
 #endif

@@ -17,9 +17,8 @@
 
 #include "fp_codec.h"
 #include "fp_proc.h"
+#include "fp_luajit.h"
 
-#include <lauxlib.h>
-#include <lualib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,8 +11,10 @@
 
 #include "fp_proto.h"
 #include "fp_ring.h"
-#include <lua.h>
+#include "fp_luajit.h"
 #include <sys/types.h>
+
+FP_HIDDEN_BEGIN
 
 typedef struct fp_worker_io {
   fp_lane tasks;     /* this worker consumes */
@@ -38,5 +40,7 @@ void fp_worker_main(lua_State *L, int ctx_idx, fp_worker_io *io)
  * a worker raises signal sig the after-th time it enters phase (an
  * enum fp_phase value).  sig 0 turns it off. */
 void fp_worker_set_fault(uint32_t phase, int sig, int after);
+
+FP_HIDDEN_END
 
 #endif

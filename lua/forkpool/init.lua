@@ -33,7 +33,7 @@ local type, pairs, tostring = type, pairs, tostring
 
 local M = {}
 M.is_error = errors.is_error
-M._VERSION = "forkpool scm"
+M._VERSION = "forkpool 0.1.0"
 
 -- Default chunking: about this many chunks per worker (mpire's rule).
 local CHUNKS_PER_WORKER = 64

@@ -1,0 +1,45 @@
+-- forkpool's release rockspec.  The C sources are listed once, in the
+-- Makefile: LuaRocks builds through it (targets rock-build, rock-install)
+-- and the development build uses the same list.  forkpool-scm-1.rockspec
+-- differs only in version and source.
+rockspec_format = "3.0"
+package = "forkpool"
+version = "0.1.0-1"
+source = {
+   url = "git+https://github.com/forkpool/forkpool.git",
+   tag = "v0.1.0",
+   dir = "forkpool",
+}
+description = {
+   summary = "Parallel map for LuaJIT: forked workers, shared-memory transport",
+   detailed = [[
+forkpool runs a Lua function over the items of a table on forked LuaJIT
+worker processes and brings the results back through shared memory, with
+mpire's worker model: keep_alive, worker state, worker_init/worker_exit,
+lifespans, shared objects passed copy-on-write, and clear errors.
+]],
+   homepage = "https://github.com/forkpool/forkpool",
+   issues_url = "https://github.com/forkpool/forkpool/issues",
+   license = "MIT",
+   labels = { "parallel", "multiprocessing", "luajit", "fork" },
+}
+supported_platforms = { "linux" }
+dependencies = {
+   "lua == 5.1",
+   "luajit >= 2.1.0-beta3",
+}
+build = {
+   type = "make",
+   build_target = "rock-build",
+   install_target = "rock-install",
+   build_variables = {
+      ROCK_CFLAGS = "$(CFLAGS)",
+      LIBFLAG = "$(LIBFLAG)",
+      LUA_INCDIR = "$(LUA_INCDIR)",
+   },
+   install_variables = {
+      INST_LIBDIR = "$(LIBDIR)",
+      INST_LUADIR = "$(LUADIR)",
+      INST_BINDIR = "$(BINDIR)",
+   },
+}
