@@ -10,7 +10,19 @@
 -- loop; the engine (forkpool.core, engine/*.c) forks the workers, moves
 -- records through shared memory and encodes values.
 
+-- Refuse clearly, before the C module is loaded, where forkpool cannot run
+-- (under PUC Lua the module would fail with "undefined symbol: ...").
+if type(jit) ~= "table" or type(jit.version_num) ~= "number" then
+  error(("forkpool needs LuaJIT 2.1 (this is %s)"):format(tostring(_VERSION)), 0)
+elseif jit.version_num < 20100 then
+  error(("forkpool needs LuaJIT 2.1 (this is %s)"):format(tostring(jit.version)), 0)
+elseif jit.os ~= "Linux" then
+  error(("forkpool runs on Linux only (it needs fork, pidfd_open, futexes and "
+    .. "shared anonymous memory; this is %s)"):format(tostring(jit.os)), 0)
+end
+
 local core = require "forkpool.core"
+local cpus = require "forkpool.cpus"
 local errors = require "forkpool.errors"
 local worker = require "forkpool.worker"
 local S = require "forkpool.scheduler"
@@ -41,22 +53,6 @@ local CHUNKS_PER_WORKER = 64
 ------------------------------------------------------------------------
 -- Argument checking
 ------------------------------------------------------------------------
-
-local function online_cpus()
-  local f = io.open("/sys/devices/system/cpu/online", "r")
-  if f then
-    local s = f:read("*l")
-    f:close()
-    local n = 0
-    for part in (s or ""):gmatch("[^,]+") do
-      local a, b = part:match("^(%d+)%-(%d+)$")
-      if a then n = n + tonumber(b) - tonumber(a) + 1
-      elseif part:match("^%d+$") then n = n + 1 end
-    end
-    if n > 0 then return n end
-  end
-  return 1
-end
 
 local CHECKS = {
   table = function(v) return type(v) == "table" end,
@@ -190,15 +186,7 @@ end
 -- cpu_ids: one entry for all workers, or one per worker; each entry a CPU
 -- id or a list of ids, all online.  Returns per-worker lists.
 local function check_cpu_ids(ids, n)
-  local online = {}
-  local f = io.open("/sys/devices/system/cpu/online", "r")
-  local s = f and f:read("*l") or "0"
-  if f then f:close() end
-  for part in s:gmatch("[^,]+") do
-    local a, b = part:match("^(%d+)%-(%d+)$")
-    a, b = tonumber(a or part), tonumber(b or part)
-    if a then for i = a, b do online[i] = true end end
-  end
+  local online, _, s = cpus.online()
   if #ids ~= 1 and #ids ~= n then
     error(("bad option 'cpu_ids' to 'new' (%d entries for %d workers: give one entry, or one per worker)")
       :format(#ids, n), 3)
@@ -221,7 +209,7 @@ end
 -- forkpool.new(options)
 function M.new(opts)
   opts = check_opts(opts, POOL_OPTS, "new", 2)
-  local n = opts.n_jobs or online_cpus()
+  local n = opts.n_jobs or cpus.usable()
   local self = setmetatable({
     n_jobs = n,          -- read-only
     _owner = getpid(),
@@ -310,6 +298,31 @@ local function check_no_open_imap(self, fname)
 end
 
 -- Build a job.  kind: see forkpool.scheduler; source: array or iterator.
+-- The number of items in an items table: items.n when it is set (the
+-- table.pack convention: items 1..n, holes included), else #items.  A table
+-- with no items 1..n but other keys is a mistake (a map of a record, or of
+-- a set): raise instead of mapping nothing.  Raises at `level`.
+local function items_length(t, fname, level)
+  local n = rawget(t, "n")
+  if n ~= nil then
+    if type(n) ~= "number" or n < 0 or n ~= floor(n) or n >= 2^53 then
+      error(("bad argument #2 to '%s' (items.n must be a non-negative integer, got %s)")
+        :format(fname, type(n) == "number" and tostring(n) or type(n)), level + 1)
+    end
+    return n
+  end
+  local len = #t
+  if len == 0 then
+    local k = next(t)
+    if k ~= nil then
+      error(("bad argument #2 to '%s' (a sequence of items expected, but the table has no "
+        .. "item 1 and has the key %s: give an array, or set items.n)")
+        :format(fname, type(k) == "string" and ("'" .. k .. "'") or tostring(k)), level + 1)
+    end
+  end
+  return len
+end
+
 local function new_job(self, kind, fname, fn, source, opts, star)
   if type(fn) ~= "function" then
     error(("bad argument #1 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3)
@@ -330,7 +343,7 @@ local function new_job(self, kind, fname, fn, source, opts, star)
   }
   if type(source) == "table" then
     job.items = source
-    job.total = #source
+    job.total = items_length(source, fname, 3)
   else
     job.iter = source
     job.total = opts.iterable_len
