@@ -183,7 +183,7 @@ describe("the map family", function()
       return "line " .. n
     end
     local count, mem0 = 0, nil
-    for v in pool:imap(function(s) return #s end, src) do
+    for _ in pool:imap(function(s) return #s end, src) do
       count = count + 1
       if count == 100000 then collectgarbage(); mem0 = collectgarbage("count") end
     end
@@ -202,6 +202,7 @@ describe("the map family", function()
     assert.matches("imap of this pool is still being consumed", err)
     ok, err = pcall(pool.apply_async, pool, print, {})
     assert.is_false(ok)
+    assert.matches("imap of this pool is still being consumed", err)
     it:close()
     assert.are.equal(1, pool:map(function(x) return x end, { 1 })[1])
   end)
@@ -371,10 +372,13 @@ describe("placement", function()
   it("cpu_ids are checked, naming the bad ones", function()
     assert.has_error(function() forkpool.new{ n_jobs = 2, cpu_ids = { 0, 99 } } end)
     local ok, err = pcall(forkpool.new, { n_jobs = 2, cpu_ids = { 0, 99 } })
+    assert.is_false(ok)
     assert.matches("invalid CPU id 99", err)
     ok, err = pcall(forkpool.new, { n_jobs = 3, cpu_ids = { 0, 1 } })
+    assert.is_false(ok)
     assert.matches("2 entries for 3 workers", err)
     ok, err = pcall(forkpool.new, { n_jobs = 1, cpu_ids = { "x" } })
+    assert.is_false(ok)
     assert.matches("invalid CPU id x", err)
   end)
 end)

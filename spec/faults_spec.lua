@@ -152,13 +152,13 @@ describe("a worker dying", function()
       pass_worker_id = true }
     pool:map(function(wid, s, x) s.tag = "state of " .. wid; return x end, items(20), { chunk_size = 1 })
     local pids = pool:worker_pids()
-    local err = map_error(pool, function(wid, s, x)
+    local err = map_error(pool, function(wid, _s, x)
       if wid == 1 then require("ffi").cast("int *", 0)[0] = 1 end
       return x
     end, items(20), { chunk_size = 1 })
     assert.are.equal("worker_died", err.kind)
     assert.are.equal(1, err.worker_id)
-    local r = pool:map(function(wid, s, x) return wid .. ":" .. tostring(s.tag) end, items(20), { chunk_size = 1 })
+    local r = pool:map(function(wid, s, _x) return wid .. ":" .. tostring(s.tag) end, items(20), { chunk_size = 1 })
     local after = pool:worker_pids()
     assert.are.equal(pids[2], after[2])
     assert.are_not.equal(pids[1], after[1])
@@ -310,6 +310,43 @@ describe("errors in worker_init and worker_exit", function()
     pool:close()
     assert.is_true(#lines(log) <= 6, #lines(log) .. " inits")
     os.remove(log)
+  end)
+
+  it("a worker_init that fails after its own map is over fails the next map instead of hanging it", function()
+    -- worker 2 is forked for the first map but fails its worker_init only
+    -- after that map is done; the error goes to the map running then (it
+    -- used to be dropped, losing the chunks worker 2 held: the map hung).
+    -- In a child process, so that a hang is a timeout, not a stuck run.
+    local ok, out = util.run_lua([[
+      local ffi = require "ffi"
+      pcall(ffi.cdef, "int usleep(unsigned int);")
+      local forkpool = require "forkpool"
+      local pool = forkpool.new{ n_jobs = 2, keep_alive = true, pass_worker_id = true }
+      local ok1, r1 = pcall(pool.map, pool, function(_wid, x) return x end, { 1 }, {
+        worker_init = function(wid)
+          if wid == 2 then
+            require("ffi").C.usleep(500000)
+            error("late init failure")
+          end
+        end,
+      })
+      print("first", ok1, ok1 and r1[1] or r1.kind)
+      local ok2, r2 = pcall(pool.map, pool, function(_wid, x) return x * 2 end, { 1, 2, 3, 4, 5, 6, 7, 8 },
+        { chunk_size = 1 })
+      print("second", ok2, ok2 and r2[8] or r2.kind .. " " .. r2.message)
+      pool:close()
+      print("closed")
+    ]], 30)
+    assert.is_true(ok, out)
+    -- the first map's one item normally goes to worker 1 and succeeds; if
+    -- worker 2 took it, the first map fails and the second runs clean
+    if out:match("first\ttrue\t1") then
+      assert.matches("second\tfalse\tworker_init [^\n]*late init failure", out)
+    else
+      assert.matches("first\tfalse\tworker_init", out)
+      assert.matches("second\ttrue\t16", out)
+    end
+    assert.matches("closed", out)
   end)
 
   it("close reaps every worker when worker_exit raises", function()
@@ -584,7 +621,7 @@ describe("a kept-alive worker that died while idle", function()
     local pids = pool:worker_pids()
     util.kill(pids[1], 9)
     assert.is_true(util.wait_for(function() return not util.pid_alive(pids[1]) end, 5))
-    local r = pool:map(function(s, x) return s.v or "fresh" end, items(20), { chunk_size = 1 })
+    local r = pool:map(function(s, _x) return s.v or "fresh" end, items(20), { chunk_size = 1 })
     local seen = {}
     for i = 1, 20 do seen[r[i]] = true end
     assert.is_true(seen.kept)

@@ -12,8 +12,8 @@ describe("insights", function()
   it("count exactly the tasks run, per worker and in total, across maps since the start", function()
     local pool = forkpool.new{ n_jobs = 2, keep_alive = true, enable_insights = true,
       pass_worker_id = true }
-    local r1 = pool:map(function(wid, x) return wid end, items(100))
-    local r2 = pool:map(function(wid, x) return wid end, items(50))
+    local r1 = pool:map(function(wid, _x) return wid end, items(100))
+    local r2 = pool:map(function(wid, _x) return wid end, items(50))
     local per = { 0, 0 }
     for i = 1, 100 do per[r1[i]] = per[r1[i]] + 1 end
     for i = 1, 50 do per[r2[i]] = per[r2[i]] + 1 end

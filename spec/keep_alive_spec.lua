@@ -3,7 +3,6 @@ local forkpool = require "forkpool"
 
 local ffi = require "ffi"
 pcall(ffi.cdef, "int getpid(void);")
-local function pid_of() return ffi.C.getpid() end
 
 local function pidset(r)
   local s, n = {}, 0
@@ -154,23 +153,23 @@ describe("keep_alive", function()
     pool:map(busy_pid, items(4))
     local p1 = pool:worker_pids()
     pool:set_pass_worker_id(true)
-    local r = pool:map(function(wid, x) return wid end, items(4))
+    local r = pool:map(function(wid, _x) return wid end, items(4))
     for i = 1, 4 do assert.is_true(r[i] == 1 or r[i] == 2) end
     local p2 = pool:worker_pids()
     assert.are_not.equal(p1[1], p2[1])
     pool:set_use_worker_state(true)
-    r = pool:map(function(wid, state, x) return type(state) end, items(2))
+    r = pool:map(function(_wid, state, _x) return type(state) end, items(2))
     assert.are.equal("table", r[1])
     local p3 = pool:worker_pids()
     assert.are_not.equal(p2[1], p3[1])
     pool:set_shared_objects({ k = 1 })
-    r = pool:map(function(wid, shared, state, x) return shared.k end, items(2))
+    r = pool:map(function(_wid, shared, _state, _x) return shared.k end, items(2))
     assert.are.equal(1, r[1])
     assert.are_not.equal(p3[1], pool:worker_pids()[1])
     -- setting the same value again does not restart
     local p4 = pool:worker_pids()
     pool:set_pass_worker_id(true)
-    pool:map(function(wid, shared, state, x) return x end, items(2))
+    pool:map(function(_wid, _shared, _state, x) return x end, items(2))
     assert.are.same(p4, pool:worker_pids())
   end)
 end)
@@ -206,7 +205,8 @@ describe("pool lifecycle", function()
     local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
     pool:map(function(x) return x end, items(4))
     local pids = pool:worker_pids()
-    pool = nil
+    -- drop the only reference, so that the collector can reap the pool
+    pool = nil -- luacheck: ignore 311
     collectgarbage("collect")
     collectgarbage("collect")
     local util = require "support.util"

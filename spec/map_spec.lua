@@ -122,6 +122,7 @@ describe("pool:map", function()
     ok, err = pcall(pool.map, pool, function()
       error(setmetatable({}, { __tostring = function() return "custom!" end }))
     end, { 1 })
+    assert.is_false(ok)
     assert.matches("custom!", err.message)
   end)
 

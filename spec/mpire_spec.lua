@@ -48,13 +48,13 @@ describe("mpire's documented examples", function()
   it("set_use_worker_state", function()
     local pool = forkpool.new{ n_jobs = 4 }
     pool:set_use_worker_state()
-    pool:map(function(state, x) state.seen = true end, range(0, 99))
+    pool:map(function(state, _x) state.seen = true end, range(0, 99))
     pool:close()
   end)
 
   it("keep_alive: init runs once per worker, exit at the end with the last exit function", function()
     local pool = forkpool.new{ n_jobs = 4, keep_alive = true, use_worker_state = true }
-    local function task(s, x) return x end
+    local function task(_s, x) return x end
     local function init_func_1(s) s.init = 1 end
     local function exit_func_1(s) return "exit_1:" .. s.init end
     local function init_func_2(s) s.init = 2 end
@@ -72,9 +72,9 @@ describe("mpire's documented examples", function()
   it("worker_lifespan: restarts are counted through init and exit", function()
     local pool = forkpool.new{ n_jobs = 2, use_worker_state = true, worker_lifespan = 10,
       pass_worker_id = true }
-    local r = pool:map(function(wid, s, x) s.n = s.n + 1; return x * 2 end, range(1, 100), {
-      worker_init = function(wid, s) s.n = 0 end,
-      worker_exit = function(wid, s) return s.n end,
+    local r = pool:map(function(_wid, s, x) s.n = s.n + 1; return x * 2 end, range(1, 100), {
+      worker_init = function(_wid, s) s.n = 0 end,
+      worker_exit = function(_wid, s) return s.n end,
       chunk_size = 3,
     })
     pool:close()
@@ -110,7 +110,7 @@ describe("the worker model", function()
     local r = pool:map(function(wid, so, state, x)
       return { wid = wid, tag = so.tag, state = type(state), x = x }
     end, { "a", "b" }, {
-      worker_init = function(wid, so, state) state.inited = wid end,
+      worker_init = function(wid, _so, state) state.inited = wid end,
       worker_exit = function(wid, so, state) return { wid = wid, tag = so.tag, inited = state.inited } end,
     })
     pool:close()
@@ -131,7 +131,7 @@ describe("the worker model", function()
     for i = 1, 1000 do big[i] = { i } end
     local addr = tostring(big)
     local pool = forkpool.new{ n_jobs = 2, shared_objects = big }
-    local r = pool:map(function(so, x) return tostring(so) .. "|" .. #so end, { 1, 2, 3 })
+    local r = pool:map(function(so, _x) return tostring(so) .. "|" .. #so end, { 1, 2, 3 })
     pool:close()
     for i = 1, 3 do assert.are.equal(addr .. "|1000", r[i]) end
   end)

@@ -58,12 +58,12 @@ describe("forkpool.shared_array", function()
     local pool = forkpool.new{ n_jobs = 1, keep_alive = true }
     pool:map(function(x) return x end, { 1 })
     local private = ffi.new("double[4]")
-    local ok, err = pcall(pool.map, pool, function(x) return private[0] end, { 1 })
+    local ok, err = pcall(pool.map, pool, function(_x) return private[0] end, { 1 })
     assert.is_false(ok)
     assert.are.equal("marshal", err.kind)
     assert.matches("cannot send cdata<double %[4%]>", err.message)
     local p = ffi.cast("double *", private)
-    ok, err = pcall(pool.map, pool, function(x) return p[0] end, { 1 })
+    ok, err = pcall(pool.map, pool, function(_x) return p[0] end, { 1 })
     assert.is_false(ok)
     assert.matches("cannot send cdata<double %*>", err.message)
     pool:close()
@@ -81,7 +81,8 @@ describe("forkpool.shared_array", function()
     for _ = 1, 20 do
       local a = forkpool.shared_array("double", 1024 * 1024) -- 8 MiB each
       a[0], a[1024 * 1024 - 1] = 1, 2
-      a = nil
+      -- drop the only reference, so that the collector frees the mapping
+      a = nil -- luacheck: ignore 311
       collectgarbage()
     end
     local b = forkpool.shared_array("double", 1024 * 1024)

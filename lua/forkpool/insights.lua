@@ -15,7 +15,7 @@ function M.attach(pool)
   pool._on_generation = function()
     pool._ins_done, pool._ins_slow = {}, {}
   end
-  pool._on_exit = function(w, rec, death)
+  pool._on_exit = function(w)
     local s = pool._core:worker_insights(w)
     local d = pool._ins_done[w] or { tasks = 0, start_up = 0, init = 0, waiting = 0, working = 0, exit = 0 }
     for _, f in ipairs(FIELDS) do d[f] = d[f] + s[f] end

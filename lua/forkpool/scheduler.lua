@@ -219,7 +219,7 @@ end
 
 -- Build the next chunk from the job's source (nil when it has none now).
 -- limit: the most items this chunk may have.
-local function build_chunk(pool, job, limit)
+local function build_chunk(job, limit)
   if source_done(job) then return nil end
   local count = min(job.chunk_size, limit, job.max_active - job.active)
   if job.total then count = min(count, job.total - job.next + 1) end
@@ -257,7 +257,7 @@ local function next_chunk(pool, job, w, budget)
     -- ordered tasks: chunk i goes to worker ((i-1) mod n) + 1
     local q = job.wq[w]
     while #q == 0 do
-      local ch = build_chunk(pool, job, math.huge)
+      local ch = build_chunk(job, math.huge)
       if not ch then break end
       local to = (ch.no - 1) % pool._n + 1
       local tq = job.wq[to]
@@ -273,7 +273,7 @@ local function next_chunk(pool, job, w, budget)
     if ch.count <= budget then return table.remove(q, 1), true end
     return nil
   end
-  local ch = build_chunk(pool, job, budget)
+  local ch = build_chunk(job, budget)
   return ch, false
 end
 
@@ -678,7 +678,7 @@ local function on_worker_exit(pool, w, death)
 end
 
 -- Handle one event from core:poll.
-function S.handle_event(pool, kind, w, ejob, start, count, index, value)
+function S.handle_event(pool, kind, w, ejob, start, _count, index, value)
   local rec = w and pool._workers[w]
   local job = type(ejob) == "number" and pool._jobs[ejob] or nil
   if kind == "results" then
@@ -707,7 +707,12 @@ function S.handle_event(pool, kind, w, ejob, start, count, index, value)
   elseif kind == "init_error" then
     local j = pool._jobs[rec.born_job]
     if not j then
-      for _, id in ipairs(pool._order) do j = pool._jobs[id]; break end
+      -- the job it was forked for is over: blame the oldest active job
+      -- (pool._order is compacted lazily, so it may still list finished ones)
+      for _, id in ipairs(pool._order) do
+        j = pool._jobs[id]
+        if j then break end
+      end
     end
     if j then fail(j, worker_error("worker_init", w, rec, nil, value, { phase = "worker_init" })) end
   elseif kind == "exit_error" then
