@@ -40,7 +40,7 @@ if not ok_tnew then table_new = function() return {} end end
 pcall(ffi.cdef, "int getpid(void);")
 local getpid = ffi.C.getpid
 
-local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+local floor, ceil, max = math.floor, math.ceil, math.max
 local type, pairs, tostring = type, pairs, tostring
 
 local M = {}
@@ -328,7 +328,7 @@ local function new_job(self, kind, fname, fn, source, opts, star)
     error(("bad argument #1 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3)
   end
   local lazy = kind == "imap" or kind == "imap_unordered"
-  if type(source) ~= "table" and not (type(source) == "function") then
+  if type(source) ~= "table" and type(source) ~= "function" then
     error(("bad argument #2 to '%s' (table or iterator function expected, got %s)")
       :format(fname, type(source)), 3)
   end
