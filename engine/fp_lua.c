@@ -104,7 +104,15 @@ static void slot_forget(fp_slot *s) {
   s->dead = 0;
 }
 
+/* A lane's big-area fd is registered like the pidfds (fp_proc.h), so that
+ * other workers, of this pool or another, do not inherit it. */
+static void lane_untrack(fp_lane *l) {
+  if (l->h && l->big_fd >= 0) fp_proc_untrack_fd(l->big_fd);
+}
+
 static void slot_unmap(fp_slot *s) {
+  lane_untrack(&s->tasks);
+  lane_untrack(&s->results);
   fp_lane_destroy(&s->tasks);
   fp_lane_destroy(&s->results);
 }
@@ -209,6 +217,8 @@ static int l_spawn(lua_State *L) {
     lua_pushinteger(L, e);
     return 3;
   }
+  if (s->tasks.big_fd >= 0) fp_proc_track_fd(s->tasks.big_fd);
+  if (s->results.big_fd >= 0) fp_proc_track_fd(s->results.big_fd);
   memset(&p->stats[w], 0, sizeof p->stats[w]);
   atomic_store(&p->stats[w].exit_code, -1);
   atomic_store(&p->stats[w].start_ns, fp_now_ns());
@@ -226,9 +236,12 @@ static int l_spawn(lua_State *L) {
     return 3;
   }
   if (pid == 0) {
-    /* Child: keep only our pool's doorbell, drop other workers' lanes. */
-    int keep = p->doorbell;
-    fp_proc_close_tracked_except(&keep, 1);
+    /* Child: drop other workers' lanes; of forkpool's fds keep only our
+     * pool's doorbell and our lanes' big areas. */
+    for (int i = 0; i < p->n; i++)
+      if (i != w) slot_unmap(&p->slots[i]);
+    int keep[3] = {p->doorbell, s->tasks.big_fd, s->results.big_fd};
+    fp_proc_close_tracked_except(keep, 3);
     fp_proc_child_init(parent);
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
 #ifdef FP_TEST_HOOKS
@@ -256,8 +269,6 @@ static int l_spawn(lua_State *L) {
     io.ctl = p->ctl;
     io.doorbell = p->doorbell;
     io.parent = parent;
-    for (int i = 0; i < p->n; i++)
-      if (i != w) slot_unmap(&p->slots[i]);
     p->owner = 0; /* this copy of the pool is not ours to drive */
     fp_worker_main(L, 3, &io);
   }
@@ -631,11 +642,15 @@ static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
       p->rr = (w + 1) % p->n;
       return handle_record(L, p, w, jobs_idx, type, d, len);
     }
-    if (rc == FP_ECORRUPT) {
+    if (rc == FP_ECORRUPT || rc == FP_ENOMEM) {
       p->rr = (w + 1) % p->n;
       lua_pushliteral(L, "corrupt");
       lua_pushinteger(L, w + 1);
-      lua_pushfstring(L, "worker %d wrote a corrupted record header", w + 1);
+      if (rc == FP_ECORRUPT)
+        lua_pushfstring(L, "worker %d wrote a corrupted record header", w + 1);
+      else
+        lua_pushfstring(L, "cannot map a large record from worker %d: %s", w + 1,
+                        strerror(errno));
       return 3;
     }
     if (s->dead && s->pid > 0) {
@@ -887,8 +902,11 @@ static int l_shared_alloc(lua_State *L) {
   int rc = fp_arena_alloc((size_t)n, &p);
   if (rc != FP_OK) {
     lua_pushnil(L);
-    lua_pushstring(L, rc == FP_ESYS ? "shared arrays can only be made by the process that loaded forkpool"
-                                    : "out of shared memory");
+    if (rc == FP_ESYS)
+      lua_pushstring(L, "shared arrays can only be made by the process that loaded forkpool");
+    else
+      lua_pushfstring(L, "out of shared memory (the arena holds %f MiB; set FORKPOOL_SHARED_MEMORY "
+                         "before loading forkpool for more)", (double)fp_arena_size() / 1048576.0);
     return 2;
   }
   lua_pushnumber(L, (lua_Number)(uintptr_t)p);
@@ -906,6 +924,13 @@ static int l_shared_contains(lua_State *L) {
   uintptr_t a = (uintptr_t)luaL_checknumber(L, 1);
   size_t len = (size_t)luaL_optnumber(L, 2, 1);
   lua_pushboolean(L, fp_arena_contains((const void *)a, len));
+  return 1;
+}
+
+/* core.shared_size() -> the arena's size in bytes (fixed when forkpool.core
+ * was loaded). */
+static int l_shared_size(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)fp_arena_size());
   return 1;
 }
 
@@ -965,6 +990,7 @@ static const luaL_Reg funcs[] = {
   {"shared_alloc", l_shared_alloc},
   {"shared_free", l_shared_free},
   {"shared_contains", l_shared_contains},
+  {"shared_size", l_shared_size},
   {"_exit", l__exit},
 #ifdef FP_TEST_HOOKS
   {"_fail_fork_after", l_fail_fork_after},
@@ -975,9 +1001,21 @@ static const luaL_Reg funcs[] = {
 
 FP_EXPORT int luaopen_forkpool_core(lua_State *L);
 FP_EXPORT int luaopen_forkpool_core(lua_State *L) {
-  /* The arena must exist before any worker is forked (fp_shm.h). */
-  if (fp_arena_init(fp_shm_big_size()) != FP_OK)
+  /* The arena must exist before any worker is forked (fp_shm.h): its size
+   * is fixed now, from FORKPOOL_SHARED_MEMORY (bytes, or with a K/M/G/T
+   * suffix; 0: no arena) or by default fp_arena_default_size(). */
+  const char *env = getenv("FORKPOOL_SHARED_MEMORY");
+  if (env && *env) {
+    size_t size;
+    if (fp_shm_parse_size(env, &size) != FP_OK)
+      return luaL_error(L, "forkpool: FORKPOOL_SHARED_MEMORY must be a size in bytes, "
+                           "optionally with a K, M, G or T suffix (got '%s')", env);
+    if (fp_arena_init(size, 0) != FP_OK)
+      return luaL_error(L, "forkpool: cannot reserve the shared arena of %s bytes "
+                           "(FORKPOOL_SHARED_MEMORY): %s", env, strerror(errno));
+  } else if (fp_arena_init(fp_arena_default_size(), 1) != FP_OK) {
     return luaL_error(L, "forkpool: cannot reserve the shared arena: %s", strerror(errno));
+  }
   if (luaL_newmetatable(L, FP_POOL_MT)) {
     lua_newtable(L);
     luaL_setfuncs(L, pool_methods, 0);

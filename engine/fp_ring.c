@@ -1,7 +1,8 @@
 /*
  * fp_ring.c - lanes: single-producer single-consumer byte rings in shared
- * memory, with a big area for records too large for the ring.  See
- * fp_ring.h for the record layout and for who writes each shared field.
+ * memory, with a big area (a memfd that grows on demand) for records too
+ * large for the ring.  See fp_ring.h for the record layout, the big-record
+ * policy and who writes each shared field.
  *
  * Invariants:
  *   - head and tail are free-running 64-bit byte counts; the ring offset is
@@ -12,15 +13,35 @@
  *     a published PAD is always followed by a published record.
  *   - Inline payloads are <= FP_LANE_INLINE_MAX(cap); larger ones go to the
  *     big area (one at a time: big_busy), and the ring carries {u64 len}.
+ *   - The big area is the file big_fd, bytes [0, n) for a record of n.
+ *     While big_busy is 0 only the producer touches the file; while it is 1
+ *     only the consumer does (reads, and the punch on release).
+ *   - Windows are process-local: the producer's (read-write) and the
+ *     consumer's (read-only) map [0, len) of the file, len a page multiple,
+ *     grown by mremap, which keeps the pages already mapped (a fresh mapping
+ *     would fault every page again).  pwin_len <= FP_LANE_BIG_KEEP always;
+ *     cwin_len <= KEEP except between the peek and the release of a record
+ *     larger than KEEP.  A window may extend past the end of the file; no
+ *     one reads or writes there.
+ *   - [0, big_resv) of the file is allocated (producer's knowledge): the
+ *     producer fallocates before copying into its window, so running out of
+ *     memory is FP_ENOMEM rather than SIGBUS.  The consumer never punches
+ *     below KEEP and big_resv <= KEEP, so the knowledge stays true.
  *   - The consumer trusts nothing in shared memory: every header it reads is
  *     copied once into a local and bounds-checked against the published
  *     range, the ring and the big area before any pointer is formed; the
  *     sizes it checks against are the process-local copies l->cap and
- *     l->big_cap.  Garbage gives FP_ECORRUPT, never a read outside the
- *     mappings.  The producer likewise only writes inside its mappings,
- *     whatever the consumer left in tail.
+ *     l->big_cap, and a big length must also lie within the file (fstat;
+ *     files never shrink: nothing truncates them, punching keeps the size).
+ *     Garbage gives FP_ECORRUPT, never a read outside the mappings or past
+ *     the end of the file.  The producer likewise only writes inside its
+ *     mappings, whatever the consumer left in tail.
  *   - No locks: a process killed at any instruction leaves either the old or
- *     the new head/tail, so only whole records are ever visible.
+ *     the new head/tail, so only whole records are ever visible.  A
+ *     producer killed while writing a big record leaves bytes in the file
+ *     and big_busy 0 (it is set just before head moves): nothing anyone
+ *     reads.  Its lane dies with it (a slot's lanes are made anew for each
+ *     process), and the file's pages with the last fd and window.
  *
  * Barriers (each names its partner):
  *   [B1] producer store-release of head after writing the record
@@ -28,8 +49,10 @@
  *   [B3] consumer store-release of tail after reading the record
  *        <-> [B4] producer load-acquire of tail before overwriting it.
  *   [B5] consumer store-release big_busy = 0 after reading the big area
- *        (and after MADV_REMOVE) <-> [B6] producer load-acquire of big_busy
- *        before writing the big area.
+ *        (and after punching it) <-> [B6] producer load-acquire of big_busy
+ *        before writing the big area.  The producer's pwrite and fallocate
+ *        are its writes here like its memcpy: done before [B1]; the
+ *        consumer's punch is done (the syscall has returned) before [B5].
  *   [D1] producer: seq_cst bump of head_seq, then seq_cst load of
  *        cons_waiting  <->  [D2] consumer: load-acquire of head_seq (w),
  *        re-check of head, seq_cst store cons_waiting = TAG(w), seq_cst
@@ -72,9 +95,13 @@
 #include "fp_shm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,8 +113,8 @@
 #ifndef FP_LANE_SPIN_NS
 #define FP_LANE_SPIN_NS 10000
 #endif
-/* Big records larger than this give their pages back on release. */
-#define BIG_DISCARD_MIN ((uint64_t)32 << 20)
+/* Windows grow to a power of two at least this large (fewer mremaps). */
+#define WIN_MIN ((size_t)1 << 20)
 /* The ring starts after the header, on its own cache line. */
 #define RING_OFF FP_ALIGN_UP(sizeof(fp_lane_hdr), 64)
 
@@ -193,17 +220,138 @@ static void futex_wake(_Atomic uint32_t *word) {
   (void)syscall(SYS_futex, (void *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+/* ---- big area: the file and the windows ---- */
+
+static size_t page_up(uint64_t n) {
+  return FP_ALIGN_UP((size_t)n, fp_shm_page());
+}
+
+/* The window length for a record of n <= KEEP bytes: a power of two, at
+ * least WIN_MIN, at most KEEP. */
+static size_t win_len_for(uint64_t n) {
+  size_t w = WIN_MIN;
+  while (w < n && w < FP_LANE_BIG_KEEP) w <<= 1;
+  return w < page_up(n) ? page_up(n) : w;
+}
+
+/* Make *win (of *len bytes, 0: none) map [0, want) of fd, keeping the pages
+ * already mapped.  FP_OK or FP_ENOMEM (the window is unchanged). */
+static int win_resize(int fd, int prot, unsigned char **win, size_t *len,
+                      size_t want) {
+  void *p;
+  if (want == *len) return FP_OK;
+  if (want == 0) {
+    munmap(*win, *len);
+    p = NULL;
+  } else if (*len == 0) {
+    p = mmap(NULL, want, prot, MAP_SHARED, fd, 0);
+  } else {
+    /* Shrinking never moves; growing may, and keeps the pages mapped. */
+    p = mremap(*win, *len, want, MREMAP_MAYMOVE);
+  }
+  if (p == MAP_FAILED) return FP_ENOMEM;
+  *win = p;
+  *len = want;
+  return FP_OK;
+}
+
+/* The largest file size RLIMIT_FSIZE allows now (past it, writes raise
+ * SIGXFSZ). */
+static uint64_t fsize_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_FSIZE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    return UINT64_MAX;
+  return (uint64_t)rl.rlim_cur;
+}
+
+/* Allocate [off, off + len) of fd.  FP_OK or FP_ENOMEM. */
+static int file_reserve(int fd, uint64_t off, uint64_t len) {
+  for (;;) {
+    if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0) return FP_OK;
+    if (errno == EINTR) continue;
+    /* A file system without fallocate (not tmpfs): at least make the file
+     * long enough that the window never maps past its end. */
+    if (errno == EOPNOTSUPP && ftruncate(fd, (off_t)(off + len)) == 0) return FP_OK;
+    return FP_ENOMEM;
+  }
+}
+
+/* Write n bytes at off with pwrite, retrying short writes and EINTR. */
+static int file_write(int fd, const unsigned char *p, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno == EFBIG ? FP_E2BIG : FP_ENOMEM;
+    }
+    if (w == 0) return FP_ENOMEM;
+    p += w;
+    n -= (size_t)w;
+    off += (uint64_t)w;
+  }
+  return FP_OK;
+}
+
+/* Producer: put a big record's n = alen + blen bytes at offset 0 of the
+ * file.  FP_OK, FP_ENOMEM or FP_E2BIG; nothing is published either way. */
+static int big_write(fp_lane *l, const void *a, size_t alen, const void *b,
+                     size_t blen) {
+  uint64_t n = (uint64_t)alen + blen;
+  uint64_t lim = fsize_limit();
+  int rc;
+  if (n > lim) return FP_E2BIG;
+  if (n > FP_LANE_BIG_KEEP) {
+    /* Once-off: the kernel copies into fresh pages without faulting them
+     * into a window of ours, and reports a lack of memory as an error. */
+    if ((rc = file_write(l->big_fd, a, alen, 0)) != FP_OK) return rc;
+    if ((rc = file_write(l->big_fd, b, blen, alen)) != FP_OK) return rc;
+    /* The consumer punches only beyond KEEP: [0, KEEP) stays allocated. */
+    l->big_resv = FP_LANE_BIG_KEEP;
+    return FP_OK;
+  }
+  if (n > l->pwin_len &&
+      win_resize(l->big_fd, PROT_READ | PROT_WRITE, &l->pwin, &l->pwin_len,
+                 win_len_for(n)) != FP_OK)
+    return FP_ENOMEM;
+  /* Whole pages, but never past RLIMIT_FSIZE (SIGXFSZ). */
+  size_t need = page_up(n) < lim ? page_up(n) : (size_t)lim;
+  if (need > l->big_resv) {
+    if (file_reserve(l->big_fd, l->big_resv, need - l->big_resv) != FP_OK) return FP_ENOMEM;
+    l->big_resv = need;
+  }
+  if (alen) memcpy(l->pwin, a, alen);
+  if (blen) memcpy(l->pwin + alen, b, blen);
+  return FP_OK;
+}
+
+/* Consumer: a window covering n validated bytes.  FP_OK or FP_ENOMEM. */
+static int big_map(fp_lane *l, uint64_t n) {
+  size_t want = n > FP_LANE_BIG_KEEP ? page_up(n) : win_len_for(n);
+  if (want <= l->cwin_len) return FP_OK;
+  unsigned char *w = (unsigned char *)l->cwin;
+  if (win_resize(l->big_fd, PROT_READ, &w, &l->cwin_len, want) != FP_OK) return FP_ENOMEM;
+  l->cwin = w;
+  if (n <= FP_LANE_BIG_KEEP) l->cwin_keep = l->cwin_len;
+  return FP_OK;
+}
+
 /* ---- create / destroy ---- */
 
 int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
   memset(l, 0, sizeof *l);
+  l->big_fd = -1;
   if (ring_cap < 4096 || (ring_cap & (ring_cap - 1)) != 0 ||
       (uint64_t)ring_cap > ((uint64_t)1 << 32))
     return FP_ENOMEM;
-  void *base, *big = NULL;
+  uint64_t fsz = fsize_limit();
+  if (big_cap > fsz) big_cap = (size_t)fsz;
+  void *base;
   if (fp_shm_map(RING_OFF + ring_cap, 0, &base) != FP_OK) return FP_ENOMEM;
-  if (big_cap && fp_shm_map(big_cap, 1, &big) != FP_OK) {
+  int fd = -1;
+  if (big_cap && (fd = fp_shm_file()) < 0) {
+    int e = errno;
     fp_shm_unmap(base, RING_OFF + ring_cap);
+    errno = e;
     return FP_ENOMEM;
   }
   /* The mapping is zeroed: head = tail = seqs = flags = big_busy = 0. */
@@ -214,16 +362,19 @@ int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
   l->big_cap = big_cap;
   l->h = h;
   l->ring = (unsigned char *)base + RING_OFF;
-  l->big = big;
+  l->big_fd = fd;
   return FP_OK;
 }
 
 void fp_lane_destroy(fp_lane *l) {
   if (l->h) {
-    fp_shm_unmap(l->big, l->big_cap);
+    if (l->pwin) munmap(l->pwin, l->pwin_len);
+    if (l->cwin) munmap((void *)l->cwin, l->cwin_len);
+    if (l->big_fd >= 0) close(l->big_fd);
     fp_shm_unmap(l->h, RING_OFF + l->cap);
   }
   memset(l, 0, sizeof *l);
+  l->big_fd = -1;
 }
 
 /* ---- producer ---- */
@@ -302,8 +453,7 @@ static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
       return FP_EFULL;
     }
   }
-  if (alen) memcpy(l->big, a, alen);
-  if (blen) memcpy(l->big + alen, b, blen);
+  if ((rc = big_write(l, a, alen, b, blen)) != FP_OK) return rc;
   /* Ordered before the record by [B1]. */
   atomic_store_explicit(&h->big_busy, 1, RLX);
   unsigned char *p = l->ring + (head & (cap - 1));
@@ -388,7 +538,15 @@ int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
     if (n <= FP_LANE_INLINE_MAX(cap) || n > l->big_cap ||
         atomic_load_explicit(&h->big_busy, RLX) != 1)
       return FP_ECORRUPT;
-    pl = l->big;
+    if (n > l->big_size) {
+      /* Past the end of the file a window faults with SIGBUS. */
+      struct stat st;
+      if (fstat(l->big_fd, &st) != 0 || st.st_size < 0) return FP_ECORRUPT;
+      l->big_size = (uint64_t)st.st_size;
+      if (n > l->big_size) return FP_ECORRUPT;
+    }
+    if (big_map(l, n) != FP_OK) return FP_ENOMEM;
+    pl = l->cwin;
     big = n;
   } else if (n > FP_LANE_INLINE_MAX(cap)) {
     return FP_ECORRUPT;
@@ -407,10 +565,17 @@ int fp_lane_release(fp_lane *l) {
   if (!l->peeked) return 0;
   l->peeked = 0;
   if (l->peek_big) {
-    /* Before [B5]: once big_busy is 0 the producer may write the area, and
-     * MADV_REMOVE would zero its new bytes. */
-    if (l->peek_big > BIG_DISCARD_MIN)
-      fp_shm_discard(l->big, FP_ALIGN_UP(l->peek_big, fp_shm_page()));
+    if (l->peek_big > FP_LANE_BIG_KEEP) {
+      /* Before [B5]: once big_busy is 0 the producer may write the file,
+       * and the punch would zero its new bytes.  [0, KEEP) stays: the
+       * producer counts on it (big_resv), and the next records reuse it. */
+      (void)fallocate(l->big_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)FP_LANE_BIG_KEEP,
+                      (off_t)(page_up(l->peek_big) - FP_LANE_BIG_KEEP));
+      unsigned char *w = (unsigned char *)l->cwin;
+      (void)win_resize(l->big_fd, PROT_READ, &w, &l->cwin_len, l->cwin_keep);
+      l->cwin = w;
+    }
     /* [B5] pairs with [B6]: our reads of the area are done. */
     atomic_store_explicit(&h->big_busy, 0, REL);
   }

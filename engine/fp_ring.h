@@ -4,15 +4,33 @@
  * mid-operation cannot leave a lock held).
  *
  * A lane is a byte ring of power-of-two capacity carrying records, plus a
- * "big area": a very large MAP_NORESERVE region that carries one record too
- * large for the ring at a time.
+ * "big area" that carries one record too large for the ring at a time.  The
+ * big area is a memfd (fp_shm_file) made with the lane, before fork, so
+ * both sides hold it; it starts empty and grows with the records it
+ * carries.  Neither side reserves address space for it up front: each maps
+ * a window on the start of the file, grown (mremap) to the records it has
+ * seen, never past FP_LANE_BIG_KEEP except while it holds a larger record.
  *
  * Record layout in the ring: an 8-byte header {u32 len; u32 type} then len
  * payload bytes, padded to 8.  Records never wrap: when the contiguous space
  * before the end of the ring is too small, the producer writes a PAD record
  * to the end and starts again at offset 0.  A big record is a ring record
  * with FP_LANE_BIG set in type whose payload is {u64 len} and whose bytes
- * are at the start of the big area.
+ * are at offset 0 of the big area's file.
+ *
+ * Big records, by size n (FP_LANE_BIG_KEEP = 32 MiB):
+ *   n <= KEEP  the producer reserves the file's pages (fallocate, so a full
+ *              tmpfs or a strict overcommit limit is an error, not SIGBUS)
+ *              and copies into its window; the pages stay allocated and
+ *              mapped on both sides for the next record (no page faults,
+ *              which cost ~10 us per 4 KiB page on some VMs).
+ *   n > KEEP   the producer writes with pwrite (the kernel allocates the
+ *              pages and reports ENOSPC/ENOMEM as an error), the consumer
+ *              maps a window of n bytes while it holds the record; on
+ *              release it punches the file beyond KEEP (FALLOC_FL_PUNCH_HOLE)
+ *              and shrinks its window back.
+ * So an idle lane keeps at most KEEP bytes of memory and of address space
+ * per side, whatever it carried.
  *
  * Visibility: a record becomes visible to the consumer only when head moves
  * past it (store-release of head after the payload is written), so a process
@@ -36,10 +54,15 @@
  *             compare-exchanging it to 0, so one sleep costs at most one
  *             FUTEX_WAKE (fp_ring.c explains why no wake-up is lost).
  *   big_busy  producer sets 1 before publishing a big record; consumer sets
- *             0 when it releases it.
+ *             0 when it releases it (after punching the file, if it does).
+ *             While it is 1 only the consumer touches the big area's file.
  *   cap, big_cap: written once by fp_lane_create before fork, read-only
  *             after; each side bounds-checks against its private copies in
  *             fp_lane, never against these.
+ * The big area's file is not shared memory the consumer trusts either: it
+ * checks a big record's length against its own big_cap and against the
+ * file's size (fstat), so a garbage length can neither read outside its
+ * window nor fault past the end of the file.
  */
 #ifndef FP_RING_H
 #define FP_RING_H
@@ -51,6 +74,11 @@ FP_HIDDEN_BEGIN
 
 #define FP_LANE_BIG   0x80000000u  /* type bit: payload lives in the big area */
 #define FP_LANE_PAD   0x7fffffffu  /* internal filler record type */
+
+/* Big records up to this size keep their pages and windows for the next
+ * one; larger ones are written with pwrite and given back on release.  A
+ * multiple of any page size. */
+#define FP_LANE_BIG_KEEP ((size_t)32 << 20)
 
 typedef struct fp_lane_hdr {
   _Alignas(64) _Atomic uint64_t head;
@@ -64,44 +92,60 @@ typedef struct fp_lane_hdr {
   uint64_t big_cap;   /* big area bytes */
 } fp_lane_hdr;
 
-/* A process-local handle on a lane: pointers into the shared mappings.
- * Each side keeps its own copy (the pointers are the same in both, since the
- * mappings are made before fork). */
+/* A process-local handle on a lane: pointers into the shared mappings and
+ * the big area's fd.  Each side keeps its own copy (the ring pointers are
+ * the same in both, since that mapping is made before fork; the windows are
+ * each process's own). */
 typedef struct fp_lane {
   fp_lane_hdr *h;
   unsigned char *ring;   /* h->cap bytes */
-  unsigned char *big;    /* h->big_cap bytes, MAP_NORESERVE */
+  int big_fd;            /* the big area (memfd), -1 when big_cap is 0 */
   /* Process-local state, never shared; each side touches only its own.
    * head/tail only grow, so a stale cache copied by fork is merely
    * pessimistic.  (A lane is reset only by destroy + create.) */
   uint64_t cap;          /* copies of h->cap and h->big_cap: garbage in the */
   uint64_t big_cap;      /* shared header cannot move the bounds we check */
-  uint64_t tail_cache;   /* producer: last tail read */
-  uint32_t space_seq;    /* producer: tail_seq read before the last FP_EFULL */
-  uint32_t peeked;       /* consumer: a peeked record awaits release */
-  uint64_t head_cache;   /* consumer: last head read */
-  uint64_t peek_next;    /* consumer: tail after the peeked record */
-  uint64_t peek_big;     /* consumer: its big-area length, 0 if inline */
+  /* producer */
+  uint64_t tail_cache;   /* last tail read */
+  uint32_t space_seq;    /* tail_seq read before the last FP_EFULL */
+  unsigned char *pwin;   /* read-write window on [0, pwin_len) of big_fd */
+  size_t pwin_len;       /* page multiple, <= FP_LANE_BIG_KEEP; 0: none */
+  size_t big_resv;       /* [0, big_resv) of the file is allocated */
+  /* consumer */
+  uint32_t peeked;       /* a peeked record awaits release */
+  uint64_t head_cache;   /* last head read */
+  uint64_t peek_next;    /* tail after the peeked record */
+  uint64_t peek_big;     /* its big-area length, 0 if inline */
+  const unsigned char *cwin;  /* read-only window on [0, cwin_len) of big_fd */
+  size_t cwin_len;       /* page multiple; > cwin_keep only while a record */
+  size_t cwin_keep;      /* larger than FP_LANE_BIG_KEEP is held */
+  uint64_t big_size;     /* the file's size at the last fstat */
 } fp_lane;
 
 /* Largest payload that travels inline in a ring of capacity cap; larger
  * payloads use the big area. */
 #define FP_LANE_INLINE_MAX(cap) ((cap) / 4)
 
-/* Create a lane: header + ring in one shared mapping, big area in another.
- * ring_cap must be a power of two in [4096, 2^32]; big_cap may be 0 (no big
- * area).  FP_OK or FP_ENOMEM (also for an invalid ring_cap). */
+/* Create a lane: header + ring in one shared mapping, and (when big_cap >
+ * 0) an empty memfd for the big area.  big_cap is the largest record the
+ * lane carries; it costs nothing until records use it, and is lowered to
+ * RLIMIT_FSIZE when that is smaller.  ring_cap must be a power of two in
+ * [4096, 2^32].  FP_OK or FP_ENOMEM (also for an invalid ring_cap; errno
+ * tells a failed mmap or memfd_create). */
 int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap);
-/* Unmap both regions; the handle is zeroed.  Safe on a zeroed handle. */
+/* Unmap the ring and this process's windows, close the big area's fd; the
+ * handle is zeroed with big_fd = -1.  Safe on a zeroed or destroyed handle. */
 void fp_lane_destroy(fp_lane *l);
 
 /* ---- producer side ---- */
 
 /* Try to send one record without blocking.  Returns FP_OK, FP_EFULL (no
  * room in the ring, or the big area is still held by the consumer: call
- * again later), or FP_E2BIG (len > big_cap).  type must be < FP_LANE_PAD.
- * FP_ECORRUPT: type is invalid, or the shared tail is impossible (the
- * consumer wrote garbage).
+ * again later), or FP_E2BIG (len > big_cap, or over RLIMIT_FSIZE now).
+ * type must be < FP_LANE_PAD.  FP_ENOMEM: a big record found no memory
+ * (tmpfs full, commit limit, or no address space for the window); nothing
+ * was published and the lane stays usable.  FP_ECORRUPT: type is invalid,
+ * or the shared tail is impossible (the consumer wrote garbage).
  * After FP_OK, *must_wake says whether the consumer is sleeping on head_seq
  * and this call claimed its wake-up: the caller must then call
  * fp_lane_wake_consumer (no later send will report it again).  With
@@ -127,8 +171,10 @@ void fp_lane_wake_consumer(fp_lane *l);
 
 /* Look at the oldest record without removing it.  FP_OK with *type (the
  * FP_LANE_BIG bit cleared), *payload and *len (pointing into the ring or
- * the big area, valid until fp_lane_release), or FP_EEMPTY, or FP_ECORRUPT
- * (the header is impossible: the producer wrote garbage). */
+ * this process's read-only window on the big area, valid until
+ * fp_lane_release), or FP_EEMPTY, or FP_ECORRUPT (the header is impossible:
+ * the producer wrote garbage), or FP_ENOMEM (a big record cannot be mapped:
+ * no address space; it stays in the lane). */
 int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
                  size_t *len);
 

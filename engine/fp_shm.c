@@ -1,36 +1,47 @@
 /*
- * fp_shm.c - shared memory for one pool: anonymous MAP_SHARED mappings.
+ * fp_shm.c - shared memory for one pool: anonymous MAP_SHARED mappings,
+ * anonymous shared-memory files (memfds), and the shared arena.
  *
  * Invariants:
- *   - Every region is MAP_SHARED | MAP_ANONYMOUS: no name in /dev/shm, no
- *     file, so nothing outlives the last process that maps it (a SIGKILLed
- *     parent leaves nothing behind).  Regions are made before fork and the
- *     kernel shares their pages with the children.
+ *   - Every region is MAP_SHARED | MAP_ANONYMOUS or maps a memfd (or an
+ *     unnamed O_TMPFILE file in /dev/shm): no name in /dev/shm, no file
+ *     anyone can open, so nothing outlives the last process that maps it or
+ *     holds its fd (a SIGKILLed parent leaves nothing behind).  Regions and
+ *     files are made before fork and the kernel shares their pages with the
+ *     children.
  *   - Lengths are rounded up to whole pages here, so callers unmap with the
  *     same length they mapped with.
- *   - Very large regions (a lane's big area) use MAP_NORESERVE: only the
- *     pages actually written cost memory, and fp_shm_discard (MADV_REMOVE)
- *     gives them back after a big record has been consumed.
+ *   - Nothing here reserves address space in proportion to the machine's
+ *     memory except the arena, which exists once per process (not per
+ *     worker) and whose size the user can set (FORKPOOL_SHARED_MEMORY, read
+ *     by the binding).  A lane's big area is a memfd that grows on demand
+ *     (fp_ring.c); fp_shm_big_size() only bounds the size of one record.
  *
- * Sizing the big area: fp_shm_big_size() returns RAM + swap rounded up to a
- * power of two, clamped to [1 GiB, 1 TiB].  Under strict overcommit
- * (vm.overcommit_memory = 2) the kernel ignores MAP_NORESERVE and may refuse
- * a mapping that large; fp_shm_map then returns FP_ENOMEM and the caller may
- * retry with a smaller size (halving down to what it needs at least).  A
- * smaller big area only lowers the largest record that can be sent.
+ * The arena maps a memfd rather than MAP_SHARED | MAP_ANONYMOUS |
+ * MAP_NORESERVE: under strict overcommit (vm.overcommit_memory = 2) the
+ * kernel ignores MAP_NORESERVE and would charge the whole anonymous region
+ * up front, while a shared file mapping is charged per page as pages are
+ * allocated.  The fd is closed once mapped: the mapping keeps the file.
  */
 #include "fp_shm.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
 #define FP_GIB ((uint64_t)1 << 30)
 #define FP_BIG_MIN FP_GIB
 #define FP_BIG_MAX (FP_GIB << 10)  /* 1 TiB */
+#define FP_MIB ((uint64_t)1 << 20)
+/* fp_arena_init(..., shrink) stops halving below this. */
+#define FP_ARENA_MIN (16 * FP_MIB)
 
 /* Cached page size; 0 until first asked.  Relaxed is enough: every thread
  * computes the same value. */
@@ -71,6 +82,23 @@ void fp_shm_unmap(void *p, size_t len) {
   if (n) (void)munmap(p, n);
 }
 
+int fp_shm_file(void) {
+#ifdef SYS_memfd_create
+  /* The raw syscall: glibc < 2.27 has no wrapper.  MFD_CLOEXEC = 1. */
+  int fd = (int)syscall(SYS_memfd_create, "forkpool", 1u);
+  if (fd >= 0) return fd;
+  if (errno != ENOSYS && errno != EPERM) return -1;
+#endif
+  /* No memfd (an old kernel, or a seccomp filter): an unnamed file on the
+   * tmpfs, which likewise disappears with its last fd and mapping. */
+#ifdef O_TMPFILE
+  return open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
 void fp_shm_discard(void *p, size_t len) {
   size_t n = len & ~(fp_shm_page() - 1);
   /* MADV_REMOVE frees the shmem pages behind both processes' mappings; the
@@ -106,19 +134,87 @@ typedef struct arena_block { size_t off, len; } arena_block;
 static unsigned char *arena_base;
 static size_t arena_size;
 static pid_t arena_owner;
+static int arena_made;   /* fp_arena_init ran (arena_base may still be NULL: size 0) */
 static arena_block *arena_blocks;
 static size_t arena_n, arena_cap;
 
-int fp_arena_init(size_t size) {
-  if (arena_base) return FP_OK;
-  void *p;
-  size = FP_ALIGN_UP(size, fp_shm_page());
-  if (fp_shm_map(size, 1, &p) != FP_OK) return FP_ENOMEM;
+size_t fp_arena_default_size(void) {
+  uint64_t size = fp_shm_big_size();
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    uint64_t q = ((uint64_t)rl.rlim_cur / 4) & ~(FP_MIB - 1);
+    if (q < size) size = q;
+  }
+  return (size_t)size;
+}
+
+int fp_shm_parse_size(const char *s, size_t *out) {
+  uint64_t v = 0;
+  const char *p = s;
+  if (!s || *p < '0' || *p > '9') return FP_ECORRUPT;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    if (v > (UINT64_MAX - 9) / 10) return FP_ECORRUPT;
+    v = v * 10 + (uint64_t)(*p - '0');
+  }
+  unsigned shift = 0;
+  switch (*p) {
+  case 'k': case 'K': shift = 10; break;
+  case 'm': case 'M': shift = 20; break;
+  case 'g': case 'G': shift = 30; break;
+  case 't': case 'T': shift = 40; break;
+  default: break;
+  }
+  if (shift) {
+    p++;
+    if (*p == 'i') p++;
+    if (*p == 'B' || *p == 'b') p++;
+  } else if (*p == 'B' || *p == 'b') {
+    p++;
+  }
+  if (*p != 0) return FP_ECORRUPT;
+  if (shift && v > (UINT64_MAX >> shift)) return FP_ECORRUPT;
+  v <<= shift;
+  if (v > SIZE_MAX) return FP_ECORRUPT;
+  *out = (size_t)v;
+  return FP_OK;
+}
+
+/* Map `size` bytes of a fresh memfd, shared.  FP_OK or FP_ENOMEM. */
+static int arena_map(size_t size, void **out) {
+  int fd = fp_shm_file();
+  if (fd < 0) return FP_ENOMEM;
+  int rc = FP_ENOMEM;
+  if (ftruncate(fd, (off_t)size) == 0) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+      *out = p;
+      rc = FP_OK;
+    }
+  }
+  int e = errno;
+  close(fd);  /* the mapping keeps the file */
+  errno = e;
+  return rc;
+}
+
+int fp_arena_init(size_t size, int shrink) {
+  if (arena_made) return FP_OK;
+  void *p = NULL;
+  size = page_round(size);
+  if (size) {
+    int rc;
+    while ((rc = arena_map(size, &p)) != FP_OK && shrink && size / 2 >= FP_ARENA_MIN)
+      size = page_round(size / 2);
+    if (rc != FP_OK) return FP_ENOMEM;
+  }
   arena_base = p;
   arena_size = size;
   arena_owner = getpid();
+  arena_made = 1;
   return FP_OK;
 }
+
+size_t fp_arena_size(void) { return arena_size; }
 
 int fp_arena_alloc(size_t len, void **out) {
   if (!arena_base || len == 0 || len > arena_size) return FP_ENOMEM;

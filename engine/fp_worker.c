@@ -292,12 +292,17 @@ static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t inde
   fp_chunk_hdr r = *h;
   r.index = index;
   r.flags = flags;
-  if (w_send2(w, type, &r, sizeof r, body, blen) == FP_E2BIG) {
+  int rc = w_send2(w, type, &r, sizeof r, body, blen);
+  if (rc != FP_OK) {
     r.flags = 0;
-    /* The encoded results exceed even the big area: say so instead. */
+    /* The encoded results exceed even the big area (E2BIG), or no memory
+     * could hold them (ENOMEM: tmpfs or commit limit): say so instead. */
     lua_createtable(w->L, 0, 1);
-    lua_pushfstring(w->L, "result of item %d: too large to send (%d bytes)",
-                    (int)h->start, (int)w->enc.len);
+    lua_pushfstring(w->L, "result of item %d: %s (%f bytes)", (int)h->start,
+                    rc == FP_E2BIG    ? "too large to send"
+                    : rc == FP_ENOMEM ? "cannot be sent: out of shared memory"
+                                      : "cannot be sent",
+                    (double)blen);
     lua_setfield(w->L, -2, "message");
     w_encode_error(w);
     w_send2(w, FP_M_MARSHAL_ERROR, &r, sizeof r, w->enc.p, w->enc.len);

@@ -20,10 +20,14 @@
 #include "fp_test.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,6 +91,37 @@ static int same(const unsigned char *p, size_t n, uint64_t seed) {
 }
 
 static uint64_t rec_bytes(size_t len) { return 8 + FP_ALIGN_UP(len, 8); }
+
+static int count_fds(void) {
+  int n = 0;
+  for (int fd = 0; fd < 4096; fd++) n += fcntl(fd, F_GETFD) != -1;
+  return n;
+}
+
+/* VmSize of this process, in bytes. */
+static size_t vm_size(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  size_t kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %zu kB", &kb) == 1) break;
+  fclose(f);
+  return kb << 10;
+}
+
+/* Bytes of memory a file holds (allocated blocks, not its size). */
+static uint64_t file_bytes(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return UINT64_MAX;
+  return (uint64_t)st.st_blocks * 512;
+}
+
+static uint64_t file_size(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return UINT64_MAX;
+  return (uint64_t)st.st_size;
+}
 
 /* Fork a child that runs fn(arg) and _exits with its result.  The child
  * dies with us and has its own watchdog. */
@@ -184,11 +219,10 @@ FP_TEST(test_shm_big) {
   long pages = sysconf(_SC_PHYS_PAGES);
   if (pages > 0 && big < ((size_t)1 << 40))
     FP_CHECK(big >= (size_t)pages * fp_shm_page());
-  /* The documented fallback: halve until the kernel accepts it. */
+  /* discard: whole pages only, reads as zeros after. */
   void *p = NULL;
-  size_t n = big;
-  while (n >= 64 * MIB && fp_shm_map(n, 1, &p) != FP_OK) n /= 2;
-  FP_CHECK(p != NULL);
+  size_t n = 64 * MIB;
+  FP_CHECK_EQ_INT(fp_shm_map(n, 1, &p), FP_OK);
   if (!p) return;
   unsigned char *b = p;
   size_t pg = fp_shm_page();
@@ -201,6 +235,101 @@ FP_TEST(test_shm_big) {
   FP_CHECK_EQ_INT(b[2 * pg], 0xab);   /* third page kept */
   fp_shm_discard(NULL, 100);          /* ignored */
   fp_shm_unmap(p, n);
+}
+
+/* fp_shm_file: empty, unnamed, close-on-exec, shared with a child. */
+FP_TEST(test_shm_file) {
+  int fd = fp_shm_file();
+  FP_CHECK(fd >= 0);
+  if (fd < 0) return;
+  FP_CHECK(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+  FP_CHECK_EQ_INT(file_size(fd), 0);
+  FP_CHECK_EQ_INT(pwrite(fd, "abc", 3, 0), 3);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char c[3];
+    _exit(pread(fd, c, 3, 0) == 3 && memcmp(c, "abc", 3) == 0 && pwrite(fd, "x", 1, 1) == 1 ? 0 : 1);
+  }
+  FP_CHECK(exited_ok(reap(pid, 10000)));
+  char c[3];
+  FP_CHECK(pread(fd, c, 3, 0) == 3 && memcmp(c, "axc", 3) == 0);
+  close(fd);
+}
+
+/* Sizes for FORKPOOL_SHARED_MEMORY. */
+FP_TEST(test_shm_parse_size) {
+  static const struct { const char *s; uint64_t v; } good[] = {
+    {"0", 0}, {"4096", 4096}, {"1K", 1024}, {"1k", 1024}, {"16M", 16 * MIB},
+    {"2G", (uint64_t)2 << 30}, {"1T", (uint64_t)1 << 40}, {"3GiB", (uint64_t)3 << 30},
+    {"10MB", 10 * MIB}, {"7B", 7}, {"0012", 12},
+  };
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    size_t v = 1;
+    FP_CHECK_EQ_INT(fp_shm_parse_size(good[i].s, &v), FP_OK);
+    FP_CHECK_EQ_INT(v, good[i].v);
+  }
+  static const char *const bad[] = {"", "x", "1X", "-1", "1.5G", " 1", "1 ", "1GG", "1Gx",
+                                    "99999999999999999999", "20000000T", "G", "1iB"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    size_t v = 5;
+    FP_CHECK_EQ_INT(fp_shm_parse_size(bad[i], &v), FP_ECORRUPT);
+    FP_CHECK_EQ_INT(v, 5);
+  }
+  size_t v;
+  FP_CHECK_EQ_INT(fp_shm_parse_size(NULL, &v), FP_ECORRUPT);
+}
+
+/* The arena, in a child (fp_arena_init works once per process): its
+ * default size, a fixed size, blocks seen by a process forked after the
+ * arena was made, freed blocks reading as zeros.  Returns the number of the
+ * first failed check, 0 when all pass. */
+#define ACHK(cond, n) do { if (!(cond)) return (n); } while (0)
+static int child_arena(void *arg) {
+  (void)arg;
+  /* The default size follows RLIMIT_AS when it is finite: a quarter. */
+  struct rlimit old, rl;
+  ACHK(getrlimit(RLIMIT_AS, &old) == 0, 1);
+  if (old.rlim_cur == RLIM_INFINITY) ACHK(fp_arena_default_size() == fp_shm_big_size(), 2);
+  rl = old;
+  rl.rlim_cur = (rlim_t)8 << 30;
+  if (old.rlim_max == RLIM_INFINITY || old.rlim_max >= rl.rlim_cur) {
+    ACHK(setrlimit(RLIMIT_AS, &rl) == 0, 3);
+    size_t d = fp_arena_default_size();
+    ACHK(setrlimit(RLIMIT_AS, &old) == 0, 4);
+    ACHK(d == ((size_t)2 << 30) || (d == fp_shm_big_size() && d < ((size_t)2 << 30)), 5);
+  }
+  void *a1, *a2;
+  ACHK(fp_arena_size() == 0, 6);
+  ACHK(fp_arena_alloc(4096, &a1) == FP_ENOMEM, 7);  /* not made yet */
+  ACHK(fp_arena_init(64 * MIB, 0) == FP_OK, 8);
+  ACHK(fp_arena_init(128 * MIB, 0) == FP_OK && fp_arena_size() == 64 * MIB, 9);  /* once */
+  ACHK(fp_arena_alloc(10000, &a1) == FP_OK, 10);
+  ACHK(fp_arena_alloc(64 * MIB, &a2) == FP_ENOMEM, 11);  /* no room left */
+  ACHK(fp_arena_contains(a1, 10000) && !fp_arena_contains(a1, 65 * MIB), 12);
+  memset(a1, 0x5c, 10000);
+  pid_t pid = fork();
+  if (pid == 0) {
+    unsigned char *q = a1;
+    void *x;
+    int r = q[0] == 0x5c && q[9999] == 0x5c && fp_arena_alloc(10, &x) == FP_ESYS;
+    q[1] = 1;  /* seen by the parent */
+    _exit(r ? 0 : 1);
+  }
+  int st = 0;
+  ACHK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, 13);
+  ACHK(((unsigned char *)a1)[1] == 1, 14);
+  fp_arena_free(a1);
+  ACHK(fp_arena_alloc(4096, &a2) == FP_OK && a2 == a1, 15);
+  ACHK(((unsigned char *)a2)[0] == 0 && ((unsigned char *)a2)[1] == 0, 16);
+  return 0;
+}
+
+FP_TEST(test_arena) {
+  pid_t pid = spawn(child_arena, NULL);
+  int st = reap(pid, 30000);
+  if (!exited_ok(st))
+    fprintf(stderr, "  child_arena: status %d (check %d failed)\n", st, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+  FP_CHECK(exited_ok(st));
 }
 
 /* ---- lanes, one process ---- */
@@ -219,7 +348,7 @@ FP_TEST(test_lane_geometry) {
   FP_CHECK_EQ_INT(fp_lane_create(&l, 4096, 0), FP_OK);
   FP_CHECK_EQ_INT(l.h->cap, 4096);
   FP_CHECK_EQ_INT(l.h->big_cap, 0);
-  FP_CHECK(l.big == NULL);
+  FP_CHECK(l.big_fd == -1 && l.pwin == NULL && l.cwin == NULL);
   FP_CHECK((uintptr_t)l.ring % 64 == 0);
   FP_CHECK(l.ring >= (unsigned char *)(l.h + 1));
   FP_CHECK_EQ_INT(atomic_load(&l.h->head), 0);
@@ -242,18 +371,45 @@ FP_TEST(test_lane_geometry) {
   }
   FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 16, 8 * MIB), FP_OK);
   FP_CHECK_EQ_INT(l.h->big_cap, 8 * MIB);
-  FP_CHECK(l.big != NULL && (uintptr_t)l.big % fp_shm_page() == 0);
-  l.big[8 * MIB - 1] = 1;
+  /* The big area is an empty file: nothing mapped until a record needs it. */
+  FP_CHECK(l.big_fd >= 0 && l.pwin == NULL && l.cwin == NULL);
+  FP_CHECK_EQ_INT(file_bytes(l.big_fd), 0);
   FP_CHECK_EQ_INT(FP_LANE_INLINE_MAX(l.h->cap), 16384);
   fp_lane_destroy(&l);
 
-  /* No mapping leaks. */
-  int before = count_maps();
+  /* No mapping or fd leaks, windows included. */
+  int before = count_maps(), fds = count_fds();
+  static unsigned char rec[3 * 1024 * 1024];
+  fill(rec, sizeof rec, 7);
   for (int i = 0; i < 50; i++) {
     FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 14, 4 * MIB), FP_OK);
+    if (i % 2) {
+      FP_CHECK_EQ_INT(send_now(&l, 1, rec, sizeof rec), FP_OK);
+      FP_CHECK_EQ_INT(recv_check(&l, 1, sizeof rec, 7), FP_OK);
+      FP_CHECK(l.pwin != NULL && l.cwin != NULL);
+    }
     fp_lane_destroy(&l);
+    FP_CHECK(l.h == NULL && l.big_fd == -1 && l.pwin == NULL && l.cwin == NULL);
   }
   FP_CHECK_EQ_INT(count_maps(), before);
+  FP_CHECK_EQ_INT(count_fds(), fds);
+}
+
+/* The address space a lane costs does not depend on big_cap: 64 lanes that
+ * may each carry a record of RAM + swap (or 1 TiB) cost their rings and a
+ * little more, not 64 times RAM. */
+FP_TEST(test_lane_address_space) {
+  enum { N = 64 };
+  static fp_lane ls[N];
+  size_t vm0 = vm_size();
+  int ok = 0;
+  for (int i = 0; i < N; i++) ok += fp_lane_create(&ls[i], 1 << 16, (size_t)1 << 40) == FP_OK;
+  FP_CHECK_EQ_INT(ok, N);
+  size_t grown = vm_size() - vm0;
+  fprintf(stderr, "  %d lanes with a 1 TiB big_cap: VmSize +%zu KiB\n", N, grown >> 10);
+  FP_CHECK(grown <= N * ((1 << 16) + 2 * fp_shm_page()) + 4 * MIB);
+  FP_CHECK_EQ_INT(ls[0].big_cap, (uint64_t)1 << 40);
+  for (int i = 0; i < N; i++) fp_lane_destroy(&ls[i]);
 }
 
 FP_TEST(test_lane_every_size) {
@@ -442,7 +598,7 @@ FP_TEST(test_lane_big) {
   size_t big_cap = 80 * MIB;
   FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 16, big_cap), FP_OK);
   size_t n = 64 * MIB;
-  unsigned char *buf = malloc(n + 16);
+  unsigned char *buf = malloc(big_cap + 16);
   FP_CHECK(buf != NULL);
   if (!buf) return;
   fill(buf, n, 64);
@@ -451,6 +607,7 @@ FP_TEST(test_lane_big) {
   FP_CHECK_EQ_INT(wake, 0);
   FP_CHECK_EQ_INT(fp_lane_used(&l), 16);
   FP_CHECK_EQ_INT(atomic_load(&l.h->big_busy), 1);
+  FP_CHECK(l.pwin == NULL);  /* > KEEP: written with pwrite, no window */
   /* Big area busy: another big record waits, small ones still flow. */
   FP_CHECK_EQ_INT(send_now(&l, 4, buf, 20000), FP_EFULL);
   FP_CHECK_EQ_INT(send_now(&l, 5, buf, 100), FP_OK);
@@ -458,45 +615,43 @@ FP_TEST(test_lane_big) {
   const unsigned char *p;
   size_t len;
   FP_CHECK_EQ_INT(fp_lane_peek(&l, &t, &p, &len), FP_OK);
-  FP_CHECK(t == 3 && len == n && p == l.big);
+  FP_CHECK(t == 3 && len == n && p == l.cwin && l.cwin_len >= n);
   FP_CHECK(same(p, n, 64));
   FP_CHECK_EQ_INT(fp_lane_release(&l), 0);
   FP_CHECK_EQ_INT(atomic_load(&l.h->big_busy), 0);
-  /* > 32 MiB: its pages were given back (they read as zeros). */
-  FP_CHECK(l.big[0] == 0 && l.big[n / 2] == 0 && l.big[n - 1] == 0);
+  /* > KEEP: the file keeps at most KEEP bytes, the window shrank back. */
+  FP_CHECK(file_bytes(l.big_fd) <= FP_LANE_BIG_KEEP);
+  FP_CHECK_EQ_INT(l.cwin_len, 0);
   FP_CHECK_EQ_INT(recv_check(&l, 5, 100, 64), FP_OK);
 
   /* Two pieces, 5 MiB (kept mapped on release), plus the odd tail. */
   size_t m = 5 * MIB + 3;
   fill(buf, m, 5);
   FP_CHECK_EQ_INT(fp_lane_try_send2(&l, 9, buf, 16, buf + 16, m - 16, NULL), FP_OK);
+  FP_CHECK_EQ_INT(l.pwin_len, 8 * MIB);  /* a power of two */
   FP_CHECK_EQ_INT(recv_check(&l, 9, m, 5), FP_OK);
-  FP_CHECK(same(l.big, m, 5));  /* not discarded */
+  FP_CHECK_EQ_INT(l.cwin_len, 8 * MIB);
+  FP_CHECK(same(l.cwin, m, 5));  /* not discarded */
   /* Just above the inline limit goes big; at the limit stays inline. */
   size_t imax = FP_LANE_INLINE_MAX((size_t)1 << 16);
   FP_CHECK_EQ_INT(send_now(&l, 1, buf, imax), FP_OK);
   FP_CHECK_EQ_INT(fp_lane_used(&l), rec_bytes(imax));
   FP_CHECK_EQ_INT(fp_lane_peek(&l, &t, &p, &len), FP_OK);
-  FP_CHECK(p != l.big && len == imax);
+  FP_CHECK(p != l.cwin && len == imax);
   fp_lane_release(&l);
   FP_CHECK_EQ_INT(send_now(&l, 1, buf, imax + 1), FP_OK);
   FP_CHECK_EQ_INT(fp_lane_used(&l), 16);
   FP_CHECK_EQ_INT(fp_lane_peek(&l, &t, &p, &len), FP_OK);
-  FP_CHECK(p == l.big && len == imax + 1 && same(p, len, 5));
+  FP_CHECK(p == l.cwin && len == imax + 1 && same(p, len, 5));
   fp_lane_release(&l);
   /* Exactly big_cap fits; one more byte does not. */
   FP_CHECK_EQ_INT(send_now(&l, 1, buf, 0), FP_OK);
   FP_CHECK_EQ_INT(recv_check(&l, 1, 0, 0), FP_OK);
-  free(buf);
-  buf = malloc(big_cap);
-  FP_CHECK(buf != NULL);
-  if (buf) {
-    fill(buf, big_cap, 80);
-    FP_CHECK_EQ_INT(send_now(&l, 2, buf, big_cap), FP_OK);
-    FP_CHECK_EQ_INT(recv_check(&l, 2, big_cap, 80), FP_OK);
-    FP_CHECK_EQ_INT(send_now(&l, 2, buf, big_cap + 1), FP_E2BIG);
-    FP_CHECK_EQ_INT(fp_lane_try_send2(&l, 2, buf, SIZE_MAX, buf, 2, NULL), FP_E2BIG);
-  }
+  fill(buf, big_cap, 80);
+  FP_CHECK_EQ_INT(send_now(&l, 2, buf, big_cap), FP_OK);
+  FP_CHECK_EQ_INT(recv_check(&l, 2, big_cap, 80), FP_OK);
+  FP_CHECK_EQ_INT(send_now(&l, 2, buf, big_cap + 1), FP_E2BIG);
+  FP_CHECK_EQ_INT(fp_lane_try_send2(&l, 2, buf, SIZE_MAX, buf, 2, NULL), FP_E2BIG);
   /* Bad types. */
   FP_CHECK_EQ_INT(send_now(&l, FP_LANE_PAD, "x", 1), FP_ECORRUPT);
   FP_CHECK_EQ_INT(send_now(&l, FP_LANE_BIG | 1, "x", 1), FP_ECORRUPT);
@@ -510,6 +665,139 @@ FP_TEST(test_lane_big) {
   FP_CHECK_EQ_INT(send_now(&l, 1, small, 1024), FP_OK);
   FP_CHECK_EQ_INT(send_now(&l, 1, small, 1025), FP_E2BIG);
   fp_lane_destroy(&l);
+}
+
+/* Sizes around FP_LANE_BIG_KEEP, in an order that grows and shrinks the
+ * windows: contents, window lengths and the memory the file keeps. */
+FP_TEST(test_lane_big_keep) {
+  fp_lane l;
+  const size_t K = FP_LANE_BIG_KEEP, pg = fp_shm_page();
+  FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 20, 3 * K), FP_OK);
+  unsigned char *buf = malloc(3 * K);
+  FP_CHECK(buf != NULL);
+  if (!buf) return;
+  const size_t sizes[] = {300 * 1024, 3 * MIB + 1, K - 1, K, K + 1, 1 * MIB, 2 * K + 12345,
+                          K, 3 * K, 20 * MIB, K + pg, 300 * 1024};
+  int bad = 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    size_t n = sizes[i];
+    fill(buf, n, 1000 + i);
+    size_t pw = l.pwin_len, cw = l.cwin_len;
+    int rc = fp_lane_try_send2(&l, 7, buf, n / 3, buf + n / 3, n - n / 3, NULL);
+    if (rc != FP_OK) { fprintf(stderr, "  send %zu: rc %d\n", n, rc); bad++; continue; }
+    /* The producer's window: never past KEEP, untouched by larger records. */
+    if (l.pwin_len > K || (n > K && l.pwin_len != pw) || (n <= K && l.pwin_len < n)) bad++;
+    uint32_t t;
+    const unsigned char *p;
+    size_t len;
+    if (fp_lane_peek(&l, &t, &p, &len) != FP_OK || len != n || p != l.cwin || l.cwin_len < n ||
+        !same(p, n, 1000 + i)) {
+      fprintf(stderr, "  record %zu of %zu bytes: wrong\n", i, n);
+      bad++;
+    }
+    fp_lane_release(&l);
+    /* After the release: the consumer's window back to at most KEEP (and
+     * never smaller than it was), the file holding at most KEEP bytes. */
+    if (l.cwin_len > K || l.cwin_len < cw || (n <= K && l.cwin_len < n)) bad++;
+    if (file_bytes(l.big_fd) > K) {
+      fprintf(stderr, "  after %zu bytes the file holds %llu\n", n,
+              (unsigned long long)file_bytes(l.big_fd));
+      bad++;
+    }
+  }
+  FP_CHECK_EQ_INT(bad, 0);
+  FP_CHECK_EQ_INT(l.pwin_len, K);
+  FP_CHECK_EQ_INT(l.cwin_len, K);
+  FP_CHECK_EQ_INT(fp_lane_used(&l), 0);
+  free(buf);
+  fp_lane_destroy(&l);
+}
+
+/* RLIMIT_FSIZE: the lane never writes past it (that would raise SIGXFSZ,
+ * whose default action kills): records too large for it are FP_E2BIG, at
+ * creation (big_cap lowered) and when the limit drops later.  In a child
+ * whose SIGXFSZ has its default action. */
+static int child_fsize(void *arg) {
+  (void)arg;
+  signal(SIGXFSZ, SIG_DFL);
+  static unsigned char buf[8 * MIB];
+  fill(buf, sizeof buf, 3);
+  struct rlimit rl = {0, 0};
+  getrlimit(RLIMIT_FSIZE, &rl);
+  fp_lane a, b;
+  if (fp_lane_create(&a, 1 << 16, 64 * MIB) != FP_OK) return 1;
+  size_t lim = 4 * MIB + 100;  /* not a page multiple */
+  rl.rlim_cur = lim;
+  if (setrlimit(RLIMIT_FSIZE, &rl) != 0) return 2;
+  if (fp_lane_create(&b, 1 << 16, 64 * MIB) != FP_OK || b.big_cap != lim) return 3;
+  fp_lane *ls[2] = {&a, &b};
+  for (int k = 0; k < 2; k++) {
+    fp_lane *l = ls[k];
+    if (send_now(l, 1, buf, 8 * MIB) != FP_E2BIG) return 10 + k;
+    if (send_now(l, 1, buf, lim + 1) != FP_E2BIG) return 12 + k;
+    if (fp_lane_used(l) != 0 || atomic_load(&l->h->big_busy) != 0) return 14 + k;
+    if (send_now(l, 1, buf, lim) != FP_OK || recv_check(l, 1, lim, 3) != FP_OK) return 16 + k;
+    if (send_now(l, 1, buf, 2 * MIB) != FP_OK || recv_check(l, 1, 2 * MIB, 3) != FP_OK) return 18 + k;
+  }
+  fp_lane_destroy(&a);
+  fp_lane_destroy(&b);
+  return 0;
+}
+
+FP_TEST(test_lane_big_fsize) {
+  pid_t pid = spawn(child_fsize, NULL);
+  int st = reap(pid, 30000);
+  if (!exited_ok(st))
+    fprintf(stderr, "  child_fsize: %s %d\n", WIFSIGNALED(st) ? "signal" : "check",
+            WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+  FP_CHECK(exited_ok(st));
+}
+
+/* No address space for a window (RLIMIT_AS): the producer gets FP_ENOMEM
+ * and publishes nothing; the consumer gets FP_ENOMEM and the record waits
+ * for it; both go on once the limit is raised.  In a child.  (Not under
+ * AddressSanitizer, whose own allocations need address space.) */
+static int child_nomem(void *arg) {
+  (void)arg;
+  static unsigned char buf[16 * MIB];
+  fill(buf, sizeof buf, 4);
+  fp_lane l;
+  if (fp_lane_create(&l, 1 << 16, 64 * MIB) != FP_OK) return 1;
+  struct rlimit old, rl;
+  getrlimit(RLIMIT_AS, &old);
+  rl = old;
+  rl.rlim_cur = vm_size() + 4 * MIB;
+  if (setrlimit(RLIMIT_AS, &rl) != 0) return 2;
+  int rc = send_now(&l, 1, buf, 16 * MIB);  /* a 16 MiB window: no room */
+  int used = (int)fp_lane_used(&l), busy = (int)atomic_load(&l.h->big_busy);
+  setrlimit(RLIMIT_AS, &old);
+  if (rc != FP_ENOMEM || used != 0 || busy != 0) return 3;
+  if (send_now(&l, 1, buf, 16 * MIB) != FP_OK) return 4;
+  /* Now the consumer's window: its turn to find no room. */
+  uint32_t t;
+  const unsigned char *p;
+  size_t len;
+  rl.rlim_cur = vm_size() + 4 * MIB;
+  if (setrlimit(RLIMIT_AS, &rl) != 0) return 5;
+  rc = fp_lane_peek(&l, &t, &p, &len);
+  setrlimit(RLIMIT_AS, &old);
+  if (rc != FP_ENOMEM || fp_lane_used(&l) != 16) return 6;
+  if (recv_check(&l, 1, 16 * MIB, 4) != FP_OK) return 7;
+  fp_lane_destroy(&l);
+  return 0;
+}
+
+FP_TEST(test_lane_big_nomem) {
+#if defined(__SANITIZE_ADDRESS__)
+  fprintf(stderr, "  (skipped under AddressSanitizer)\n");
+#else
+  pid_t pid = spawn(child_nomem, NULL);
+  int st = reap(pid, 30000);
+  if (!exited_ok(st))
+    fprintf(stderr, "  child_nomem: %s %d\n", WIFSIGNALED(st) ? "signal" : "check",
+            WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+  FP_CHECK(exited_ok(st));
+#endif
 }
 
 /* Ring full and big area busy together: FP_EFULL, then success after the
@@ -601,9 +889,37 @@ FP_TEST(test_lane_corrupt) {
   /* Type PAD|BIG. */
   set_idx(&l, B + 16, B);  put_hdr(&l, B, 8, FP_LANE_PAD | FP_LANE_BIG);
   FP_CHECK_EQ_INT(peek_rc(&l), FP_ECORRUPT);
-  /* Big records: good, then each field wrong. */
+  /* Big records: a length past the end of the (empty) file would fault
+   * with SIGBUS if mapped: refused. */
   atomic_store(&l.h->big_busy, 1);
   put_hdr(&l, B, 8, FP_LANE_BIG | 2);  put_u64(&l, B + 8, 5000);
+  FP_CHECK_EQ_INT(peek_rc(&l), FP_ECORRUPT);
+  FP_CHECK(l.cwin == NULL);
+  /* A record sent and released grows the file (to whole pages); then a
+   * consumer that sees it shorter (a fresh one: big_size unknown). */
+  {
+    static unsigned char one[1 * MIB];
+    fill(one, sizeof one, 11);
+    atomic_store(&l.h->big_busy, 0);
+    set_idx(&l, B, B);
+    l.tail_cache = B;
+    FP_CHECK_EQ_INT(send_now(&l, 2, one, 1 * MIB - 8), FP_OK);
+    FP_CHECK_EQ_INT(recv_check(&l, 2, 1 * MIB - 8, 11), FP_OK);
+    FP_CHECK_EQ_INT(file_size(l.big_fd), 1 * MIB);
+    FP_CHECK_EQ_INT(ftruncate(l.big_fd, 512 * 1024 + 3), 0);
+    l.big_size = 0;
+    l.tail_cache = 0;
+    set_idx(&l, B + 16, B);
+    atomic_store(&l.h->big_busy, 1);
+    put_hdr(&l, B, 8, FP_LANE_BIG | 2);  put_u64(&l, B + 8, 512 * 1024 + 4);
+    FP_CHECK_EQ_INT(peek_rc(&l), FP_ECORRUPT);  /* one byte past the end */
+    put_u64(&l, B + 8, 512 * 1024 + 3);
+    FP_CHECK_EQ_INT(peek_rc(&l), FP_OK);
+    FP_CHECK_EQ_INT(ftruncate(l.big_fd, 1 * MIB), 0);
+    l.big_size = 0;
+  }
+  /* Big records: good, then each field wrong. */
+  put_u64(&l, B + 8, 5000);
   FP_CHECK_EQ_INT(peek_rc(&l), FP_OK);
   put_u64(&l, B + 8, 1 * MIB + 1);             /* beyond the big area */
   FP_CHECK_EQ_INT(peek_rc(&l), FP_ECORRUPT);
@@ -641,6 +957,8 @@ FP_TEST(test_lane_fuzz_headers) {
   fp_lane l;
   const uint64_t cap = 4096, big_cap = 64 * 1024;
   FP_CHECK_EQ_INT(fp_lane_create(&l, cap, big_cap), FP_OK);
+  /* A file of big_cap - 512 bytes: lengths around its end and big_cap. */
+  FP_CHECK_EQ_INT(ftruncate(l.big_fd, (off_t)(big_cap - 512)), 0);
   static const uint32_t types[] = {0, 1, 77, FP_LANE_PAD, FP_LANE_BIG, FP_LANE_BIG | 3,
                                    FP_LANE_BIG | FP_LANE_PAD, 0x7ffffffe, 0xffffffff};
   uint64_t ok = 0, corrupt = 0, empty = 0, outside = 0, other = 0;
@@ -682,7 +1000,7 @@ FP_TEST(test_lane_fuzz_headers) {
     if (rc == FP_OK) {
       ok++;
       int in_ring = p >= l.ring && p + len <= l.ring + cap;
-      int in_big = l.big && p == l.big && len <= big_cap;
+      int in_big = l.cwin && p == l.cwin && len <= l.cwin_len && len <= big_cap - 512;
       if (!in_ring && !in_big) outside++;
       volatile unsigned char sink = 0;
       for (size_t j = 0; j < len; j += 512) sink ^= p[j];
@@ -1124,6 +1442,97 @@ FP_TEST(test_xproc_killed_producer) {
   free(buf);
 }
 
+/* A producer of big records killed at a random moment (often while it
+ * copies into its window or pwrites into the file): only whole records are
+ * ever visible, the last one published included. */
+static size_t big_size_for(uint64_t seq) {
+  switch (seq % 3) {
+  case 0: return 3 * MIB + (size_t)(mix64(seq) % 1000);               /* window */
+  case 1: return FP_LANE_BIG_KEEP + 8 * MIB + (size_t)(mix64(seq) % 5000);  /* pwrite */
+  default: return 300 * 1024 + (size_t)(mix64(seq) % 100);
+  }
+}
+
+typedef struct bigprod {
+  fp_lane *l;
+  unsigned char *buf;
+  _Atomic uint64_t *sent;  /* shared: records published */
+} bigprod;
+
+static int child_produce_big_forever(void *arg) {
+  bigprod *b = arg;
+  for (uint64_t seq = 0;; seq++) {
+    size_t n = big_size_for(seq);
+    fill(b->buf, n, seq);
+    for (;;) {
+      int rc = fp_lane_try_send(b->l, (uint32_t)(seq & 0xffffff), b->buf, n, NULL);
+      if (rc == FP_OK) break;
+      if (rc != FP_EFULL) return 2;
+      if (fp_lane_wait_space(b->l, WAIT_MS) == FP_ETIMEOUT) return 3;
+    }
+    atomic_store(b->sent, seq + 1);
+  }
+}
+
+static int consume_big(fp_lane *l, uint64_t seq) {
+  uint32_t t;
+  const unsigned char *p;
+  size_t len;
+  int rc = fp_lane_peek(l, &t, &p, &len);
+  if (rc != FP_OK) return rc;
+  int ok = t == (uint32_t)(seq & 0xffffff) && len == big_size_for(seq) && same(p, len, seq);
+  if (fp_lane_release(l)) fp_lane_wake_producer(l);
+  return ok ? FP_OK : FP_ECORRUPT;
+}
+
+FP_TEST(test_xproc_killed_big_producer) {
+  size_t maxn = FP_LANE_BIG_KEEP + 8 * MIB + 5000;
+  unsigned char *buf = malloc(maxn);
+  void *m = NULL;
+  FP_CHECK_EQ_INT(fp_shm_map(sizeof(uint64_t), 0, &m), FP_OK);
+  if (!m || !buf) return;
+  int fds = count_fds();
+  uint64_t total = 0;
+  for (int round = 0; round < 8; round++) {
+    fp_lane l;
+    FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 16, 64 * MIB), FP_OK);
+    _Atomic uint64_t *sent = m;
+    atomic_store(sent, 0);
+    bigprod b = {&l, buf, sent};
+    pid_t pid = spawn(child_produce_big_forever, &b);
+    /* Consume for a while (at least 3 records), then kill. */
+    uint64_t until = now_ns() + (uint64_t)(5 + 41 * round) * 1000000u;
+    uint64_t hard = now_ns() + 20000000000u;
+    uint64_t seq = 0;
+    int rc = FP_OK, timeouts = 0;
+    while ((now_ns() < until || seq < 3) && now_ns() < hard && timeouts < MAX_TIMEOUTS) {
+      rc = consume_big(&l, seq);
+      if (rc == FP_OK) seq++;
+      else if (rc == FP_EEMPTY) timeouts += fp_lane_wait_data(&l, WAIT_MS) == FP_ETIMEOUT;
+      else break;
+    }
+    FP_CHECK(rc == FP_OK || rc == FP_EEMPTY);
+    /* Let it get into the next record, then kill it without warning. */
+    usleep((useconds_t)(mix64((uint64_t)round) % 30000));
+    kill(pid, SIGKILL);
+    int st = reap(pid, 10000);
+    FP_CHECK(st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    while ((rc = consume_big(&l, seq)) == FP_OK) seq++;
+    FP_CHECK_EQ_INT(rc, FP_EEMPTY);
+    FP_CHECK(seq >= 3);
+    FP_CHECK(seq <= atomic_load(sent) + 1);  /* published at most one past its count */
+    FP_CHECK_EQ_INT(fp_lane_used(&l), 0);
+    FP_CHECK(l.cwin_len <= FP_LANE_BIG_KEEP);
+    total += seq;
+    fp_lane_destroy(&l);
+  }
+  fprintf(stderr, "  %llu big records verified over 8 kills\n", (unsigned long long)total);
+  FP_CHECK(no_children_left());
+  FP_CHECK_EQ_INT(count_fds(), fds);
+  fp_shm_unmap(m, sizeof(uint64_t));
+  free(buf);
+}
+
 /* A consumer killed mid-stream: the producer sees a bounded wait run out
  * (a return value), never a hang. */
 static int child_consume_slowly(void *arg) {
@@ -1169,12 +1578,19 @@ int main(void) {
   alarm(WATCHDOG_S);  /* a hang fails the run (SIGALRM kills us) */
   FP_RUN(test_shm_map);
   FP_RUN(test_shm_big);
+  FP_RUN(test_shm_file);
+  FP_RUN(test_shm_parse_size);
+  FP_RUN(test_arena);
   FP_RUN(test_lane_geometry);
+  FP_RUN(test_lane_address_space);
   FP_RUN(test_lane_every_size);
   FP_RUN(test_lane_used_and_pad);
   FP_RUN(test_lane_full);
   FP_RUN(test_lane_wrap);
   FP_RUN(test_lane_big);
+  FP_RUN(test_lane_big_keep);
+  FP_RUN(test_lane_big_fsize);
+  FP_RUN(test_lane_big_nomem);
   FP_RUN(test_lane_big_full);
   FP_RUN(test_lane_corrupt);
   FP_RUN(test_lane_fuzz_headers);
@@ -1184,6 +1600,7 @@ int main(void) {
   FP_RUN(test_xproc_child_to_parent);
   FP_RUN(test_xproc_parent_to_child);
   FP_RUN(test_xproc_killed_producer);
+  FP_RUN(test_xproc_killed_big_producer);
   FP_RUN(test_xproc_killed_consumer);
   return fp_test_summary();
 }
