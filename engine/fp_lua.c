@@ -222,6 +222,21 @@ static int l_spawn(lua_State *L) {
   memset(&p->stats[w], 0, sizeof p->stats[w]);
   atomic_store(&p->stats[w].exit_code, -1);
   atomic_store(&p->stats[w].start_ns, fp_now_ns());
+  /* cpu_ids: the CPUs to pin this worker to (ids checked by the Lua layer). */
+  cpu_set_t cpus;
+  int pin = 0;
+  CPU_ZERO(&cpus);
+  lua_getfield(L, 3, "cpus");
+  if (lua_istable(L, -1)) {
+    pin = 1;
+    for (int i = 1; i <= (int)lua_objlen(L, -1); i++) {
+      lua_rawgeti(L, -1, i);
+      int id = (int)lua_tointeger(L, -1);
+      if (id >= 0 && id < CPU_SETSIZE) CPU_SET(id, &cpus);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
   /* Buffered output would otherwise be copied into the child and printed
    * twice. */
   fflush(NULL);
@@ -247,20 +262,7 @@ static int l_spawn(lua_State *L) {
 #ifdef FP_TEST_HOOKS
     if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
 #endif
-    /* cpu_ids: pin this worker (the ids were checked by the Lua layer). */
-    lua_getfield(L, 3, "cpus");
-    if (lua_istable(L, -1)) {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      for (int i = 1; i <= (int)lua_objlen(L, -1); i++) {
-        lua_rawgeti(L, -1, i);
-        int id = (int)lua_tointeger(L, -1);
-        if (id >= 0 && id < CPU_SETSIZE) CPU_SET(id, &set);
-        lua_pop(L, 1);
-      }
-      sched_setaffinity(0, sizeof set, &set);
-    }
-    lua_pop(L, 1);
+    if (pin) sched_setaffinity(0, sizeof cpus, &cpus);
     fp_worker_io io;
     memset(&io, 0, sizeof io);
     io.tasks = s->tasks;
@@ -272,6 +274,10 @@ static int l_spawn(lua_State *L) {
     p->owner = 0; /* this copy of the pool is not ours to drive */
     fp_worker_main(L, 3, &io);
   }
+  /* Pin from this side too, so the worker is pinned by the time spawn
+   * returns, whatever the scheduler ran first (the child's own call alone
+   * left a window in which worker_pids() showed an unpinned worker). */
+  if (pin) sched_setaffinity(pid, sizeof cpus, &cpus);
   s->pid = pid;
   s->pidfd = pidfd;
   s->dead = 0;
