@@ -8,6 +8,10 @@
  *   stats      one shared array of fp_wstat, one per worker slot;
  *   doorbell   an eventfd workers write when they publish while the parent
  *              sleeps;
+ *   bigfd      one memfd holding every lane's big area, each lane its own
+ *              region (fp_lane_create_at): lane 2i + d of slot i, d = 0 for
+ *              tasks and 1 for results, starts at (2i + d) * big_cap.  One
+ *              fd for the pool, not one per lane (RLIMIT_NOFILE);
  *   slots[i]   per worker: pid, pidfd, and two lanes (tasks, results) that
  *              are created anew for every process spawned into the slot.
  * Invariant: a slot with pid != 0 has a live or not-yet-reaped process and
@@ -63,7 +67,8 @@ typedef struct fp_pool {
   struct pollfd *pfds;
   int *pfd_slot;
   fp_buf enc;
-  size_t ring_cap, big_cap;
+  size_t ring_cap, big_cap;  /* big_cap: also the stride of the regions */
+  int bigfd;
   int rr;
 } fp_pool;
 
@@ -104,15 +109,14 @@ static void slot_forget(fp_slot *s) {
   s->dead = 0;
 }
 
-/* A lane's big-area fd is registered like the pidfds (fp_proc.h), so that
- * other workers, of this pool or another, do not inherit it. */
-static void lane_untrack(fp_lane *l) {
-  if (l->h && l->big_fd >= 0) fp_proc_untrack_fd(l->big_fd);
-}
-
-static void slot_unmap(fp_slot *s) {
-  lane_untrack(&s->tasks);
-  lane_untrack(&s->results);
+/* Unmap a slot's lanes.  discard: also give their big areas' memory back
+ * (the owner, once the slot's process is gone; never a worker, for which
+ * the other slots' lanes are live). */
+static void slot_unmap(fp_slot *s, int discard) {
+  if (discard) {
+    fp_lane_discard_big(&s->tasks);
+    fp_lane_discard_big(&s->results);
+  }
   fp_lane_destroy(&s->tasks);
   fp_lane_destroy(&s->results);
 }
@@ -131,7 +135,7 @@ static void pool_release(fp_pool *p) {
         fp_proc_try_reap(s->pid, &st, &known);
       }
       slot_forget(s);
-      slot_unmap(s);
+      slot_unmap(s, 1);
     }
     free(p->slots);
     p->slots = NULL;
@@ -144,6 +148,11 @@ static void pool_release(fp_pool *p) {
     fp_proc_untrack_fd(p->doorbell);
     close(p->doorbell);
     p->doorbell = -1;
+  }
+  if (p->bigfd >= 0) {
+    fp_proc_untrack_fd(p->bigfd);
+    close(p->bigfd);
+    p->bigfd = -1;
   }
   fp_shm_unmap(p->ctl, sizeof(fp_ctl));
   p->ctl = NULL;
@@ -169,6 +178,7 @@ static int l_new(lua_State *L) {
   memset(p, 0, sizeof *p);
   p->closed = 1;
   p->doorbell = -1;
+  p->bigfd = -1;
   p->owner = getpid();
   luaL_getmetatable(L, FP_POOL_MT);
   lua_setmetatable(L, -2);
@@ -177,7 +187,11 @@ static int l_new(lua_State *L) {
 
   p->n = (int)n;
   p->ring_cap = (size_t)ring;
-  p->big_cap = fp_shm_big_size();
+  /* The largest record: RAM + swap.  It costs no memory or address space
+   * until records use it; it only spaces the lanes' regions in bigfd.
+   * Where RLIMIT_FSIZE is finite the regions share it (past it, writes
+   * raise SIGXFSZ). */
+  p->big_cap = fp_shm_region_size(2 * (size_t)n);
   p->slots = calloc((size_t)n, sizeof *p->slots);
   p->pfds = calloc((size_t)n + 1, sizeof *p->pfds);
   p->pfd_slot = calloc((size_t)n + 1, sizeof *p->pfd_slot);
@@ -195,6 +209,10 @@ static int l_new(lua_State *L) {
   if (p->doorbell < 0)
     return luaL_error(L, "forkpool: eventfd: %s", strerror(errno));
   fp_proc_track_fd(p->doorbell);
+  p->bigfd = fp_shm_file();
+  if (p->bigfd < 0)
+    return luaL_error(L, "forkpool: cannot create shared memory: %s", strerror(errno));
+  fp_proc_track_fd(p->bigfd);
   p->closed = 0;
   return 1;
 }
@@ -207,18 +225,18 @@ static int l_spawn(lua_State *L) {
   luaL_checktype(L, 3, LUA_TTABLE);
   fp_slot *s = &p->slots[w];
   if (s->pid > 0) return luaL_error(L, "forkpool: worker %d is still running", w + 1);
-  slot_unmap(s);
-  if (fp_lane_create(&s->tasks, p->ring_cap, p->big_cap) != FP_OK ||
-      fp_lane_create(&s->results, p->ring_cap, p->big_cap) != FP_OK) {
+  slot_unmap(s, 1);
+  uint64_t region = (uint64_t)p->big_cap * 2 * (uint64_t)w;
+  if (fp_lane_create_at(&s->tasks, p->ring_cap, p->big_cap, p->bigfd, region) != FP_OK ||
+      fp_lane_create_at(&s->results, p->ring_cap, p->big_cap, p->bigfd,
+                        region + p->big_cap) != FP_OK) {
     int e = errno;
-    slot_unmap(s);
+    slot_unmap(s, 0);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot map shared memory for worker %d: %s", w + 1, strerror(e));
     lua_pushinteger(L, e);
     return 3;
   }
-  if (s->tasks.big_fd >= 0) fp_proc_track_fd(s->tasks.big_fd);
-  if (s->results.big_fd >= 0) fp_proc_track_fd(s->results.big_fd);
   memset(&p->stats[w], 0, sizeof p->stats[w]);
   atomic_store(&p->stats[w].exit_code, -1);
   atomic_store(&p->stats[w].start_ns, fp_now_ns());
@@ -244,7 +262,7 @@ static int l_spawn(lua_State *L) {
   int pidfd;
   if (fp_proc_fork(&pid, &pidfd) != FP_OK) {
     int e = errno;
-    slot_unmap(s);
+    slot_unmap(s, 0);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot start worker %d: fork: %s", w + 1, strerror(e));
     lua_pushinteger(L, e);
@@ -252,11 +270,11 @@ static int l_spawn(lua_State *L) {
   }
   if (pid == 0) {
     /* Child: drop other workers' lanes; of forkpool's fds keep only our
-     * pool's doorbell and our lanes' big areas. */
+     * pool's doorbell and big-area file. */
     for (int i = 0; i < p->n; i++)
-      if (i != w) slot_unmap(&p->slots[i]);
-    int keep[3] = {p->doorbell, s->tasks.big_fd, s->results.big_fd};
-    fp_proc_close_tracked_except(keep, 3);
+      if (i != w) slot_unmap(&p->slots[i], 0);
+    int keep[2] = {p->doorbell, p->bigfd};
+    fp_proc_close_tracked_except(keep, 2);
     fp_proc_child_init(parent);
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
 #ifdef FP_TEST_HOOKS

@@ -13,11 +13,13 @@
  *     a published PAD is always followed by a published record.
  *   - Inline payloads are <= FP_LANE_INLINE_MAX(cap); larger ones go to the
  *     big area (one at a time: big_busy), and the ring carries {u64 len}.
- *   - The big area is the file big_fd, bytes [0, n) for a record of n.
- *     While big_busy is 0 only the producer touches the file; while it is 1
- *     only the consumer does (reads, and the punch on release).
+ *   - The big area is the region [big_off, big_off + big_cap) of the file
+ *     big_fd; a record of n bytes is the region's [0, n).  While big_busy
+ *     is 0 only the producer touches the region; while it is 1 only the
+ *     consumer does (reads, and the punch on release).  Nothing here
+ *     touches the file outside the region (lanes may share a file).
  *   - Windows are process-local: the producer's (read-write) and the
- *     consumer's (read-only) map [0, len) of the file, len a page multiple,
+ *     consumer's (read-only) map the region's [0, len), len a page multiple,
  *     grown by mremap, which keeps the pages already mapped (a fresh mapping
  *     would fault every page again).  pwin_len <= FP_LANE_BIG_KEEP always;
  *     cwin_len <= KEEP except between the peek and the release of a record
@@ -41,7 +43,8 @@
  *     producer killed while writing a big record leaves bytes in the file
  *     and big_busy 0 (it is set just before head moves): nothing anyone
  *     reads.  Its lane dies with it (a slot's lanes are made anew for each
- *     process), and the file's pages with the last fd and window.
+ *     process); the region's pages go with the lane's own file, or when the
+ *     owner of a shared file discards the region (fp_lane_discard_big).
  *
  * Barriers (each names its partner):
  *   [B1] producer store-release of head after writing the record
@@ -234,17 +237,17 @@ static size_t win_len_for(uint64_t n) {
   return w < page_up(n) ? page_up(n) : w;
 }
 
-/* Make *win (of *len bytes, 0: none) map [0, want) of fd, keeping the pages
- * already mapped.  FP_OK or FP_ENOMEM (the window is unchanged). */
-static int win_resize(int fd, int prot, unsigned char **win, size_t *len,
-                      size_t want) {
+/* Make *win (of *len bytes, 0: none) map [off, off + want) of fd, keeping
+ * the pages already mapped.  FP_OK or FP_ENOMEM (the window is unchanged). */
+static int win_resize(int fd, uint64_t off, int prot, unsigned char **win,
+                      size_t *len, size_t want) {
   void *p;
   if (want == *len) return FP_OK;
   if (want == 0) {
     munmap(*win, *len);
     p = NULL;
   } else if (*len == 0) {
-    p = mmap(NULL, want, prot, MAP_SHARED, fd, 0);
+    p = mmap(NULL, want, prot, MAP_SHARED, fd, (off_t)off);
   } else {
     /* Shrinking never moves; growing may, and keeps the pages mapped. */
     p = mremap(*win, *len, want, MREMAP_MAYMOVE);
@@ -271,7 +274,11 @@ static int file_reserve(int fd, uint64_t off, uint64_t len) {
     if (errno == EINTR) continue;
     /* A file system without fallocate (not tmpfs): at least make the file
      * long enough that the window never maps past its end. */
-    if (errno == EOPNOTSUPP && ftruncate(fd, (off_t)(off + len)) == 0) return FP_OK;
+    if (errno == EOPNOTSUPP) {
+      struct stat st;
+      if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= off + len) return FP_OK;
+      if (ftruncate(fd, (off_t)(off + len)) == 0) return FP_OK;
+    }
     return FP_ENOMEM;
   }
 }
@@ -292,31 +299,34 @@ static int file_write(int fd, const unsigned char *p, size_t n, uint64_t off) {
   return FP_OK;
 }
 
-/* Producer: put a big record's n = alen + blen bytes at offset 0 of the
- * file.  FP_OK, FP_ENOMEM or FP_E2BIG; nothing is published either way. */
+/* Producer: put a big record's n = alen + blen bytes at the start of the
+ * lane's region of the file.  FP_OK, FP_ENOMEM or FP_E2BIG; nothing is
+ * published either way. */
 static int big_write(fp_lane *l, const void *a, size_t alen, const void *b,
                      size_t blen) {
-  uint64_t n = (uint64_t)alen + blen;
+  uint64_t n = (uint64_t)alen + blen, off = l->big_off;
   uint64_t lim = fsize_limit();
   int rc;
-  if (n > lim) return FP_E2BIG;
+  if (lim < off || n > lim - off) return FP_E2BIG;
+  lim -= off;  /* bytes the region may hold under RLIMIT_FSIZE */
   if (n > FP_LANE_BIG_KEEP) {
     /* Once-off: the kernel copies into fresh pages without faulting them
      * into a window of ours, and reports a lack of memory as an error. */
-    if ((rc = file_write(l->big_fd, a, alen, 0)) != FP_OK) return rc;
-    if ((rc = file_write(l->big_fd, b, blen, alen)) != FP_OK) return rc;
+    if ((rc = file_write(l->big_fd, a, alen, off)) != FP_OK) return rc;
+    if ((rc = file_write(l->big_fd, b, blen, off + alen)) != FP_OK) return rc;
     /* The consumer punches only beyond KEEP: [0, KEEP) stays allocated. */
     l->big_resv = FP_LANE_BIG_KEEP;
     return FP_OK;
   }
   if (n > l->pwin_len &&
-      win_resize(l->big_fd, PROT_READ | PROT_WRITE, &l->pwin, &l->pwin_len,
+      win_resize(l->big_fd, off, PROT_READ | PROT_WRITE, &l->pwin, &l->pwin_len,
                  win_len_for(n)) != FP_OK)
     return FP_ENOMEM;
   /* Whole pages, but never past RLIMIT_FSIZE (SIGXFSZ). */
   size_t need = page_up(n) < lim ? page_up(n) : (size_t)lim;
   if (need > l->big_resv) {
-    if (file_reserve(l->big_fd, l->big_resv, need - l->big_resv) != FP_OK) return FP_ENOMEM;
+    if (file_reserve(l->big_fd, off + l->big_resv, need - l->big_resv) != FP_OK)
+      return FP_ENOMEM;
     l->big_resv = need;
   }
   if (alen) memcpy(l->pwin, a, alen);
@@ -329,26 +339,39 @@ static int big_map(fp_lane *l, uint64_t n) {
   size_t want = n > FP_LANE_BIG_KEEP ? page_up(n) : win_len_for(n);
   if (want <= l->cwin_len) return FP_OK;
   unsigned char *w = (unsigned char *)l->cwin;
-  if (win_resize(l->big_fd, PROT_READ, &w, &l->cwin_len, want) != FP_OK) return FP_ENOMEM;
+  if (win_resize(l->big_fd, l->big_off, PROT_READ, &w, &l->cwin_len, want) != FP_OK)
+    return FP_ENOMEM;
   l->cwin = w;
   if (n <= FP_LANE_BIG_KEEP) l->cwin_keep = l->cwin_len;
   return FP_OK;
 }
 
+/* Consumer, releasing a record of n > KEEP bytes: give back the file's
+ * pages past KEEP and the window past cwin_keep. */
+static void big_unmap(fp_lane *l, uint64_t n) {
+  (void)fallocate(l->big_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)(l->big_off + FP_LANE_BIG_KEEP),
+                  (off_t)(page_up(n) - FP_LANE_BIG_KEEP));
+  unsigned char *w = (unsigned char *)l->cwin;
+  (void)win_resize(l->big_fd, l->big_off, PROT_READ, &w, &l->cwin_len, l->cwin_keep);
+  l->cwin = w;
+}
+
 /* ---- create / destroy ---- */
 
-int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
+static int lane_init(fp_lane *l, size_t ring_cap, size_t big_cap, int fd,
+                     uint64_t off, int own_fd) {
   memset(l, 0, sizeof *l);
   l->big_fd = -1;
   if (ring_cap < 4096 || (ring_cap & (ring_cap - 1)) != 0 ||
-      (uint64_t)ring_cap > ((uint64_t)1 << 32))
+      (uint64_t)ring_cap > ((uint64_t)1 << 32) || (off & (fp_shm_page() - 1)))
     return FP_ENOMEM;
   uint64_t fsz = fsize_limit();
-  if (big_cap > fsz) big_cap = (size_t)fsz;
+  if (big_cap && off >= fsz) big_cap = 0;
+  else if (big_cap > fsz - off) big_cap = (size_t)(fsz - off);
   void *base;
   if (fp_shm_map(RING_OFF + ring_cap, 0, &base) != FP_OK) return FP_ENOMEM;
-  int fd = -1;
-  if (big_cap && (fd = fp_shm_file()) < 0) {
+  if (big_cap && own_fd && (fd = fp_shm_file()) < 0) {
     int e = errno;
     fp_shm_unmap(base, RING_OFF + ring_cap);
     errno = e;
@@ -362,15 +385,33 @@ int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
   l->big_cap = big_cap;
   l->h = h;
   l->ring = (unsigned char *)base + RING_OFF;
-  l->big_fd = fd;
+  l->big_fd = big_cap ? fd : -1;
+  l->big_off = off;
+  l->own_fd = big_cap && own_fd;
   return FP_OK;
+}
+
+int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap) {
+  return lane_init(l, ring_cap, big_cap, -1, 0, 1);
+}
+
+int fp_lane_create_at(fp_lane *l, size_t ring_cap, size_t big_cap, int fd,
+                      uint64_t off) {
+  if (fd < 0) big_cap = 0;
+  return lane_init(l, ring_cap, big_cap, fd, off, 0);
+}
+
+void fp_lane_discard_big(fp_lane *l) {
+  if (!l->h || l->big_fd < 0) return;
+  (void)fallocate(l->big_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)l->big_off, (off_t)page_up(l->big_cap));
 }
 
 void fp_lane_destroy(fp_lane *l) {
   if (l->h) {
     if (l->pwin) munmap(l->pwin, l->pwin_len);
     if (l->cwin) munmap((void *)l->cwin, l->cwin_len);
-    if (l->big_fd >= 0) close(l->big_fd);
+    if (l->own_fd) close(l->big_fd);
     fp_shm_unmap(l->h, RING_OFF + l->cap);
   }
   memset(l, 0, sizeof *l);
@@ -541,8 +582,8 @@ int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
     if (n > l->big_size) {
       /* Past the end of the file a window faults with SIGBUS. */
       struct stat st;
-      if (fstat(l->big_fd, &st) != 0 || st.st_size < 0) return FP_ECORRUPT;
-      l->big_size = (uint64_t)st.st_size;
+      if (fstat(l->big_fd, &st) != 0 || (uint64_t)st.st_size < l->big_off) return FP_ECORRUPT;
+      l->big_size = (uint64_t)st.st_size - l->big_off;
       if (n > l->big_size) return FP_ECORRUPT;
     }
     if (big_map(l, n) != FP_OK) return FP_ENOMEM;
@@ -569,12 +610,7 @@ int fp_lane_release(fp_lane *l) {
       /* Before [B5]: once big_busy is 0 the producer may write the file,
        * and the punch would zero its new bytes.  [0, KEEP) stays: the
        * producer counts on it (big_resv), and the next records reuse it. */
-      (void)fallocate(l->big_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                      (off_t)FP_LANE_BIG_KEEP,
-                      (off_t)(page_up(l->peek_big) - FP_LANE_BIG_KEEP));
-      unsigned char *w = (unsigned char *)l->cwin;
-      (void)win_resize(l->big_fd, PROT_READ, &w, &l->cwin_len, l->cwin_keep);
-      l->cwin = w;
+      big_unmap(l, l->peek_big);
     }
     /* [B5] pairs with [B6]: our reads of the area are done. */
     atomic_store_explicit(&h->big_busy, 0, REL);

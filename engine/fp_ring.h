@@ -5,10 +5,13 @@
  *
  * A lane is a byte ring of power-of-two capacity carrying records, plus a
  * "big area" that carries one record too large for the ring at a time.  The
- * big area is a memfd (fp_shm_file) made with the lane, before fork, so
- * both sides hold it; it starts empty and grows with the records it
+ * big area is a region of a memfd (fp_shm_file): a file of its own made
+ * with the lane (fp_lane_create), or a region of a file the caller shares
+ * between lanes (fp_lane_create_at; a pool uses one file for all its
+ * lanes, one fd in all).  Either way the file is made before fork, so both
+ * sides hold it; the region starts empty and grows with the records it
  * carries.  Neither side reserves address space for it up front: each maps
- * a window on the start of the file, grown (mremap) to the records it has
+ * a window on the start of the region, grown (mremap) to the records it has
  * seen, never past FP_LANE_BIG_KEEP except while it holds a larger record.
  *
  * Record layout in the ring: an 8-byte header {u32 len; u32 type} then len
@@ -16,7 +19,7 @@
  * before the end of the ring is too small, the producer writes a PAD record
  * to the end and starts again at offset 0.  A big record is a ring record
  * with FP_LANE_BIG set in type whose payload is {u64 len} and whose bytes
- * are at offset 0 of the big area's file.
+ * are at the start of the lane's region of the big area's file.
  *
  * Big records, by size n (FP_LANE_BIG_KEEP = 32 MiB):
  *   n <= KEEP  the producer reserves the file's pages (fallocate, so a full
@@ -99,7 +102,9 @@ typedef struct fp_lane_hdr {
 typedef struct fp_lane {
   fp_lane_hdr *h;
   unsigned char *ring;   /* h->cap bytes */
-  int big_fd;            /* the big area (memfd), -1 when big_cap is 0 */
+  int big_fd;            /* the big area's file, -1 when big_cap is 0 */
+  int own_fd;            /* big_fd is the lane's own (closed by destroy) */
+  uint64_t big_off;      /* where the lane's region starts in the file */
   /* Process-local state, never shared; each side touches only its own.
    * head/tail only grow, so a stale cache copied by fork is merely
    * pessimistic.  (A lane is reset only by destroy + create.) */
@@ -108,18 +113,18 @@ typedef struct fp_lane {
   /* producer */
   uint64_t tail_cache;   /* last tail read */
   uint32_t space_seq;    /* tail_seq read before the last FP_EFULL */
-  unsigned char *pwin;   /* read-write window on [0, pwin_len) of big_fd */
+  unsigned char *pwin;   /* read-write window on the region's [0, pwin_len) */
   size_t pwin_len;       /* page multiple, <= FP_LANE_BIG_KEEP; 0: none */
-  size_t big_resv;       /* [0, big_resv) of the file is allocated */
+  size_t big_resv;       /* [0, big_resv) of the region is allocated */
   /* consumer */
   uint32_t peeked;       /* a peeked record awaits release */
   uint64_t head_cache;   /* last head read */
   uint64_t peek_next;    /* tail after the peeked record */
   uint64_t peek_big;     /* its big-area length, 0 if inline */
-  const unsigned char *cwin;  /* read-only window on [0, cwin_len) of big_fd */
+  const unsigned char *cwin;  /* read-only window on the region's [0, cwin_len) */
   size_t cwin_len;       /* page multiple; > cwin_keep only while a record */
   size_t cwin_keep;      /* larger than FP_LANE_BIG_KEEP is held */
-  uint64_t big_size;     /* the file's size at the last fstat */
+  uint64_t big_size;     /* file size past big_off at the last fstat */
 } fp_lane;
 
 /* Largest payload that travels inline in a ring of capacity cap; larger
@@ -133,8 +138,21 @@ typedef struct fp_lane {
  * [4096, 2^32].  FP_OK or FP_ENOMEM (also for an invalid ring_cap; errno
  * tells a failed mmap or memfd_create). */
 int fp_lane_create(fp_lane *l, size_t ring_cap, size_t big_cap);
-/* Unmap the ring and this process's windows, close the big area's fd; the
- * handle is zeroed with big_fd = -1.  Safe on a zeroed or destroyed handle. */
+/* The same with the big area at [off, off + big_cap) of the caller's file
+ * fd (a memfd; off a page multiple), which the lane neither closes nor
+ * punches: lanes sharing a file need disjoint regions, and the caller
+ * gives a dead lane's memory back with fp_lane_discard_big.  big_cap is
+ * lowered so that the region ends below RLIMIT_FSIZE; fd < 0: no big
+ * area. */
+int fp_lane_create_at(fp_lane *l, size_t ring_cap, size_t big_cap, int fd,
+                      uint64_t off);
+/* Punch the lane's whole region of its file: its memory goes back to the
+ * kernel.  Only once neither side uses the lane any more (the worker is
+ * dead), from one process.  For lanes made by fp_lane_create_at. */
+void fp_lane_discard_big(fp_lane *l);
+/* Unmap the ring and this process's windows, close the big area's fd if it
+ * is the lane's own; the handle is zeroed with big_fd = -1.  Safe on a
+ * zeroed or destroyed handle. */
 void fp_lane_destroy(fp_lane *l);
 
 /* ---- producer side ---- */

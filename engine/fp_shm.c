@@ -121,6 +121,16 @@ size_t fp_shm_big_size(void) {
   return (size_t)size;
 }
 
+size_t fp_shm_region_size(size_t n) {
+  size_t size = fp_shm_big_size();
+  struct rlimit rl;
+  if (n && getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    uint64_t share = ((uint64_t)rl.rlim_cur / n) & ~((uint64_t)fp_shm_page() - 1);
+    if (share < size) size = (size_t)share;
+  }
+  return size;
+}
+
 /* ---- the shared arena ----
  *
  * Invariants (owner process only): blocks[] lists the allocated blocks

@@ -77,6 +77,11 @@ int fp_arena_contains(const void *p, size_t len);
  * size where address space is not limited. */
 size_t fp_shm_big_size(void);
 
+/* The size of each of n equal regions of one file (a pool's lanes' big
+ * areas): fp_shm_big_size(), lowered (to whole pages) so that n regions
+ * end below RLIMIT_FSIZE when that is finite. */
+size_t fp_shm_region_size(size_t n);
+
 /* The page size. */
 size_t fp_shm_page(void);
 
