@@ -23,9 +23,9 @@
  *     grown by mremap, which keeps the pages already mapped (a fresh mapping
  *     would fault every page again).  pwin_len <= FP_LANE_BIG_KEEP always;
  *     cwin_len <= KEEP except between the peek and the release of a record
- *     larger than KEEP.  A window may extend past the end of the file; no
- *     one reads or writes there.
- *   - [0, big_resv) of the file is allocated (producer's knowledge): the
+ *     larger than KEEP.  A window may extend past the end of the region or
+ *     of the file; no one reads or writes there (only [0, n <= big_cap)).
+ *   - [0, big_resv) of the region is allocated (producer's knowledge): the
  *     producer fallocates before copying into its window, so running out of
  *     memory is FP_ENOMEM rather than SIGBUS.  The consumer never punches
  *     below KEEP and big_resv <= KEEP, so the knowledge stays true.
@@ -33,11 +33,11 @@
  *     copied once into a local and bounds-checked against the published
  *     range, the ring and the big area before any pointer is formed; the
  *     sizes it checks against are the process-local copies l->cap and
- *     l->big_cap, and a big length must also lie within the file (fstat;
+ *     l->big_cap, and a big length must also end within the file (fstat;
  *     files never shrink: nothing truncates them, punching keeps the size).
  *     Garbage gives FP_ECORRUPT, never a read outside the mappings or past
  *     the end of the file.  The producer likewise only writes inside its
- *     mappings, whatever the consumer left in tail.
+ *     ring and its region, whatever the consumer left in tail.
  *   - No locks: a process killed at any instruction leaves either the old or
  *     the new head/tail, so only whole records are ever visible.  A
  *     producer killed while writing a big record leaves bytes in the file

@@ -22,16 +22,16 @@
  * are at the start of the lane's region of the big area's file.
  *
  * Big records, by size n (FP_LANE_BIG_KEEP = 32 MiB):
- *   n <= KEEP  the producer reserves the file's pages (fallocate, so a full
- *              tmpfs or a strict overcommit limit is an error, not SIGBUS)
- *              and copies into its window; the pages stay allocated and
- *              mapped on both sides for the next record (no page faults,
- *              which cost ~10 us per 4 KiB page on some VMs).
+ *   n <= KEEP  the producer reserves the region's pages (fallocate, so a
+ *              full tmpfs or a strict overcommit limit is an error, not
+ *              SIGBUS) and copies into its window; the pages stay allocated
+ *              and mapped on both sides for the next record (no page
+ *              faults, which cost ~10 us per 4 KiB page on some VMs).
  *   n > KEEP   the producer writes with pwrite (the kernel allocates the
  *              pages and reports ENOSPC/ENOMEM as an error), the consumer
  *              maps a window of n bytes while it holds the record; on
- *              release it punches the file beyond KEEP (FALLOC_FL_PUNCH_HOLE)
- *              and shrinks its window back.
+ *              release it punches the region beyond KEEP
+ *              (FALLOC_FL_PUNCH_HOLE) and shrinks its window back.
  * So an idle lane keeps at most KEEP bytes of memory and of address space
  * per side, whatever it carried.
  *
@@ -57,8 +57,8 @@
  *             compare-exchanging it to 0, so one sleep costs at most one
  *             FUTEX_WAKE (fp_ring.c explains why no wake-up is lost).
  *   big_busy  producer sets 1 before publishing a big record; consumer sets
- *             0 when it releases it (after punching the file, if it does).
- *             While it is 1 only the consumer touches the big area's file.
+ *             0 when it releases it (after punching the region, if it does).
+ *             While it is 1 only the consumer touches the lane's region.
  *   cap, big_cap: written once by fp_lane_create before fork, read-only
  *             after; each side bounds-checks against its private copies in
  *             fp_lane, never against these.

@@ -248,7 +248,8 @@ FP_TEST(test_shm_file) {
   pid_t pid = fork();
   if (pid == 0) {
     char c[3];
-    _exit(pread(fd, c, 3, 0) == 3 && memcmp(c, "abc", 3) == 0 && pwrite(fd, "x", 1, 1) == 1 ? 0 : 1);
+    int ok = pread(fd, c, 3, 0) == 3 && memcmp(c, "abc", 3) == 0 && pwrite(fd, "x", 1, 1) == 1;
+    _exit(ok ? 0 : 1);
   }
   FP_CHECK(exited_ok(reap(pid, 10000)));
   char c[3];
@@ -328,7 +329,8 @@ FP_TEST(test_arena) {
   pid_t pid = spawn(child_arena, NULL);
   int st = reap(pid, 30000);
   if (!exited_ok(st))
-    fprintf(stderr, "  child_arena: status %d (check %d failed)\n", st, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    fprintf(stderr, "  child_arena: status %d (check %d failed)\n", st,
+            WIFEXITED(st) ? WEXITSTATUS(st) : -1);
   FP_CHECK(exited_ok(st));
 }
 
@@ -746,7 +748,8 @@ static int child_fsize(void *arg) {
     if (send_now(l, 1, buf, lim + 1) != FP_E2BIG) return 12 + k;
     if (fp_lane_used(l) != 0 || atomic_load(&l->h->big_busy) != 0) return 14 + k;
     if (send_now(l, 1, buf, lim) != FP_OK || recv_check(l, 1, lim, 3) != FP_OK) return 16 + k;
-    if (send_now(l, 1, buf, 2 * MIB) != FP_OK || recv_check(l, 1, 2 * MIB, 3) != FP_OK) return 18 + k;
+    if (send_now(l, 1, buf, 2 * MIB) != FP_OK || recv_check(l, 1, 2 * MIB, 3) != FP_OK)
+      return 18 + k;
   }
   fp_lane_destroy(&a);
   fp_lane_destroy(&b);
