@@ -6,6 +6,10 @@
 local util = require "support.util"
 
 local LIMIT_KB = 4000000  -- ulimit -v, in KiB (about 3.8 GiB)
+-- AddressSanitizer (make asan, inherited by the child luajit through
+-- LD_PRELOAD) reserves terabytes of shadow memory: no ulimit -v there.
+local ASAN = os.getenv("FORKPOOL_ASAN") ~= nil
+local LIMIT = not ASAN and LIMIT_KB or nil
 
 -- run(code, opts) -> ok, output: code runs in a fresh luajit (same module
 -- paths) under `ulimit -v opts.limit` when given, with opts.env prepended
@@ -29,7 +33,7 @@ local function field(out, name)
   return tonumber(out:match(name .. "=(%d+)"))
 end
 
-describe("under ulimit -v " .. LIMIT_KB, function()
+describe(ASAN and "under AddressSanitizer (no ulimit -v)" or ("under ulimit -v " .. LIMIT_KB), function()
   it("loads, maps, carries a 50 MB result and a 40 MB item, and makes shared arrays", function()
     local ok, out = run([[
       local forkpool = require "forkpool"
@@ -52,12 +56,12 @@ describe("under ulimit -v " .. LIMIT_KB, function()
       pool:close()
       print("arena=" .. core.shared_size())
       print("ok")
-    ]], { limit = LIMIT_KB, timeout = 120 })
+    ]], { limit = LIMIT, timeout = 120 })
     assert.is_true(ok, out)
     assert.matches("ok", out)
     -- the arena takes a quarter of the limit, whole MiB
     local arena = field(out, "arena")
-    assert.is_true(arena > 0 and arena <= LIMIT_KB * 1024 / 4, out)
+    assert.is_true(arena > 0 and (ASAN or arena <= LIMIT_KB * 1024 / 4), out)
     assert.are.equal(0, arena % (1024 * 1024))
   end)
 
@@ -88,7 +92,7 @@ describe("under ulimit -v " .. LIMIT_KB, function()
       pool:close()
       print(("workers=%d parent_growth=%d worker_max=%d parent_before=%d"):format(
         n, after - before, worst, before))
-    ]], { limit = LIMIT_KB, timeout = 180 })
+    ]], { limit = LIMIT, timeout = 180 })
     assert.is_true(ok, out)
     assert.are.equal(256, field(out, "workers"), out)
     local growth, worker, base = field(out, "parent_growth"), field(out, "worker_max"), field(out, "parent_before")
