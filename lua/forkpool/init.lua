@@ -166,6 +166,12 @@ end
 local Pool = {}
 Pool.__index = Pool
 
+-- The error any use of a closed or terminated pool raises.
+local function closed_error(self)
+  return errors.new("closed", { message = self._closed == "terminated"
+    and "attempt to use a terminated pool" or "attempt to use a closed pool" })
+end
+
 local function check_self(self, fname)
   if getmetatable(self) ~= Pool then
     error(("bad self to '%s' (pool expected; use pool:%s(...))"):format(fname, fname), 3)
@@ -174,10 +180,7 @@ local function check_self(self, fname)
     error(("forkpool: '%s' called from inside a worker: a pool can only be used by the "
       .. "process that created it"):format(fname), 3)
   end
-  if self._closed then
-    error(errors.new("closed", { message = self._closed == "terminated"
-      and "attempt to use a terminated pool" or "attempt to use a closed pool" }), 3)
-  end
+  if self._closed then error(closed_error(self), 3) end
   if self._busy then
     error(("forkpool: '%s' called while the pool is busy (from a callback?)"):format(fname), 3)
   end
@@ -245,14 +248,45 @@ function M.new(opts)
   return self
 end
 
+-- The SIGINT guard (engine/fp_proc.c) is one per process, and guarded calls
+-- nest: a callback run inside one may look at another result of its pool
+-- (ready, get, wait) or wait on another pool.  The guard is armed by the
+-- outermost guarded call, its wake-up fd points at the innermost pool
+-- (whose poll must wake), and it is disarmed (the host's handler restored)
+-- only when the outermost call ends.  guard_cores is the stack of the
+-- pools' cores, innermost last.
+local guard_cores, guard_depth = {}, 0
+
+local function guard_push(c)
+  c:sigint_guard(true)   -- arms, or points the armed guard at this pool
+  guard_depth = guard_depth + 1
+  guard_cores[guard_depth] = c
+end
+
+local function guard_pop()
+  local c = guard_cores[guard_depth]
+  guard_cores[guard_depth] = nil
+  guard_depth = guard_depth - 1
+  if guard_depth == 0 then
+    c:sigint_guard(false)
+  else
+    local outer = guard_cores[guard_depth]
+    outer:sigint_guard(true)
+  end
+end
+
 -- Run fn with the pool busy and SIGINT turned into an "interrupted" event
--- (the previous handler is restored afterwards).
+-- (the previous handler is restored afterwards).  Nests: the busy flag is
+-- restored to what it was, and the guard stays armed while an outer call
+-- runs.
 local function guarded(self, fn, ...)
+  if self._closed then error(closed_error(self), 0) end
+  local was_busy = self._busy
+  guard_push(self._core)
   self._busy = true
-  local armed = self._core:sigint_guard(true)
   local ok, err = pcall(fn, ...)
-  if armed then self._core:sigint_guard(false) end
-  self._busy = false
+  self._busy = was_busy
+  guard_pop()
   if not ok then error(err, 0) end
   return err
 end
@@ -648,8 +682,11 @@ local function pump(pool, pred, timeout)
   while not pred() do
     local left = deadline and (deadline - core.now()) or -1
     if deadline and left <= 0 then break end
-    S.step(pool, left)
+    local kind = S.step(pool, left)
     settle_finished(pool)
+    if kind == "interrupted" then
+      error(errors.new("interrupted", { message = "interrupted by SIGINT" }), 0)
+    end
   end
   settle_finished(pool)
 end
