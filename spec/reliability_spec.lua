@@ -27,6 +27,110 @@ local function child(code, timeout)
   return util.run_lua(PRELUDE .. code, timeout or 60)
 end
 
+local function is_closed_error(e) return forkpool.is_error(e, "closed") end
+
+------------------------------------------------------------------------
+-- 1, 3. Closed and terminated pools
+------------------------------------------------------------------------
+
+describe("a pool closed or terminated", function()
+  local pool
+  before_each(function() pool = forkpool.new{ n_jobs = 2, keep_alive = true } end)
+  after_each(function() if pool then pool:close() end end)
+
+  for _, keep in ipairs{ true, false } do
+    it("by close() keeps the outcome of the calls it waited for (keep_alive " .. tostring(keep) .. ")", function()
+      pool:close()
+      pool = forkpool.new{ n_jobs = 2, keep_alive = keep }
+      local calls = {}
+      local function cb(name) return function(v) calls[#calls + 1] = name .. "=" .. tostring(v) end end
+      local a_ok = pool:apply_async(function(x) return x + 1 end, { 41 }, { callback = cb("ok") })
+      local a_err = pool:apply_async(function() error("mine") end, nil, {
+        error_callback = function(e) calls[#calls + 1] = "err=" .. e.kind end })
+      local a_slow = pool:apply_async(function(x)
+        require("ffi").C.usleep(200000)
+        return x
+      end, { "slow" }, { callback = cb("slow") })
+      pool:close()
+      table.sort(calls)
+      assert.are.same({ "err=task", "ok=42", "slow=slow" }, calls)
+      for _ = 1, 2 do   -- and again: nothing changes, no callback runs twice
+        assert.is_true(a_ok:ready())
+        assert.is_true(a_ok:wait())
+        assert.is_true(a_ok:wait(0))
+        assert.is_true(a_ok:successful())
+        assert.are.equal(42, a_ok:get())
+        assert.are.equal(42, a_ok:get(1))
+        assert.are.equal("slow", a_slow:get())
+        assert.is_true(a_err:ready())
+        assert.is_false(a_err:successful())
+        local ok, e = pcall(a_err.get, a_err)
+        assert.is_false(ok)
+        assert.is_true(forkpool.is_error(e, "task"), tostring(e))
+        assert.matches("mine", e.message)
+      end
+      assert.are.equal(3, #calls)
+    end)
+  end
+
+  it("by terminate() fails the calls it dropped with a closed error; finished ones keep their value", function()
+    local done = pool:apply_async(function() return "done" end)
+    assert.are.equal("done", done:get(10))
+    local seen
+    local slow = pool:apply_async(function()
+      require("ffi").C.usleep(30e6)
+    end, nil, { error_callback = function(e) seen = e end })
+    pool:terminate()
+    assert.is_true(is_closed_error(seen), tostring(seen))
+    assert.are.equal("done", done:get())
+    assert.is_true(slow:ready())
+    assert.is_true(slow:wait(1))
+    assert.is_false(slow:successful())
+    local ok, e = pcall(slow.get, slow)
+    assert.is_false(ok)
+    assert.is_true(is_closed_error(e), tostring(e))
+  end)
+
+  for _, how in ipairs{ "close", "terminate" } do
+    it("by " .. how .. "() raises the closed error object on any other use", function()
+      pool:map(function(x) return x end, { 1, 2 })
+      pool[how](pool)
+      local f = function(x) return x end
+      local uses = {
+        map = function() pool:map(f, { 1 }) end,
+        map_unordered = function() pool:map_unordered(f, { 1 }) end,
+        imap = function() pool:imap(f, { 1 }) end,
+        imap_unordered = function() pool:imap_unordered(f, { 1 }) end,
+        starmap = function() pool:starmap(f, { { 1 } }) end,
+        starmap_unordered = function() pool:starmap_unordered(f, { { 1 } }) end,
+        istarmap = function() pool:istarmap(f, { { 1 } }) end,
+        istarmap_unordered = function() pool:istarmap_unordered(f, { { 1 } }) end,
+        apply = function() pool:apply(f, { 1 }) end,
+        apply_async = function() pool:apply_async(f, { 1 }) end,
+        join = function() pool:join() end,
+        stop_and_join = function() pool:stop_and_join() end,
+        set_keep_alive = function() pool:set_keep_alive(false) end,
+        set_use_worker_state = function() pool:set_use_worker_state(true) end,
+        set_pass_worker_id = function() pool:set_pass_worker_id(true) end,
+        set_shared_objects = function() pool:set_shared_objects({}) end,
+        set_order_tasks = function() pool:set_order_tasks(true) end,
+        get_insights = function() pool:get_insights() end,
+        print_insights = function() pool:print_insights() end,
+      }
+      for name, use in pairs(uses) do
+        local ok, e = pcall(use)
+        assert.is_false(ok, name)
+        assert.is_true(is_closed_error(e), name .. ": " .. tostring(e))
+      end
+      -- these stay allowed
+      pool:close()
+      pool:terminate()
+      assert.are.same({}, pool:get_exit_results())
+      assert.are.same({}, pool:worker_pids())
+    end)
+  end
+end)
+
 ------------------------------------------------------------------------
 -- 12. Nested re-entrancy guards
 ------------------------------------------------------------------------

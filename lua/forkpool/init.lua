@@ -650,13 +650,15 @@ local function async_done(a)
 end
 
 -- Collect the outcome of a finished or failed job once: callbacks run here.
+-- The outcome is stored before the callback runs, so a callback that
+-- raises does not lose it.
 local function settle(a)
   if a.settled or not async_done(a) then return end
   a.settled = true
   local job, pool = a.job, a.pool
   if job.err then
     local err = job.err
-    if not job.finished then
+    if not job.finished and not pool._closed then
       -- a failure of this call only: the pool carries on
       local kill = errors.is_error(err) and (err.kind == "interrupted" or err.kind == "spawn")
       S.abandon(pool, job, kill)
@@ -677,6 +679,21 @@ local function settle_finished(pool)
   for _, a in ipairs(q) do settle(a) end
 end
 
+-- Settle every outstanding apply_async result, even when a callback
+-- raises; returns nil, or { err = the first callback error } (one value,
+-- so that it passes through guarded).
+local function settle_all(pool)
+  local failed
+  for _, a in pairs(pool._asyncs) do
+    local ok, e = pcall(settle, a)
+    if not ok and not failed then failed = { err = e } end
+  end
+  return failed
+end
+
+-- Step until pred() holds (or timeout seconds pass), settling finished
+-- apply_async results as they come.
+-- SIGINT fails every job (their callbacks run) and raises interrupted.
 local function pump(pool, pred, timeout)
   local deadline = timeout and (core.now() + timeout)
   while not pred() do
@@ -691,25 +708,37 @@ local function pump(pool, pred, timeout)
   settle_finished(pool)
 end
 
+-- Settle a now (callbacks run); once the pool is closed, without it:
+-- calls that close() waited for, or terminate() dropped, keep answering
+-- with their own outcome.
+local function settle_now(a)
+  if a.settled or not async_done(a) then return end
+  if a.pool._closed then settle(a) else guarded(a.pool, settle, a) end
+end
+
 -- a:ready() -> whether the result is there (looks for news without waiting)
 function Async:ready()
-  if not async_done(self) and not self.pool._busy and not self.pool._closed then
-    guarded(self.pool, S.step, self.pool, 0)
+  local pool = self.pool
+  if not async_done(self) and not pool._busy and not pool._closed then
+    guarded(pool, S.step, pool, 0)
   end
-  guarded(self.pool, settle, self)
+  settle_now(self)
   return async_done(self)
 end
 
 -- a:wait([timeout]) -> ready()
 function Async:wait(timeout)
+  local pool = self.pool
   if not async_done(self) then
-    local pool = self.pool
     check_self(pool, "wait")
     guarded(pool, pump, pool, function() return async_done(self) end, timeout)
   end
-  guarded(self.pool, settle, self)
-  if self.settled then self.pool._asyncs[self] = nil end
-  if S.active(self.pool) == 0 then guarded(self.pool, maybe_stop, self.pool) end
+  settle_now(self)
+  if self.settled then pool._asyncs[self] = nil end
+  -- (not from a callback: the call running it stops the workers itself)
+  if not pool._closed and not pool._busy and S.active(pool) == 0 then
+    guarded(pool, maybe_stop, pool)
+  end
   return async_done(self)
 end
 
@@ -755,16 +784,19 @@ end
 function Pool:join()
   check_self(self, "join")
   guarded(self, pump, self, function() return S.active(self) == 0 end)
-  for _, a in pairs(self._asyncs) do settle(a) end
+  local failed = guarded(self, settle_all, self)
   self._asyncs = {}
   guarded(self, maybe_stop, self)
+  if failed then error(failed.err, 0) end
 end
 
 ------------------------------------------------------------------------
 -- Stopping
 ------------------------------------------------------------------------
 
--- Fail every outstanding job (apply_async calls) before the workers go.
+-- Fail every outstanding job (apply_async calls) before the workers go;
+-- a job that had failed keeps its own error.  Their results are settled
+-- by the caller.
 local function drop_jobs(self, why)
   local ids = {}
   for i, id in ipairs(self._order) do ids[i] = id end
@@ -775,7 +807,6 @@ local function drop_jobs(self, why)
       S.finish_job(self, job)
     end
   end
-  for _, a in pairs(self._asyncs) do settle(a) end
 end
 
 -- pool:stop_and_join(): wait for outstanding calls, then stop the workers
@@ -784,11 +815,13 @@ end
 function Pool:stop_and_join()
   check_self(self, "stop_and_join")
   check_no_open_imap(self, "stop_and_join")
-  guarded(self, function()
+  local failed = guarded(self, function()
     pump(self, function() return S.active(self) == 0 end)
-    for _, a in pairs(self._asyncs) do settle(a) end
+    local failed = settle_all(self)
     S.join_all(self)
+    return failed
   end)
+  if failed then error(failed.err, 0) end
 end
 
 -- pool:terminate(): kill the workers now, no worker_exit; the pool is
@@ -806,7 +839,11 @@ function Pool:terminate()
   self._core:close()
   self._closed = "terminated"
   self._busy = false
+  -- their callbacks run now, the pool closed; every result is settled
+  -- even when one raises
+  local failed = settle_all(self)
   if not ok then error(err, 0) end
+  if failed then error(failed.err, 0) end
 end
 
 -- pool:close(): wait for outstanding calls, stop_and_join, then release
@@ -821,9 +858,10 @@ function Pool:close()
   local ok, err = pcall(guarded, self, function()
     local ok2, err2 = pcall(pump, self, function() return S.active(self) == 0 end)
     if not ok2 then drop_jobs(self, "the pool was closed") end
-    for _, a in pairs(self._asyncs) do settle(a) end
+    local failed = settle_all(self)
     S.join_all(self)
     if not ok2 then error(err2, 0) end
+    if failed then error(failed.err, 0) end
   end)
   if not ok then
     pcall(S.kill_workers, self, nil)
