@@ -11,6 +11,8 @@ local util = require "support.util"
 local ffi = require "ffi"
 pcall(ffi.cdef, "int usleep(unsigned int);")
 
+local items = util.items
+
 -- Run a script in a child luajit (killed after `timeout` seconds) with a
 -- common prelude; returns ok, output.
 local PRELUDE = [[
@@ -37,6 +39,42 @@ describe("a pool closed or terminated", function()
   local pool
   before_each(function() pool = forkpool.new{ n_jobs = 2, keep_alive = true } end)
   after_each(function() if pool then pool:close() end end)
+
+  for _, fname in ipairs{ "imap", "imap_unordered" } do
+    it("by terminate() under an open " .. fname .. " makes the iterator raise a closed error", function()
+      local it = pool[fname](pool, function(x) return x end, items(13), { chunk_size = 1 })
+      local first = it()
+      assert.is_number(first)
+      pool:terminate()
+      local ok, e = pcall(it)
+      assert.is_false(ok)
+      assert.is_true(is_closed_error(e), tostring(e))
+      -- a for loop over the rest raises too, every time; close() is quiet
+      ok, e = pcall(function() for _ in it do end end)
+      assert.is_false(ok)
+      assert.is_true(is_closed_error(e), tostring(e))
+      it:close()
+    end)
+  end
+
+  it("by close() under an open imap makes the iterator raise a closed error", function()
+    local it = pool:imap(function(x) return x end, items(13), { chunk_size = 1 })
+    assert.are.equal(1, it())
+    pool:close()
+    local ok, e = pcall(it)
+    assert.is_false(ok)
+    assert.is_true(is_closed_error(e), tostring(e))
+  end)
+
+  it("leaves an imap whose results are all in readable to the end", function()
+    local it = pool:imap(function(x) return x * 10 end, items(13), { chunk_size = 13 })
+    assert.are.equal(10, it())   -- the one chunk, hence every result, is in
+    pool:terminate()
+    local got = { 10 }
+    for v in it do got[#got + 1] = v end
+    assert.are.equal(13, #got)
+    assert.are.equal(130, got[13])
+  end)
 
   for _, keep in ipairs{ true, false } do
     it("by close() keeps the outcome of the calls it waited for (keep_alive " .. tostring(keep) .. ")", function()
@@ -94,6 +132,8 @@ describe("a pool closed or terminated", function()
   for _, how in ipairs{ "close", "terminate" } do
     it("by " .. how .. "() raises the closed error object on any other use", function()
       pool:map(function(x) return x end, { 1, 2 })
+      local it = pool:imap(function(x) return x end, items(50), { chunk_size = 1 })
+      it()
       pool[how](pool)
       local f = function(x) return x end
       local uses = {
@@ -116,6 +156,7 @@ describe("a pool closed or terminated", function()
         set_order_tasks = function() pool:set_order_tasks(true) end,
         get_insights = function() pool:get_insights() end,
         print_insights = function() pool:print_insights() end,
+        ["open imap"] = function() it() end,
       }
       for name, use in pairs(uses) do
         local ok, e = pcall(use)

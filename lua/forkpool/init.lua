@@ -298,15 +298,27 @@ local function maybe_stop(self)
   end
 end
 
--- Raise a failed job's error after cleaning up after it.
-local function raise_job_error(self, job)
+-- What a failed job raises: its error object, or the user's own error
+-- (an input iterator's, stored as { source_error = e }) as it was.
+local function job_error_value(err)
+  if type(err) == "table" and err.source_error ~= nil then return err.source_error end
+  return err
+end
+
+-- Forget a failed job and stop its work.  Errors that leave the workers in
+-- doubt (not a forkpool error, interrupted, spawn) kill them all.
+local function abandon_failed(self, job)
   local err = job.err
   local user_error = type(err) == "table" and err.source_error ~= nil
   local kill_everything = not user_error and (not errors.is_error(err)
     or err.kind == "interrupted" or err.kind == "spawn")
   S.abandon(self, job, kill_everything)
-  if user_error then error(err.source_error, 0) end
-  error(err, 0)
+end
+
+-- Raise a failed job's error after cleaning up after it.
+local function raise_job_error(self, job)
+  abandon_failed(self, job)
+  error(job_error_value(job.err), 0)
 end
 
 -- An imap of this pool still being consumed blocks every other call.  The
@@ -548,23 +560,33 @@ local function take_ready(job)
 end
 
 -- it() -> result, index (nil when done).  Results that are nil are skipped
--- (the index, the second value, shows where they were).
+-- (the index, the second value, shows where they were).  Fields: closed
+-- (no more results), cut (set when the pool was closed or terminated
+-- before the job finished: every later call raises it).
 function Iter:__call()
   local pool, job = self.pool, self.job
+  if self.cut ~= nil then error(self.cut, 0) end
   if self.closed then return nil end
   while true do
     local ok, v, i = take_ready(job)
     if ok then return v, i end
     if job.err then
       self.closed = true
-      pool._imap[1] = nil
+      if pool._imap[1] == self then pool._imap[1] = nil end
+      -- already forgotten (by close, terminate or another call)
+      if job.finished or pool._closed then error(job_error_value(job.err), 0) end
       guarded(pool, raise_job_error, pool, job)
     end
     if job.finished then
+      -- every result is in: readable even after the pool was closed
       self.closed = true
-      pool._imap[1] = nil
-      guarded(pool, maybe_stop, pool)
+      if pool._imap[1] == self then pool._imap[1] = nil end
+      if not pool._closed then guarded(pool, maybe_stop, pool) end
       return nil
+    end
+    if pool._closed then
+      self.cut = closed_error(pool)
+      error(self.cut, 0)
     end
     guarded(pool, S.step, pool, -1)
   end
@@ -576,11 +598,25 @@ function Iter:close()
   self.closed = true
   local pool, job = self.pool, self.job
   if pool._imap[1] == self then pool._imap[1] = nil end
-  if not job.finished or job.err then
+  if pool._closed then return end
+  if not job.finished then
     job.err = job.err or errors.new("interrupted", { message = "imap closed early" })
     guarded(pool, S.abandon, pool, job, false)
   end
   guarded(pool, maybe_stop, pool)
+end
+
+-- close() and terminate(): an imap iterator still open whose job has not
+-- finished is cut; its next call raises the job's own error when it had
+-- failed, else a closed error (an iterator that just stopped would look
+-- like a finished stream).  One whose results are all in stays readable.
+local function cut_imap(pool, how)
+  local it = pool._imap[1]
+  pool._imap[1] = nil
+  if not it or it.closed or (it.job.finished and not it.job.err) then return nil end
+  local cut = it.job.err and job_error_value(it.job.err) or errors.new("closed", {
+    message = ("the pool was %s while an imap of it was being consumed"):format(how) })
+  return it, cut
 end
 
 local function imap_call(self, kind, fname, fn, items, opts, star)
@@ -830,7 +866,8 @@ function Pool:terminate()
   if getmetatable(self) ~= Pool then error("bad self to 'terminate' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "terminate")
-  if self._imap[1] then self._imap[1].closed = true; self._imap[1] = nil end
+  local it, cut = cut_imap(self, "terminated")
+  if it then it.closed, it.cut = true, cut end
   self._busy = true
   local ok, err = pcall(function()
     drop_jobs(self, "the pool was terminated")
@@ -854,7 +891,11 @@ function Pool:close()
   if getmetatable(self) ~= Pool then error("bad self to 'close' (pool expected)", 2) end
   if self._closed then return end
   check_self(self, "close")
-  if self._imap[1] then self._imap[1]:close() end
+  local it, cut = cut_imap(self, "closed")
+  if it then
+    it:close()
+    it.cut = cut
+  end
   local ok, err = pcall(guarded, self, function()
     local ok2, err2 = pcall(pump, self, function() return S.active(self) == 0 end)
     if not ok2 then drop_jobs(self, "the pool was closed") end
