@@ -32,6 +32,135 @@ end
 local function is_closed_error(e) return forkpool.is_error(e, "closed") end
 
 ------------------------------------------------------------------------
+-- 0. A value that cannot be sent
+------------------------------------------------------------------------
+
+describe("a value that cannot be sent", function()
+  it("apply_async on a kept-alive pool fails its AsyncResult at once with a marshal error; close() returns", function()
+    -- CPython's test_shutdown_deadlock_pickle: close() used to wait for
+    -- ever on the failed call (4 runs in 5)
+    local ok, out = child([[
+      for round = 1, 10 do
+        local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+        pool:map(function(x) return x end, { 1, 2, 3 })
+        local a = pool:apply_async(function(c) return type(c) end, { coroutine.create(print) })
+        if round % 2 == 0 then
+          -- looked at before close: ready at once, without waiting
+          print("ready", a:ready())
+        end
+        pool:close()
+        local okg, e = pcall(a.get, a)
+        print("get", okg, kind(e), e.path)
+        print("after", a:ready(), a:successful())
+      end
+      print("done")
+    ]], 60)
+    assert.is_true(ok, out)
+    assert.matches("done", out)
+    local n = 0
+    for line in out:gmatch("get[^\n]*") do
+      n = n + 1
+      assert.are.equal("get\tfalse\tmarshal\titem[1][1]", line)
+    end
+    assert.are.equal(10, n)
+    for line in out:gmatch("ready[^\n]*") do assert.are.equal("ready\ttrue", line) end
+    for line in out:gmatch("after[^\n]*") do assert.are.equal("after\ttrue\tfalse", line) end
+  end)
+
+  -- Every submission path, with workers forked for the call (the values
+  -- reach them through fork: nothing is sent) and kept-alive workers (the
+  -- values must be sent): either the call works or it raises a marshal
+  -- error naming the path, and join, stop_and_join, map and close work
+  -- afterwards.  Items from an iterator are always sent.
+  local FAMILY = {
+    "map", "map_unordered", "imap", "imap_unordered", "starmap", "starmap_unordered",
+    "istarmap", "istarmap_unordered", "apply", "apply_async",
+  }
+  for _, fname in ipairs(FAMILY) do
+    it(fname .. ": items and upvalues that cannot be sent, fresh and kept-alive workers", function()
+      local ok, out = child(([[
+        local fname = %q
+        local star = fname:find("star") ~= nil
+        local lazy = fname:find("^i") ~= nil
+        local single = fname:find("^apply") ~= nil
+        local co = coroutine.create(print)
+        local function source(bad, iter)
+          local list = { 1, bad == "item" and co or 2, 3 }
+          if star then for i = 1, 3 do list[i] = { list[i] } end end
+          if not iter then return list end
+          local i = 0
+          return function() i = i + 1; return list[i] end
+        end
+        local fn_item = function(x) return type(x) end
+        local fn_up = function(_) return type(co) end
+        -- "ok thread" when some result is "thread", else the error
+        local function call(pool, bad, iter)
+          local fn = bad == "upvalue" and fn_up or fn_item
+          local src = source(bad, iter)
+          local got = {}
+          local okc, e = pcall(function()
+            if single then
+              local args = { bad == "item" and co or 1 }
+              if fname == "apply" then got[1] = pool:apply(fn, args)
+              else got[1] = pool:apply_async(fn, args):get(10) end
+            elseif lazy then
+              for v in pool[fname](pool, fn, src, { chunk_size = 1 }) do got[#got + 1] = v end
+            else
+              local r = pool[fname](pool, fn, src, { chunk_size = 1 })
+              for i = 1, r.n do got[i] = r[i] end
+            end
+          end)
+          if not okc then
+            local path = forkpool.is_error(e) and e.path or ""
+            return kind(e) .. " " .. tostring(path)
+          end
+          for _, v in pairs(got) do if v == "thread" then return "ok thread" end end
+          return "ok nothread"
+        end
+        local function after(pool)
+          pool:join()
+          pool:stop_and_join()
+          local r = pool:map(function(x) return x * 2 end, { 1, 2, 3 })
+          assert(r[3] == 6)
+          pool:close()
+          return "after ok"
+        end
+        for _, workers in ipairs{ "fresh", "kept" } do
+          for _, bad in ipairs{ "item", "upvalue" } do
+            for _, iter in ipairs(single and { false } or { false, true }) do
+              local pool = forkpool.new{ n_jobs = 2, keep_alive = workers == "kept" }
+              if workers == "kept" then pool:map(function(x) return x end, { 1, 2 }) end
+              local outcome = call(pool, bad, iter)
+              print(("case %%s %%s %%s -> %%s; %%s"):format(workers, bad, iter and "iter" or "table",
+                outcome, after(pool)))
+            end
+          end
+        end
+        print("done")
+      ]]):format(fname), 120)
+      assert.is_true(ok, out)
+      assert.matches("done", out)
+      local n = 0
+      for workers, bad, src, outcome, tail in out:gmatch("case (%a+) (%a+) (%a+) %-> ([^;]*); ([^\n]*)") do
+        n = n + 1
+        local what = fname .. " " .. workers .. " " .. bad .. " " .. src
+        assert.are.equal("after ok", tail, what)
+        -- fresh workers have the function and a table's items through
+        -- fork; items pulled from an iterator must be sent
+        if workers == "fresh" and (src == "table" or bad == "upvalue") then
+          assert.are.equal("ok thread", outcome, what)
+        elseif bad == "item" then
+          assert.matches("^marshal item%[%d+%]", outcome, nil, false, what)
+        else
+          assert.matches("^marshal fn<upvalue 'co'>", outcome, nil, false, what)
+        end
+      end
+      assert.are.equal(fname:find("^apply") and 4 or 8, n)
+    end)
+  end
+end)
+
+------------------------------------------------------------------------
 -- 1, 3. Closed and terminated pools
 ------------------------------------------------------------------------
 

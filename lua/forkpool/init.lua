@@ -728,10 +728,13 @@ local function settle_all(pool)
 end
 
 -- Step until pred() holds (or timeout seconds pass), settling finished
--- apply_async results as they come.
+-- apply_async results as they come.  They are settled before the first
+-- wait too: one that failed before anything was sent (a value that cannot
+-- be sent) counts as running until settled, and no event would come.
 -- SIGINT fails every job (their callbacks run) and raises interrupted.
 local function pump(pool, pred, timeout)
   local deadline = timeout and (core.now() + timeout)
+  settle_finished(pool)
   while not pred() do
     local left = deadline and (deadline - core.now()) or -1
     if deadline and left <= 0 then break end

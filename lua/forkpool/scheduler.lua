@@ -391,7 +391,8 @@ local function job_setup_bytes(pool, job)
   if not bytes then
     msg = msg:gsub("^%.", "")
     fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
-      .. "; pass such values through worker_init or shared_objects", path = path }))
+      .. "; pass such values through worker_init or shared_objects",
+      path = path and (path:gsub("^%.", "")) }))
     return nil
   end
   job.setup_bytes = bytes
