@@ -302,6 +302,92 @@ describe("a pool closed or terminated", function()
 end)
 
 ------------------------------------------------------------------------
+-- 11. Items tables with metamethods
+------------------------------------------------------------------------
+
+describe("items", function()
+  it("are read raw, the same by fresh and kept-alive workers; an __index that raises breaks nothing", function()
+    local ok, out = child([[
+      local raising = { __index = function(_, k) error("__index ran for " .. tostring(k)) end }
+      local default = { __index = function() return "default" end }
+      local f = function(x) return type(x) == "table" and "star" or tostring(x) end
+      local g = function(...) return select("#", ...) end
+      for _, keep in ipairs{ false, true } do
+        for mname, mt in pairs{ raising = raising, default = default } do
+          local pool = forkpool.new{ n_jobs = 2, keep_alive = keep }
+          if keep then pool:map(f, { 1, 2 }) end
+          local its = setmetatable({ 1, nil, 3, n = 3 }, mt)
+          local r = pool:map(f, its, { chunk_size = 1 })
+          local u = pool:map_unordered(f, its)
+          local seen = {}
+          for v, i in pool:imap(f, its) do seen[i] = v end
+          -- star items with a metatable: their n is read raw too
+          local s = pool:starmap(g, { setmetatable({ 1, 2 }, mt), setmetatable({ 7 }, mt) })
+          table.sort(u, function(a, b) return tostring(a) < tostring(b) end)
+          print(("case %s %s -> %s %s %s | %s %s %s | %s %s | %d %d"):format(tostring(keep), mname,
+            tostring(r[1]), tostring(r[2]), tostring(r[3]), tostring(u[1]), tostring(u[2]),
+            tostring(u[3]), tostring(seen[2]), tostring(seen[3]), s[1], s[2]))
+          pool:join()
+          pool:stop_and_join()
+          pool:close()
+        end
+      end
+      print("done")
+    ]], 60)
+    assert.is_true(ok, out)
+    assert.matches("done", out)
+    local n = 0
+    for line in out:gmatch("case [^\n]*") do
+      n = n + 1
+      assert.matches("%-> 1 nil 3 | 1 3 nil | nil 3 | 2 1$", line, nil, false, line)
+    end
+    assert.are.equal(4, n)
+  end)
+
+  it("an error raised while building or sending a chunk leaves the books consistent", function()
+    -- faults injected into the sending path: worker.pack (items of a
+    -- kept-alive map) and the codec's cdata helper (apply_async, starmap);
+    -- each call raises a marshal error and nothing afterwards hangs
+    local ok, out = child([[
+      local W = require "forkpool.worker"
+      local pack, cdata_kind = W.pack, W.cdata_kind
+      W.cdata_kind = function(v)
+        if tostring(v) == "77LL" then error("injected cdata fault") end
+        return cdata_kind(v)
+      end
+      local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+      pool:map(function(x) return x end, { 1, 2 })
+      local function check(name, okc, e)
+        W.pack = pack
+        print(("case %s -> %s %s %s"):format(name, tostring(okc), kind(e),
+          tostring(forkpool.is_error(e) and e.message or e):match("injected %a+ fault") or "?"))
+        pool:join()
+        pool:stop_and_join()
+        assert(pool:map(function(x) return x * 2 end, { 1, 2, 3 })[3] == 6)
+      end
+      local function broken_pack() error("injected pack fault") end
+      W.pack = broken_pack
+      check("map", pcall(pool.map, pool, function(x) return x end, { 1, 2, 3 }))
+      W.pack = broken_pack
+      check("imap", pcall(function()
+        for _ in pool:imap(function(x) return x end, { 1, 2, 3 }) do end
+      end))
+      check("starmap", pcall(pool.starmap, pool, function(x) return x end, { { 1 }, { 77LL } }))
+      local a = pool:apply_async(function(x) return x end, { 77LL })
+      check("apply_async", pcall(a.get, a, 10))
+      pool:close()
+      print("done")
+    ]], 60)
+    assert.is_true(ok, out)
+    assert.matches("done", out)
+    assert.matches("case map %-> false marshal injected pack fault", out)
+    assert.matches("case imap %-> false marshal injected pack fault", out)
+    assert.matches("case starmap %-> false marshal injected cdata fault", out)
+    assert.matches("case apply_async %-> false marshal injected cdata fault", out)
+  end)
+end)
+
+------------------------------------------------------------------------
 -- 12. Nested re-entrancy guards
 ------------------------------------------------------------------------
 

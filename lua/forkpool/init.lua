@@ -331,6 +331,10 @@ local function check_no_open_imap(self, fname)
       .. "finish it or call :close() on it first"):format(fname), 3)
   end
   self._imap[1] = nil
+  -- an imap whose job failed and whose iterator has not raised it yet: the
+  -- job is forgotten now (the iterator still raises its error), else it
+  -- would count as running for ever
+  if it and it.job.err and not it.job.finished then guarded(self, abandon_failed, self, it.job) end
   -- finalizers only count; the scan happens here, and only when one ran,
   -- so that thousands of outstanding apply_async jobs cost nothing per call
   if self._orphans == 0 then return end
@@ -474,13 +478,39 @@ local function prepare(self, opts)
   end
 end
 
--- Run a job to completion (or failure) on the calling stack.
-local function run_sync(self, job, opts)
-  prepare(self, opts)
+local function drive(self, job)
   S.submit(self, job)
   while not job.finished and not job.err do S.step(self, -1) end
+end
+
+-- Run a job to completion (or failure) on the calling stack.  An error
+-- raised on the way (rather than stored in job.err by the scheduler) fails
+-- the job too, so that it is forgotten before the error goes on.
+local function run_sync(self, job, opts)
+  prepare(self, opts)
+  local ok, e = pcall(drive, self, job)
+  if not ok and job.pool then S.fail(job, { source_error = e }) end
   if job.err then raise_job_error(self, job) end
+  if not ok then error(e, 0) end
   maybe_stop(self)
+end
+
+-- prepare and submit a job that the caller consumes later (imap,
+-- apply_async; dispatch: hand out work to running workers now).  An error
+-- raised on the way fails and forgets the job before it goes on.
+local function start_job(self, job, opts, dispatch)
+  local ok, e = pcall(guarded, self, function()
+    prepare(self, opts)
+    S.submit(self, job)
+    if dispatch then S.dispatch(self) end
+  end)
+  if not ok then
+    if job.pool and not job.finished then
+      S.fail(job, { source_error = e })
+      guarded(self, abandon_failed, self, job)
+    end
+    error(e, 0)
+  end
 end
 
 local function sync_call(self, kind, fname, fn, items, opts, star)
@@ -588,7 +618,8 @@ function Iter:__call()
       self.cut = closed_error(pool)
       error(self.cut, 0)
     end
-    guarded(pool, S.step, pool, -1)
+    local stepped, e = pcall(guarded, pool, S.step, pool, -1)
+    if not stepped then S.fail(job, { source_error = e }) end
   end
 end
 
@@ -622,10 +653,7 @@ end
 local function imap_call(self, kind, fname, fn, items, opts, star)
   opts = begin_call(self, fname, opts, MAP_OPTS)
   local job = new_job(self, kind, fname, fn, items, opts, star)
-  guarded(self, function()
-    prepare(self, opts)
-    S.submit(self, job)
-  end)
+  start_job(self, job, opts)
   local it = setmetatable({ pool = self, job = job }, Iter)
   -- an iterator dropped without close() cancels its job when collected
   local proxy = newproxy(true)
@@ -811,11 +839,14 @@ function Pool:apply_async(fn, args, opts)
       self._settle[#self._settle + 1] = a
     end
   end
-  guarded(self, function()
-    prepare(self, opts)
-    S.submit(self, job)
-    S.dispatch(self)
-  end)
+  -- a value that cannot be sent fails the job here or at a later dispatch:
+  -- the AsyncResult is then ready, its error a marshal error
+  local ok, e = pcall(start_job, self, job, opts, true)
+  if not ok then
+    a.settled = true   -- never returned: no callbacks
+    self._asyncs[a] = nil
+    error(e, 0)
+  end
   return a
 end
 

@@ -22,6 +22,14 @@
 --     pool._stages maps their ids to the tables results are decoded into.
 --   * A failure is stored in job.err (never raised from the middle of event
 --     handling) so the books stay true; whoever waits on the job raises it.
+--   * Every chunk built is counted in job.pending until it is answered or
+--     given up with its job; an error raised while building or sending one
+--     (see S.dispatch) requeues it and fails the job, so a failed job is
+--     never left waiting for a chunk that no worker holds.
+--   * Items are read with raw access (rawget) everywhere: by the codec, by
+--     worker.pack and by the workers' chunk runner, so fresh and kept-alive
+--     workers see the same items and no metamethod runs while a chunk is
+--     built.
 
 local core = require "forkpool.core"
 local errors = require "forkpool.errors"
@@ -486,6 +494,22 @@ local function prune_runnable(pool)
   end
 end
 
+-- send_chunk, protected: an error raised while sending (a Lua error from
+-- the codec's helpers, out of memory, a fault injected by a test) puts the
+-- chunk back and fails the job with a marshal error, so the books stay
+-- true and whoever waits on the job raises it.
+local function try_send_chunk(pool, job, w, ch)
+  local ok, sent = pcall(send_chunk, pool, job, w, ch)
+  if ok then return sent end
+  local e = sent
+  if not errors.is_error(e) then
+    e = errors.new("marshal", { index = ch.start,
+      message = ("cannot send items %d..%d: %s"):format(ch.start, ch.start + ch.count - 1, tostring(e)) })
+  end
+  fail(job, e)
+  return false
+end
+
 -- Give free workers chunks of the jobs that have some, oldest job first.
 -- Returns true when a job failed meanwhile (it has nothing to wait for).
 function S.dispatch(pool)
@@ -505,7 +529,7 @@ function S.dispatch(pool)
         if sendable(job) then
           local ch = next_chunk(pool, job, w, budget)
           if ch then
-            if send_chunk(pool, job, w, ch) then
+            if try_send_chunk(pool, job, w, ch) then
               sent = true
             else
               requeue(job, ch, w)

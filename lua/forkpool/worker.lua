@@ -6,6 +6,11 @@
 -- worker's shared status block (so a crash can be reported with the item it
 -- held) and checks the block's cancel word (so a cancelled job stops between
 -- items).  Both are plain 64-bit loads/stores through the FFI.
+--
+-- Items are read with raw access (rawget; unpack is raw too), here and in
+-- pack: a worker forked during the map reads the parent's items table
+-- itself, a kept-alive one a decoded copy made with raw reads, and both
+-- must see the same items (no __index runs for a hole).
 
 local ffi = require "ffi"
 
@@ -27,7 +32,7 @@ function M.make_runner(cur_p, cancel_p, stamp_p)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
   local stamp = ffi.cast(stamp_fn_t, stamp_p)
-  local unpack = unpack
+  local unpack, rawget = unpack, rawget
   return function(fn, items, first, last, off, job, out, mode, nlead, a1, a2, a3)
     local k = 1 - first
     if mode ~= 0 then
@@ -36,9 +41,12 @@ function M.make_runner(cur_p, cancel_p, stamp_p)
         cur[0] = i + off
         if timed then stamp() end
         if cancel[0] == job then return false end
-        local it = items[i]
+        local it = rawget(items, i)
         if star then
-          local n = it.n or #it
+          if type(it) ~= "table" then
+            error(("item %d is a %s, not a table of arguments"):format(i + off, type(it)), 0)
+          end
+          local n = rawget(it, "n") or #it
           if nlead == 0 then out[i + k] = fn(unpack(it, 1, n))
           elseif nlead == 1 then out[i + k] = fn(a1, unpack(it, 1, n))
           elseif nlead == 2 then out[i + k] = fn(a1, a2, unpack(it, 1, n))
@@ -54,25 +62,25 @@ function M.make_runner(cur_p, cancel_p, stamp_p)
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
-        out[i + k] = fn(items[i])
+        out[i + k] = fn(rawget(items, i))
       end
     elseif nlead == 1 then
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
-        out[i + k] = fn(a1, items[i])
+        out[i + k] = fn(a1, rawget(items, i))
       end
     elseif nlead == 2 then
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
-        out[i + k] = fn(a1, a2, items[i])
+        out[i + k] = fn(a1, a2, rawget(items, i))
       end
     else
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
-        out[i + k] = fn(a1, a2, a3, items[i])
+        out[i + k] = fn(a1, a2, a3, rawget(items, i))
       end
     end
     return true
@@ -126,7 +134,7 @@ end
 local function pack_f64(t, first, n)
   local b, k = f64_space(n, TAG_F64), first - 1
   for i = 1, n do
-    local v = t[k + i]
+    local v = rawget(t, k + i)
     if type(v) ~= "number" then return nil end
     b[i] = v
   end
@@ -177,7 +185,7 @@ function M.pack(t, first, n)
   if a then return a, len end
   local s = scratch
   for i = 1, n do
-    local v = t[first + i - 1]
+    local v = rawget(t, first + i - 1)
     local tv = type(v)
     if tv ~= "number" and tv ~= "string" and tv ~= "boolean" and v ~= nil then return nil end
     s[i] = v
