@@ -302,6 +302,77 @@ describe("a pool closed or terminated", function()
 end)
 
 ------------------------------------------------------------------------
+-- 4. Input iterators that raise; 5. what the imap iterator keeps
+------------------------------------------------------------------------
+
+describe("imap over an input iterator", function()
+  it("that raises delivers the results of the items pulled before, then raises its error", function()
+    -- (k items, then the iterator raises or ends) for several chunkings;
+    -- k at a chunk boundary with max_tasks_active = chunk_size once hung
+    local ok, out = child([[
+      local function source(k, raises)
+        local i = 0
+        return function()
+          i = i + 1
+          if i > k then
+            if raises then error("source broke after " .. k, 0) end
+            return nil
+          end
+          return i
+        end
+      end
+      local shapes = {
+        { 5, 1 }, { 6, 2 }, { 2, 2, 2 }, { 4, 2, 2 }, { 7, 3, 3 }, { 9, 3, 3 }, { 0, 1 }, { 0, 2, 2 },
+        { 10 }, { 40 }, { 1, 1, 1 },
+      }
+      for _, keep in ipairs{ true, false } do
+        local pool = forkpool.new{ n_jobs = 2, keep_alive = keep }
+        for _, fname in ipairs{ "imap", "imap_unordered" } do
+          for _, raises in ipairs{ true, false } do
+            for _, s in ipairs(shapes) do
+              local k, cs, mta = s[1], s[2], s[3]
+              local got = {}
+              local okc, e = pcall(function()
+                for v, i in pool[fname](pool, function(x) return x * 10 end, source(k, raises),
+                    { chunk_size = cs, max_tasks_active = mta }) do
+                  assert(v == i * 10)
+                  got[#got + 1] = i
+                end
+              end)
+              if fname == "imap_unordered" then table.sort(got) end
+              local want = true
+              for j = 1, k do if got[j] ~= j then want = false end end
+              if #got ~= k then want = false end
+              print(("case %s %s %s k=%d cs=%s mta=%s -> %s %s"):format(tostring(keep), fname,
+                raises and "raises" or "ends", k, tostring(cs), tostring(mta),
+                want and "all-before" or ("got " .. table.concat(got, ",")),
+                okc and "no-error" or tostring(e)))
+              assert(pool:map(function(x) return x + 1 end, { 1 })[1] == 2)
+            end
+          end
+        end
+        pool:close()
+      end
+      print("done")
+    ]], 120)
+    assert.is_true(ok, out)
+    assert.matches("done", out)
+    local n = 0
+    for line in out:gmatch("case [^\n]*") do
+      n = n + 1
+      local raises, k = line:match("case %a+ [%a_]+ (%a+) k=(%d+)")
+      assert.matches("-> all%-before ", line, nil, false, line)
+      if raises == "raises" then
+        assert.matches("source broke after " .. k .. "$", line, nil, false, line)
+      else
+        assert.matches("no%-error$", line, nil, false, line)
+      end
+    end
+    assert.are.equal(2 * 2 * 2 * 11, n)
+  end)
+end)
+
+------------------------------------------------------------------------
 -- 11. Items tables with metamethods
 ------------------------------------------------------------------------
 

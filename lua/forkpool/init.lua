@@ -227,7 +227,7 @@ function M.new(opts)
     _insights = opts.enable_insights or false,
     _workers = {},       -- [wid] = worker record (see scheduler)
     _jobs = {}, _order = {}, _orphans = 0, _stages = {}, _rq = { head = 1, tail = 0 }, _active = 0,
-    _failures = 0, _timed_jobs = 0, _progress_jobs = 0,
+    _job_ends = 0, _timed_jobs = 0, _progress_jobs = 0,
     _settle = {},        -- apply_async results whose job is over
     _asyncs = {},        -- outstanding apply_async results
     _imap = setmetatable({}, { __mode = "v" }), -- [1] = the open imap iterator
@@ -612,6 +612,9 @@ function Iter:__call()
       self.closed = true
       if pool._imap[1] == self then pool._imap[1] = nil end
       if not pool._closed then guarded(pool, maybe_stop, pool) end
+      -- an input iterator that raised: its error comes after the results
+      -- of the items pulled before it
+      if job.source_failed then error(job.source_error, 0) end
       return nil
     end
     if pool._closed then

@@ -113,7 +113,7 @@ end
 local function fail(job, err)
   if not job.err then
     job.err = err
-    if job.pool then job.pool._failures = job.pool._failures + 1 end
+    if job.pool then job.pool._job_ends = job.pool._job_ends + 1 end
     if job.on_finish then job.on_finish(job) end
   end
 end
@@ -226,7 +226,10 @@ local function has_work(job)
 end
 
 -- Build the next chunk from the job's source (nil when it has none now).
--- limit: the most items this chunk may have.
+-- limit: the most items this chunk may have.  An iterator that raises ends
+-- the source: a lazy job (imap) first delivers the items pulled before the
+-- error, then its iterator raises it (job.source_failed, job.source_error),
+-- as CPython's imap does; any other job fails at once.
 local function build_chunk(job, limit)
   if source_done(job) then return nil end
   local count = min(job.chunk_size, limit, job.max_active - job.active)
@@ -241,7 +244,11 @@ local function build_chunk(job, limit)
       local ok, v = pcall(job.iter)
       if not ok then
         job.exhausted = true
-        fail(job, { source_error = v })
+        if job.kind == "imap" or job.kind == "imap_unordered" then
+          job.source_failed, job.source_error = true, v
+        else
+          fail(job, { source_error = v })
+        end
         break
       end
       if v == nil then job.exhausted = true; break end
@@ -331,6 +338,7 @@ end
 local function finish_job(pool, job)
   if job.finished then return end
   job.finished = true
+  pool._job_ends = pool._job_ends + 1
   pool._jobs[job.id] = nil
   pool._stages[job.id] = nil
   pool._active = pool._active - 1
@@ -511,9 +519,12 @@ local function try_send_chunk(pool, job, w, ch)
 end
 
 -- Give free workers chunks of the jobs that have some, oldest job first.
--- Returns true when a job failed meanwhile (it has nothing to wait for).
+-- Returns true when a job failed or finished meanwhile (so the caller must
+-- not wait for an event that may never come: a job that failed while being
+-- dispatched, or one whose iterator turned out to be empty, has nothing to
+-- wait for).
 function S.dispatch(pool)
-  local failures = pool._failures
+  local ends = pool._job_ends
   prune_runnable(pool)
   local rq = pool._rq
   if rq.head > rq.tail then return false end
@@ -537,13 +548,16 @@ function S.dispatch(pool)
             break
           end
           if job.err then break end
+          -- an iterator found empty with every chunk answered: nothing
+          -- else would notice that the job is complete
+          if source_done(job) then check_complete(pool, job) end
         end
       end
       if not sent then break end
       rec = pool._workers[w]
     end
   end
-  return pool._failures ~= failures
+  return pool._job_ends ~= ends
 end
 
 -- Make sure every slot has a worker (spawning where empty) while some job
@@ -811,8 +825,9 @@ end
 -- One turn of the loop: send what can be sent, wait (at most timeout
 -- seconds; negative: until something happens) for one event, handle it.
 function S.step(pool, timeout)
-  -- a job that failed while being dispatched (a function or item that
-  -- cannot be sent, an iterator that raised) has nothing to wait for
+  -- a job that failed or ended while being dispatched (a function or item
+  -- that cannot be sent, an iterator that raised or ran out) has nothing
+  -- to wait for
   if S.dispatch(pool) then return "failed" end
   local wait = S.check_timeouts(pool)
   if timeout and timeout >= 0 and (wait < 0 or timeout < wait) then wait = timeout end
