@@ -370,6 +370,26 @@ describe("imap over an input iterator", function()
     end
     assert.are.equal(2 * 2 * 2 * 11, n)
   end)
+
+  it("does not keep the result it yielded: one the caller dropped can be collected", function()
+    local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    for _, fname in ipairs{ "imap", "imap_unordered" } do
+      local it = pool[fname](pool, function(x) return { string.rep("x", 1e5), x } end, items(8),
+        { chunk_size = 4 })
+      local weak = setmetatable({}, { __mode = "v" })
+      local function take() local v = it(); weak[1] = v; return v[2] end
+      local i1 = take()
+      assert.is_table(weak[1])
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(weak[1], fname)
+      -- and the next ones are still there
+      local i2 = take()
+      assert.are_not.equal(i1, i2)
+      it:close()
+    end
+    pool:close()
+  end)
 end)
 
 ------------------------------------------------------------------------

@@ -582,7 +582,11 @@ local function take_ready(job)
       job.cur_i, job.cur_end, job.cur_base = start, start + cnt - 1, start - 1
       i = start
     end
-    local v = job.cur[i - job.cur_base]
+    -- the caller gets the only reference: a result it drops can be
+    -- collected before the next call
+    local cur, at = job.cur, i - job.cur_base
+    local v = cur[at]
+    cur[at] = nil
     job.cur_i = i + 1
     job.active = job.active - 1
     if v ~= nil then return true, v, i end
