@@ -903,12 +903,17 @@ function S.join_all(pool)
   local c = pool._core
   pool._exit_error = nil
   pool._exit_timeout_active = pool._exit_timeout ~= nil
+  -- With worker_exit_timeout, joining is bounded whatever state a worker is
+  -- in (stopped by SIGSTOP, blocked before its worker_exit phase): past the
+  -- deadline (half a second after worker_exit's own, which names the
+  -- phase) the rest are killed: SIGKILL ends stopped processes too.
+  local deadline = pool._exit_timeout and core.now() + pool._exit_timeout + 0.5
   for w = 1, pool._n do
     local rec = pool._workers[w]
     if rec.pid and not rec.stopping then
       rec.stopping = true
       -- the stop record is tiny; a full lane only means replies are pending
-      while pool._workers[w].pid and not c:send_stop(w) do
+      while pool._workers[w].pid and not (deadline and core.now() > deadline) and not c:send_stop(w) do
         local kind, ew, a, b, cnt, idx, val = c:poll(pool._stages, 0.01)
         if kind ~= "timeout" and kind ~= "eintr" then S.handle_event(pool, kind, ew, a, b, cnt, idx, val) end
       end
@@ -917,6 +922,26 @@ function S.join_all(pool)
   local err
   while S.live_workers(pool) > 0 do
     local sleep = S.check_timeouts(pool)
+    if deadline then
+      local left = deadline - core.now()
+      if left <= 0 then
+        for w2 = 1, pool._n do
+          local rec = pool._workers[w2]
+          if rec.pid and not rec.killed then
+            c:kill(w2, core.SIGKILL)
+            rec.killed = { reason = "timeout", phase = "stop", limit = pool._exit_timeout }
+            pool._exit_error = pool._exit_error or errors.new("timeout", {
+              worker_id = w2, pid = rec.pid, phase = "stop",
+              message = ("worker %d did not stop within worker_exit_timeout (%gs); it was killed"):format(
+                w2, pool._exit_timeout),
+            })
+          end
+        end
+        deadline = nil
+      elseif sleep < 0 or left < sleep then
+        sleep = left
+      end
+    end
     local kind, w, ejob, s, cnt, idx, val = c:poll(pool._stages, sleep)
     if kind == "exit" then
       local rec = pool._workers[w]
