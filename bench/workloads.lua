@@ -341,6 +341,58 @@ end
 W[#W + 1] = cpu_workload("cpu500us", 2000, 200, 0.5e-3, 1.9)
 W[#W + 1] = cpu_workload("cpu50us", 20000, 2000, 50e-6, 1.8)
 
+-- Uneven task times: 1 task in 50 is 100x longer than the others, about 1 s
+-- of work in all.  The wall time against the ideal (sequential time /
+-- n_jobs) shows the tail: a long task queued behind another long one on a
+-- busy worker while the other worker sits idle.
+W[#W + 1] = { id = "uneven", title = "uneven map: 1 task in 50 is 100x longer, ~1 s of work",
+  run = function(ctx)
+  local N = ctx.quick and 250 or 1000
+  local total = ctx.quick and 0.3 or 1.0
+  local fp = ctx.forkpool
+  return protected(function(s)
+    -- a short task: total / (N * (49/50 + 100/50)) seconds
+    local short = calibrate(total / (N * (0.98 + 2)))
+    local items = table_new(N, 0)
+    for i = 1, N do items[i] = (i % 50 == 25) and short * 100 or short end
+    local function task(iters)
+      local x = 1
+      for _ = 1, iters do x = (x * 16807) % 2147483647 end
+      return x
+    end
+    local expect = table_new(N, 0)
+    for i = 1, N do expect[i] = task(items[i]) end -- also warms the JIT
+    local pool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true })
+    pool:map(task, items)
+    local function check(res, who)
+      for i = 1, N do
+        if res[i] ~= expect[i] then
+          wrong("%s: result[%d] = %s, want %s", who, i, tostring(res[i]), tostring(expect[i]))
+        end
+      end
+    end
+    local med = measure(ctx.runs, {
+      { name = "seq", run = function()
+          local out = {}
+          for i = 1, N do out[i] = task(items[i]) end
+          return out
+        end, verify = function(r) check(r, "sequential") end },
+      { name = "fp", run = function() return pool:map(task, items) end,
+        verify = function(r) check(r, "forkpool") end },
+    })
+    local ideal = med.seq / ctx.n_jobs
+    local r = med.fp / ideal
+    return {
+      { title = ctx.quick and ("uneven map: %d tasks, ~%s of work"):format(N, fmt_time(total)) or nil,
+        forkpool = fmt_time(med.fp), baseline = ("total work / %d workers"):format(ctx.n_jobs),
+        base_value = ("%s (sequential %s)"):format(fmt_time(ideal), fmt_time(med.seq)),
+        ratio = fmt_ratio(r), target = "≤ 1.1×", result = verdict(r <= 1.1),
+        note = ("%d tasks, every 50th of %d steps, the others %d; default chunk size (%d items).")
+          :format(N, short * 100, short, math.ceil(N / (ctx.n_jobs * 64))) },
+    }
+  end)
+end }
+
 ------------------------------------------------------------------------
 -- 4. Big results: 16 tasks each returning a 16 MiB string
 ------------------------------------------------------------------------

@@ -518,7 +518,46 @@ local function try_send_chunk(pool, job, w, ch)
   return false
 end
 
--- Give free workers chunks of the jobs that have some, oldest job first.
+-- Can worker slot w take chunks now?
+local function takes_work(rec)
+  return rec.pid and not rec.bye and not rec.killed and not rec.stopping
+end
+
+-- Send worker w one chunk of the oldest job that has one it may take.
+-- Returns true when one was sent.
+local function feed(pool, w)
+  local rec = pool._workers[w]
+  local budget = pool._lifespan and (pool._lifespan - rec.dispatched) or math.huge
+  local rq = pool._rq
+  prune_runnable(pool)
+  for i = rq.head, rq.tail do
+    local job = rq[i]
+    if sendable(job) then
+      local ch = next_chunk(pool, job, w, budget)
+      if ch then
+        if try_send_chunk(pool, job, w, ch) then return true end
+        requeue(job, ch, w)
+        return false
+      end
+      if job.err then return false end
+      -- an iterator found empty with every chunk answered: nothing
+      -- else would notice that the job is complete
+      if source_done(job) then check_complete(pool, job) end
+    end
+  end
+  return false
+end
+
+-- Give workers chunks of the jobs that have some, oldest job first, in two
+-- rounds.  First every idle worker (holding no chunk) gets one.  Then, only
+-- when no worker is idle, each gets its second (prefetched) chunk: work is
+-- never queued behind a busy worker while another could start it now (an
+-- apply_async that blocks does not hold up the next one; the tail of a map
+-- with uneven task times stays short).  A worker still idle after the
+-- first round found nothing it may take (ordered tasks pin chunks to
+-- workers, a lifespan budget may be too small), so it does not hold back
+-- the others; an empty slot does (fill_workers is about to start a worker
+-- there).
 -- Returns true when a job failed or finished meanwhile (so the caller must
 -- not wait for an event that may never come: a job that failed while being
 -- dispatched, or one whose iterator turned out to be empty, has nothing to
@@ -528,33 +567,19 @@ function S.dispatch(pool)
   prune_runnable(pool)
   local rq = pool._rq
   if rq.head > rq.tail then return false end
+  local workers, empty_slot_seen = pool._workers, false
   for w = 1, pool._n do
-    local rec = pool._workers[w]
-    while rec.pid and not rec.bye and not rec.killed and not rec.stopping
-        and #rec.chunks < INFLIGHT do
-      local budget = pool._lifespan and (pool._lifespan - rec.dispatched) or math.huge
-      local sent = false
-      prune_runnable(pool)
-      for i = rq.head, rq.tail do
-        local job = rq[i]
-        if sendable(job) then
-          local ch = next_chunk(pool, job, w, budget)
-          if ch then
-            if try_send_chunk(pool, job, w, ch) then
-              sent = true
-            else
-              requeue(job, ch, w)
-            end
-            break
-          end
-          if job.err then break end
-          -- an iterator found empty with every chunk answered: nothing
-          -- else would notice that the job is complete
-          if source_done(job) then check_complete(pool, job) end
-        end
-      end
-      if not sent then break end
-      rec = pool._workers[w]
+    local rec = workers[w]
+    if not rec.pid then
+      empty_slot_seen = true
+    elseif takes_work(rec) and #rec.chunks == 0 then
+      feed(pool, w)
+    end
+  end
+  if empty_slot_seen then return pool._job_ends ~= ends end
+  for w = 1, pool._n do
+    while takes_work(workers[w]) and #workers[w].chunks < INFLIGHT do
+      if not feed(pool, w) then break end
     end
   end
   return pool._job_ends ~= ends
