@@ -32,6 +32,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,9 @@ typedef struct fp_slot {
   pid_t pid;
   int pidfd;
   int dead;          /* pidfd became readable: report once its lane is drained */
+  int corrupt;       /* its result lane or a record was corrupted: the process
+                        was killed, its lane is never read again; poll
+                        reports only its exit */
   fp_lane tasks, results;
 } fp_slot;
 
@@ -75,6 +79,9 @@ typedef struct fp_pool {
 #ifdef FP_TEST_HOOKS
 /* Test hook state (core._set_worker_fault): arm only this worker id. */
 static int fault_wid;
+/* In a worker: its own slot (core._test_lanes), so hostile specs can
+ * scribble on its lanes. */
+static fp_slot *test_slot;
 #endif
 
 /* ---- helpers ---- */
@@ -107,6 +114,7 @@ static void slot_forget(fp_slot *s) {
   s->pidfd = -1;
   s->pid = 0;
   s->dead = 0;
+  s->corrupt = 0;
 }
 
 /* Unmap a slot's lanes.  discard: also give their big areas' memory back
@@ -279,6 +287,7 @@ static int l_spawn(lua_State *L) {
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
 #ifdef FP_TEST_HOOKS
     if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
+    test_slot = s;
 #endif
     if (pin) sched_setaffinity(0, sizeof cpus, &cpus);
     fp_worker_io io;
@@ -518,6 +527,22 @@ static void push_death(lua_State *L, fp_pool *p, int w, pid_t pid, int status, i
   lua_setfield(L, -2, "phase");
 }
 
+/* Worker w wrote something the parent cannot trust: stop reading its lane
+ * for good, kill its process (reported as "exit" once reaped) and push the
+ * event: "corrupt", wid, message (a printf format and its arguments). */
+static int slot_corrupt(lua_State *L, fp_pool *p, int w, const char *fmt, ...) {
+  fp_slot *s = &p->slots[w];
+  va_list ap;
+  s->corrupt = 1;
+  if (s->pid > 0) kill(s->pid, SIGKILL);
+  lua_pushliteral(L, "corrupt");
+  lua_pushinteger(L, w + 1);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  return 3;
+}
+
 /* Handle one record of worker w's result lane; pushes the event and returns
  * the number of values.  Event: kind, wid, job, start, count, index, value. */
 static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
@@ -636,28 +661,41 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
 
 corrupt_err:
   lua_settop(L, base);
-  if (fp_lane_release(&s->results)) fp_lane_wake_producer(&s->results);
-  lua_pushliteral(L, "corrupt");
-  lua_pushinteger(L, w + 1);
-  lua_pushfstring(L, "worker %d sent a corrupted record: %s%s%s", w + 1, err.path,
-                  err.path[0] ? ": " : "", err.msg);
-  return 3;
+  return slot_corrupt(L, p, w, "worker %d sent a corrupted record: %s%s%s", w + 1, err.path,
+                      err.path[0] ? ": " : "", err.msg);
 corrupt:
-  if (fp_lane_release(&s->results)) fp_lane_wake_producer(&s->results);
-  lua_pushliteral(L, "corrupt");
+  return slot_corrupt(L, p, w, "worker %d sent a corrupted record (type %d, %d bytes)", w + 1,
+                      (int)type, (int)len);
+}
+
+/* Worker w's process has exited and its lane holds nothing more for us:
+ * reap it and push the "exit" event. */
+static int report_exit(lua_State *L, fp_pool *p, int w) {
+  fp_slot *s = &p->slots[w];
+  int status = 0, known = 0;
+  pid_t pid = s->pid;
+  fp_proc_try_reap(pid, &status, &known);
+  slot_forget(s);
+  p->rr = (w + 1) % p->n;
+  lua_pushliteral(L, "exit");
   lua_pushinteger(L, w + 1);
-  lua_pushfstring(L, "worker %d sent a corrupted record (type %d, %d bytes)", w + 1,
-                  (int)type, (int)len);
+  push_death(L, p, w, pid, status, known);
   return 3;
 }
 
 /* Look at every slot once, starting after the last one served.  Returns the
- * number of values pushed (an event), or 0 when there is nothing. */
+ * number of values pushed (an event), or 0 when there is nothing.  A slot
+ * marked corrupt is not read again: only its death is looked at (reading
+ * first used to report the same corruption for ever, and the death never). */
 static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
   for (int k = 0; k < p->n; k++) {
     int w = (p->rr + k) % p->n;
     fp_slot *s = &p->slots[w];
     if (!s->results.h) continue;
+    if (s->corrupt) {
+      if (s->dead && s->pid > 0) return report_exit(L, p, w);
+      continue;
+    }
     uint32_t type;
     const unsigned char *d;
     size_t len;
@@ -668,27 +706,13 @@ static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
     }
     if (rc == FP_ECORRUPT || rc == FP_ENOMEM) {
       p->rr = (w + 1) % p->n;
-      lua_pushliteral(L, "corrupt");
-      lua_pushinteger(L, w + 1);
       if (rc == FP_ECORRUPT)
-        lua_pushfstring(L, "worker %d wrote a corrupted record header", w + 1);
-      else
-        lua_pushfstring(L, "cannot map a large record from worker %d: %s", w + 1,
-                        strerror(errno));
-      return 3;
+        return slot_corrupt(L, p, w, "worker %d wrote a corrupted result lane header", w + 1);
+      return slot_corrupt(L, p, w, "cannot map a large record from worker %d: %s", w + 1,
+                          strerror(errno));
     }
-    if (s->dead && s->pid > 0) {
-      /* Its lane is drained: everything it published has been delivered. */
-      int status = 0, known = 0;
-      pid_t pid = s->pid;
-      fp_proc_try_reap(pid, &status, &known);
-      slot_forget(s);
-      p->rr = (w + 1) % p->n;
-      lua_pushliteral(L, "exit");
-      lua_pushinteger(L, w + 1);
-      push_death(L, p, w, pid, status, known);
-      return 3;
-    }
+    /* Its lane is drained: everything it published has been delivered. */
+    if (s->dead && s->pid > 0) return report_exit(L, p, w);
   }
   return 0;
 }
@@ -974,6 +998,21 @@ static int l_fail_fork_after(lua_State *L) {
   return 0;
 }
 
+/* core._test_lanes() -> {results_hdr=, results_ring=, results_cap=} | nil:
+ * test hook; in a worker, the addresses (numbers) of its result lane's
+ * shared header and ring, so a task can scribble on them (hostile_spec). */
+static int l_test_lanes(lua_State *L) {
+  if (!test_slot || !test_slot->results.h) return 0;
+  lua_createtable(L, 0, 3);
+  lua_pushnumber(L, (lua_Number)(uintptr_t)test_slot->results.h);
+  lua_setfield(L, -2, "results_hdr");
+  lua_pushnumber(L, (lua_Number)(uintptr_t)test_slot->results.ring);
+  lua_setfield(L, -2, "results_ring");
+  lua_pushnumber(L, (lua_Number)test_slot->results.cap);
+  lua_setfield(L, -2, "results_cap");
+  return 1;
+}
+
 /* core._set_worker_fault(phase, signo [, after [, wid]]): test hook; workers
  * forked from now on (only worker wid, if given) raise signo the after-th
  * time they enter phase ("worker_init", "decode", "task", "encode",
@@ -1019,6 +1058,7 @@ static const luaL_Reg funcs[] = {
 #ifdef FP_TEST_HOOKS
   {"_fail_fork_after", l_fail_fork_after},
   {"_set_worker_fault", l_set_worker_fault},
+  {"_test_lanes", l_test_lanes},
 #endif
   {NULL, NULL},
 };

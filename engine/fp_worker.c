@@ -148,6 +148,10 @@ static int w_send2(W *w, uint32_t type, const void *a, size_t alen,
       }
       return FP_OK;
     }
+    /* Our own lane's shared header is garbage (user code scribbled on
+     * it): nothing we send can reach the parent, which learns of it from
+     * our exit (and, reading the lane, reports the corruption). */
+    if (rc == FP_ECORRUPT) { fflush(NULL); _exit(72); }
     if (rc != FP_EFULL) return rc;
     w_check_parent(w);
     fp_lane_wait_space(&io->results, FP_WORKER_WAIT_MS);

@@ -1,0 +1,167 @@
+-- Hostile workers (issue 10, items 6-8): the parent must survive anything a
+-- worker writes into the shared memory it reads: its result lane's header,
+-- the ring's bytes, record headers and counts, packed result bodies.
+--
+-- A task reaches its own result lane through core._test_lanes() (a test
+-- hook of development builds) and scribbles on it with the FFI, or forges
+-- whole records there.  Every case runs in a child luajit with a deadline
+-- (util.run_lua) and checks: a marshal error naming the worker, at once;
+-- the worker killed and reaped; close() returning; no crash of the parent.
+local util = require "support.util"
+
+local PRELUDE = [[
+io.stdout:setvbuf("no")
+local forkpool = require "forkpool"
+local core = require "forkpool.core"
+local ffi = require "ffi"
+local t0 = core.now()
+
+-- In a worker: forge a record of type rtype with the payload bytes in its
+-- own result lane, published as the worker's producer would (the bytes,
+-- then head).
+local function forge(rtype, payload)
+  local ffi = require "ffi"
+  local lanes = require("forkpool.core")._test_lanes()
+  local h = ffi.cast("volatile uint64_t *", lanes.results_hdr)
+  local head = h[0]
+  local pos = tonumber(head % lanes.results_cap)
+  local ring = ffi.cast("uint8_t *", lanes.results_ring)
+  local hdr = ffi.cast("uint32_t *", ring + pos)
+  hdr[0] = #payload
+  hdr[1] = rtype
+  ffi.copy(ring + pos + 8, payload, #payload)
+  h[0] = head + 8 + math.ceil(#payload / 8) * 8
+end
+
+-- fp_chunk_hdr {u64 job, u64 fn, i64 start, i64 index, u32 count, u32 flags}
+local function chunk_hdr(job, start, count, flags)
+  local ffi = require "ffi"
+  local b = ffi.new("uint64_t[5]")
+  b[0], b[1], b[2], b[3] = job, job, start, 0
+  ffi.cast("uint32_t *", b + 4)[0] = count
+  ffi.cast("uint32_t *", b + 4)[1] = flags or 0
+  return ffi.string(b, 40)
+end
+
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local s = f:read("*a")
+  f:close()
+  return true, s:match("%) (%S)")
+end
+
+local function say(k, v) io.write(k, " ", tostring(v), "\n") end
+
+-- Run fn over items on a fresh pool; print what happened.
+local function expect_marshal(fn, items, opts)
+  opts = opts or {}
+  local pool = forkpool.new{ n_jobs = 1, keep_alive = opts.keep_alive }
+  local job = pool._job + 1
+  local ok, e = pcall(pool.map, pool, fn(job), items or { 1 })
+  local dt = core.now() - t0
+  say("ok", ok)
+  say("kind", forkpool.is_error(e) and e.kind or ("raw:" .. tostring(e)))
+  say("worker", forkpool.is_error(e) and e.worker_id)
+  say("message", forkpool.is_error(e) and e.message)
+  say("fast", dt < 10)
+  local pid = forkpool.is_error(e) and e.pid
+  pool:close()
+  say("closed", true)
+  if pid then say("reaped", not alive(pid)) end
+  local f = io.open("/proc/self/status")
+  local hwm = tonumber(f:read("*a"):match("VmHWM:%s*(%d+)"))
+  f:close()
+  say("small", hwm < 256 * 1024)
+end
+]]
+
+local function child(code, timeout)
+  return util.run_lua(PRELUDE .. code, timeout or 60)
+end
+
+local function check(ok, out, pattern)
+  assert.is_true(ok, out)
+  assert.matches("ok false", out, 1, true)
+  assert.matches("kind marshal", out, 1, true)
+  assert.matches("worker 1", out, 1, true)
+  assert.matches("fast true", out, 1, true)
+  assert.matches("closed", out, 1, true)
+  assert.not_matches("reaped false", out, 1, true)
+  assert.matches("small true", out, 1, true)
+  if pattern then assert.matches(pattern, out) end
+end
+
+describe("a task that scribbles on its result lane", function()
+  it("garbage in the lane's head: a marshal error at once, the worker reaped, close() returns", function()
+    local ok, out = child([[
+      expect_marshal(function()
+        return function(x)
+          local ffi = require "ffi"
+          local lanes = require("forkpool.core")._test_lanes()
+          local h = ffi.cast("volatile uint64_t *", lanes.results_hdr)
+          h[0] = h[0] + 4 * lanes.results_cap + 8
+          return x
+        end
+      end)
+    ]])
+    check(ok, out, "message worker 1 [^\n]*corrupt")
+  end)
+
+  it("a misaligned tail (the consumer's field): a marshal error", function()
+    local ok, out = child([[
+      expect_marshal(function()
+        return function(x)
+          local ffi = require "ffi"
+          local lanes = require("forkpool.core")._test_lanes()
+          local h = ffi.cast("volatile uint64_t *", lanes.results_hdr)
+          h[8] = h[8] + 3   -- tail is at byte 64
+          return x
+        end
+      end)
+    ]])
+    check(ok, out)
+  end)
+
+  it("garbage record headers in the ring bytes: a marshal error", function()
+    for _, case in ipairs{ "0x7fffffff, 10", "16, 0x7ffffffe", "8, 0x80000000 + 10", "0, 99" } do
+      local ok, out = child(([[
+        expect_marshal(function()
+          return function(x)
+            local ffi = require "ffi"
+            local lanes = require("forkpool.core")._test_lanes()
+            local h = ffi.cast("volatile uint64_t *", lanes.results_hdr)
+            local head = h[0]
+            local p = ffi.cast("uint32_t *", ffi.cast("uint8_t *", lanes.results_ring)
+              + tonumber(head %% lanes.results_cap))
+            p[0], p[1] = %s
+            h[0] = head + 8
+            return x
+          end
+        end)
+      ]]):format(case))
+      check(ok, out)
+    end
+  end)
+
+  it("garbage over the whole ring while the parent reads it: no crash, a marshal error", function()
+    local ok, out = child([[
+      expect_marshal(function()
+        return function(x)
+          local ffi = require "ffi"
+          local lanes = require("forkpool.core")._test_lanes()
+          local h = ffi.cast("volatile uint64_t *", lanes.results_hdr)
+          local ring = ffi.cast("uint32_t *", lanes.results_ring)
+          local seed = 12345
+          for i = 0, lanes.results_cap / 4 - 1 do
+            seed = (seed * 1103515245 + 12345) % 2147483648
+            ring[i] = seed
+          end
+          h[0] = h[0] + 4096
+          return x
+        end
+      end)
+    ]])
+    check(ok, out)
+  end)
+end)
