@@ -102,3 +102,92 @@ describe("dispatch", function()
     ]], 120)
   end)
 end)
+
+describe("results", function()
+  local forkpool = require "forkpool"
+  local pool
+  after_each(function() if pool then pool:close(); pool = nil end end)
+
+  -- every task returns the same table, changed: result i must show the
+  -- state after task i, whatever the chunk size
+  local function counting(state, x)
+    state.n = (state.n or 0) + 1
+    state.last = x
+    state.seen = state.seen or {}
+    state.seen[#state.seen + 1] = x
+    return state
+  end
+
+  for _, cs in ipairs{ 1, 3, 10 } do
+    it("are the value when their task returned (worker state, chunk_size " .. cs .. ")", function()
+      pool = forkpool.new{ n_jobs = 1, use_worker_state = true }
+      local r = pool:map(counting, { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, { chunk_size = cs })
+      for i = 1, 10 do
+        assert.are.equal(i, r[i].n)
+        assert.are.equal(i, r[i].last)
+        assert.are.equal(i, #r[i].seen)
+      end
+    end)
+  end
+
+  it("are the value when their task returned: a shared table, nested, with a metatable", function()
+    pool = forkpool.new{ n_jobs = 1, keep_alive = true }
+    local fns = { 1, 2, 3, 4, 5, 6 }
+    for _, kind in ipairs{ "map", "map_unordered", "imap", "starmap" } do
+      local r
+      local fn = function(x)
+        local acc = _G.__acc or setmetatable({ list = {} }, { __index = { tag = "acc" } })
+        _G.__acc = acc
+        acc.list[#acc.list + 1] = x
+        acc.count = #acc.list
+        acc.self = acc  -- a cycle: kept in the copy
+        return acc
+      end
+      local opts = { chunk_size = 6 }
+      if kind == "imap" then
+        r = {}
+        for v, i in pool:imap(fn, fns, opts) do r[i] = v end
+      elseif kind == "starmap" then
+        local args = {}
+        for i = 1, #fns do args[i] = { fns[i] } end
+        r = pool:starmap(fn, args, opts)
+      else
+        r = pool[kind](pool, fn, fns, opts)
+      end
+      local counts = {}
+      for i = 1, 6 do
+        counts[#counts + 1] = r[i].count
+        assert.are.equal(r[i].count, #r[i].list)
+        assert.are.equal(r[i], r[i].self)
+      end
+      table.sort(counts)
+      -- _G.__acc lives on in the kept-alive worker: counts go on growing
+      for i = 2, 6 do assert.are.equal(counts[i - 1] + 1, counts[i], kind) end
+      pool:map(function() _G.__acc = nil end, { 1 })
+    end
+  end)
+
+  it("snapshot copies sharing, cycles, table keys and metatables", function()
+    local worker = require "forkpool.worker"
+    local shared = { 1, 2 }
+    local key = { "k" }
+    local mt = { __metatable = "locked" }
+    local t = setmetatable({ a = shared, b = shared, [key] = "v", 3 }, mt)
+    t.me = t
+    local c = worker.snapshot(t)
+    assert.are_not.equal(t, c)
+    assert.are.equal(c.a, c.b)
+    assert.are_not.equal(shared, c.a)
+    assert.are.same({ 1, 2 }, c.a)
+    assert.are.equal(c, c.me)
+    assert.are.equal("locked", getmetatable(c))
+    assert.are.equal(mt, debug.getmetatable(c))
+    local n = 0
+    for k, v in pairs(c) do
+      if type(k) == "table" then n = n + 1; assert.are.same({ "k" }, k); assert.are.equal("v", v) end
+    end
+    assert.are.equal(1, n)
+    local flat = worker.snapshot({ 1, 2, x = "y" })
+    assert.are.same({ 1, 2, x = "y" }, flat)
+  end)
+end)
