@@ -88,9 +88,12 @@ static fp_slot *test_slot;
 
 static fp_pool *check_pool(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
-  if (p->owner != fp_proc_self())
+  /* getpid(), not fp_proc_self(): that cache is refreshed only in forkpool's
+   * own children, and a process the host forked (a daemon, a pre-fork
+   * server) must be able to make and use pools of its own. */
+  if (p->owner != getpid())
     luaL_error(L, "forkpool: a pool can only be used by the process that created it "
-                  "(not from inside a worker)");
+                  "(not from inside a worker or a forked child)");
   if (p->closed) luaL_error(L, "forkpool: attempt to use a closed pool");
   return p;
 }

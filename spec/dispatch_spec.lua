@@ -191,3 +191,57 @@ describe("results", function()
     assert.are.same({ 1, 2, x = "y" }, flat)
   end)
 end)
+
+describe("a process the host forks", function()
+  it("can make and use pools of its own; the parent's pools raise a clear error there", function()
+    child([[
+      local forkpool = require "forkpool"
+      local ffi = require "ffi"
+      pcall(ffi.cdef, "int fork(void); int waitpid(int, int *, int); void _exit(int);")
+      local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+      assert(pool:map(function(x) return x + 1 end, { 1, 2, 3 })[3] == 4)
+      local before = pool:worker_pids()
+      local arr = forkpool.shared_array("double", 2)
+      for _, how in ipairs{ "_exit", "os.exit" } do
+        local pid = ffi.C.fork()
+        if pid == 0 then
+          local ok, e = pcall(function()
+            -- twice: a pool closed, then another made
+            for _ = 1, 2 do
+              local p2 = forkpool.new{ n_jobs = 2, keep_alive = true }
+              local r = p2:map(function(x) return x * 2 end, { 1, 2, 3 })
+              assert(r[3] == 6, "map in the child")
+              assert(p2:apply(function(a) return a + 1 end, { 41 }) == 42)
+              local a = p2:apply_async(function() return "async" end)
+              assert(a:get(30) == "async")
+              p2:close()
+            end
+            -- the parent's shared array is shared memory: still readable
+            arr[0] = 7
+            -- the parent's pool: a clear error, its workers untouched
+            local ok2, e2 = pcall(pool.map, pool, function(x) return x end, { 1 })
+            assert(not ok2 and tostring(e2):find("process that created it", 1, true), tostring(e2))
+            -- new shared arrays belong to the process that loaded forkpool
+            local ok3, e3 = pcall(forkpool.shared_array, "double", 2)
+            assert(not ok3 and tostring(e3):find("loaded forkpool", 1, true), tostring(e3))
+          end)
+          if not ok then io.stderr:write("CHILD: ", tostring(e), "\n") end
+          io.stderr:flush()
+          if how == "_exit" then ffi.C._exit(ok and 0 or 1) end
+          os.exit(ok and 0 or 1, true)  -- closes the state: the parent's pool is collected here
+        end
+        local st = ffi.new("int[1]")
+        assert(ffi.C.waitpid(pid, st, 0) == pid)
+        assert(st[0] == 0, "the child failed (" .. how .. ")")
+        assert(arr[0] == 7)
+        arr[0] = 0
+      end
+      -- the parent's pool and its workers are as they were
+      local after = pool:worker_pids()
+      for w, p in pairs(before) do assert(after[w] == p, "worker " .. w .. " changed") end
+      assert(pool:map(function(x) return x + 1 end, { 1, 2, 3 })[3] == 4)
+      pool:close()
+      print("OK")
+    ]], 120)
+  end)
+end)

@@ -177,8 +177,8 @@ local function check_self(self, fname)
     error(("bad self to '%s' (pool expected; use pool:%s(...))"):format(fname, fname), 3)
   end
   if self._owner ~= getpid() then
-    error(("forkpool: '%s' called from inside a worker: a pool can only be used by the "
-      .. "process that created it"):format(fname), 3)
+    error(("forkpool: '%s' called from inside a worker or a forked child: a pool can only be "
+      .. "used by the process that created it (a forked child can make pools of its own)"):format(fname), 3)
   end
   if self._closed then error(closed_error(self), 3) end
   if self._busy then
