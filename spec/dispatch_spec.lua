@@ -245,3 +245,70 @@ describe("a process the host forks", function()
     ]], 120)
   end)
 end)
+
+describe("values reachable from package.loaded", function()
+  local forkpool = require "forkpool"
+  local pool
+  before_each(function()
+    pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    pool:map(function(x) return x end, { 1, 2 })  -- workers up before the changes below
+  end)
+  after_each(function()
+    pool:close()
+    pool = nil
+    package.loaded.fp_test_cfg, package.loaded.fp_test_mod, package.loaded.fp_test_late = nil, nil, nil
+  end)
+
+  it("plain data travels by value: kept-alive workers see the parent's changes", function()
+    package.loaded.fp_test_cfg = { threshold = 1, nested = { 1, 2 } }
+    package.loaded.fp_test_mod = { f = function() return "f" end, data = { x = 1 } }
+    pool:map(function(x) return x end, { 1, 2 })
+    local cfg = package.loaded.fp_test_cfg
+    local data = package.loaded.fp_test_mod.data
+    local function read() return { cfg.threshold, #cfg.nested, data.x } end
+    local r = pool:map(function() return read() end, { 1, 2 }, { chunk_size = 1 })
+    assert.are.same({ 1, 2, 1 }, r[1])
+    assert.are.same({ 1, 2, 1 }, r[2])
+    cfg.threshold, data.x = 2, 3
+    cfg.nested[3] = 3
+    r = pool:map(function() return read() end, { 1, 2 }, { chunk_size = 1 })
+    assert.are.same({ 2, 3, 3 }, r[1])
+    assert.are.same({ 2, 3, 3 }, r[2])
+  end)
+
+  it("a table put into package.loaded after the workers started travels by value", function()
+    package.loaded.fp_test_late = { v = 5, list = { "a", "b" } }
+    local late = package.loaded.fp_test_late
+    local r = pool:map(function(i) return late.list[i] .. late.v end, { 1, 2 }, { chunk_size = 1 })
+    assert.are.same({ "a5", "b5" }, { r[1], r[2] })
+    -- and as an item
+    r = pool:map(function(t) return t.v end, { late, late })
+    assert.are.same({ 5, 5 }, { r[1], r[2] })
+  end)
+
+  it("functions and modules with functions still travel by name", function()
+    local fmt = string.format
+    local mod = { f = function() return "f" end }
+    package.loaded.fp_test_mod = mod
+    -- the worker loaded no such module: it must have been there before
+    -- the fork to travel by name, so fork fresh workers first
+    pool:close()
+    pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    pool:map(function(x) return x end, { 1, 2 })
+    local r = pool:map(function(x)
+      return { fmt("%d", x), mod == package.loaded.fp_test_mod, mod.f() }
+    end, { 1, 2 }, { chunk_size = 1 })
+    assert.are.same({ "1", true, "f" }, r[1])
+    assert.are.same({ "2", true, "f" }, r[2])
+  end)
+
+  it("plain_data tells plain tables from the rest", function()
+    local plain = require("forkpool.scheduler")._plain_data
+    assert.is_true(plain({ 1, "a", true, { x = { 2 } } }, {}))
+    assert.is_false(plain({ 1, { f = print } }, {}))
+    assert.is_false(plain({ setmetatable({}, {}) }, {}))
+    local cyc = { 1 }
+    cyc.me = cyc
+    assert.is_true(plain(cyc, {}))
+  end)
+end)

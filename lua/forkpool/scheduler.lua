@@ -58,14 +58,43 @@ S.INFLIGHT = INFLIGHT
 -- Module map (values reachable from package.loaded travel by name)
 ------------------------------------------------------------------------
 
--- Modules themselves ("cjson"), then their fields ("string\0format").  _G
--- contributes only C functions: a user's global table or Lua function must
--- travel by value, not as the worker's stale copy.
+-- Is t plain data: a table without a metatable holding only numbers,
+-- strings, booleans and plain tables?  Such a table travels by value, so a
+-- worker sees what the parent holds now (a kept-alive worker's copy is
+-- stale; a table put into package.loaded by hand cannot be required).
+-- memo: table -> verdict, shared across one build (a table being looked at
+-- counts as plain, so cycles end).
+local function plain_data(t, memo)
+  local known = memo[t]
+  if known ~= nil then return known end
+  if getmetatable(t) ~= nil then memo[t] = false; return false end
+  memo[t] = true
+  for k, v in next, t do
+    local tk, tv = type(k), type(v)
+    if (tk == "table" and not plain_data(k, memo)) or (tv == "table" and not plain_data(v, memo))
+        or (tk ~= "table" and tk ~= "number" and tk ~= "string" and tk ~= "boolean")
+        or (tv ~= "table" and tv ~= "number" and tv ~= "string" and tv ~= "boolean") then
+      memo[t] = false
+      return false
+    end
+  end
+  return true
+end
+S._plain_data = plain_data
+
+-- Only functions and values that cannot be copied (modules with functions,
+-- userdata, tables with metatables) travel by name: modules themselves
+-- ("cjson"), then their fields ("string\0format").  Plain data travels by
+-- value.  _G contributes only C functions: a user's global table or Lua
+-- function must travel by value, not as the worker's stale copy.
 local function build_modmap()
-  local m = {}
+  local m, memo = {}, {}
+  local function by_name(v, t)
+    return t == "function" or t == "userdata" or (t == "table" and not plain_data(v, memo))
+  end
   for name, mod in pairs(package.loaded) do
     local t = type(mod)
-    if (t == "table" or t == "function" or t == "userdata") and m[mod] == nil then
+    if m[mod] == nil and by_name(mod, t) then
       m[mod] = name
     end
   end
@@ -74,7 +103,7 @@ local function build_modmap()
       local is_g = (mod == _G)
       for k, v in pairs(mod) do
         local t = type(v)
-        if type(k) == "string" and m[v] == nil and (t == "function" or t == "table" or t == "userdata") then
+        if type(k) == "string" and m[v] == nil and by_name(v, t) then
           if not is_g or (t == "function" and debug.getinfo(v, "S").what == "C") then
             m[v] = name .. "\0" .. k
           end
@@ -85,14 +114,24 @@ local function build_modmap()
   return m
 end
 
--- Rebuilt only when package.loaded gained or lost entries (or when asked:
--- a value was refused, perhaps for a module loaded since).
-local modmap_cache, modmap_size
+-- Rebuilt only when an entry of package.loaded was added, removed or
+-- replaced (its names and values are remembered: a count alone misses a
+-- module dropped and another added), or when asked (a value was refused).
+local modmap_cache, modmap_seen, modmap_size
 local function get_modmap(fresh)
-  local n = 0
-  for _ in pairs(package.loaded) do n = n + 1 end
-  if fresh or not modmap_cache or n ~= modmap_size then
-    modmap_cache, modmap_size = build_modmap(), n
+  local n, same = 0, modmap_seen ~= nil
+  if same then
+    for name, mod in pairs(package.loaded) do
+      n = n + 1
+      if modmap_seen[name] ~= mod then same = false; break end
+    end
+  end
+  if fresh or not same or n ~= modmap_size then
+    modmap_cache, modmap_seen, modmap_size = build_modmap(), {}, 0
+    for name, mod in pairs(package.loaded) do
+      modmap_seen[name] = mod
+      modmap_size = modmap_size + 1
+    end
   end
   return modmap_cache
 end
