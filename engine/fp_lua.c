@@ -74,7 +74,35 @@ typedef struct fp_pool {
   size_t ring_cap, big_cap;  /* big_cap: also the stride of the regions */
   int bigfd;
   int rr;
+  struct fp_pool *next_live; /* the registry of live pools (live_pools) */
+  int close_fds;             /* close_fds option: close inherited fds in workers */
+  int *keep_fds, nkeep_fds;  /* ... but these (the option's list) */
 } fp_pool;
+
+/* ---- the registry of this process's live pools ----
+ *
+ * A worker is forked with every mapping of its process: without this, a
+ * worker of pool B would keep pool A's lanes, control page and stats mapped
+ * (A's memory outlives A:close() while B lives, and B's workers could write
+ * into A's lanes).  The child unmaps every pool but its own (pools_forget),
+ * and the last pool closed closes the lifeline (fp_proc.c). */
+static fp_pool *live_pools;
+
+static void pools_add(fp_pool *p) {
+  p->next_live = live_pools;
+  live_pools = p;
+}
+
+static void pools_remove(fp_pool *p) {
+  for (fp_pool **pp = &live_pools; *pp; pp = &(*pp)->next_live) {
+    if (*pp == p) {
+      *pp = p->next_live;
+      p->next_live = NULL;
+      break;
+    }
+  }
+  if (!live_pools) fp_proc_lifeline_close();
+}
 
 #ifdef FP_TEST_HOOKS
 /* Test hook state (core._set_worker_fault): arm only this worker id. */
@@ -132,6 +160,24 @@ static void slot_unmap(fp_slot *s, int discard) {
   fp_lane_destroy(&s->results);
 }
 
+/* In a fresh worker of pool keep: unmap every other pool's shared memory
+ * (their fds are closed with the fd registry) and forget the registry: the
+ * pools are not this process's. */
+static void pools_forget(fp_pool *keep) {
+  for (fp_pool *q = live_pools; q; q = q->next_live) {
+    if (q == keep) continue;
+    if (q->slots)
+      for (int i = 0; i < q->n; i++) slot_unmap(&q->slots[i], 0);
+    fp_shm_unmap(q->ctl, sizeof(fp_ctl));
+    q->ctl = NULL;
+    fp_shm_unmap(q->stats, q->stats_len);
+    q->stats = NULL;
+    q->owner = 0;
+    q->closed = 1;
+  }
+  live_pools = NULL;
+}
+
 /* Kill and reap every live worker, unmap and close everything.  Idempotent;
  * safe on a half-built pool. */
 static void pool_release(fp_pool *p) {
@@ -139,7 +185,7 @@ static void pool_release(fp_pool *p) {
     for (int i = 0; i < p->n; i++) {
       fp_slot *s = &p->slots[i];
       if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
+        fp_proc_kill(s->pid, SIGKILL);
         /* SIGKILL cannot be caught: the wait is short; bounded anyway. */
         if (s->pidfd >= 0) fp_proc_wait_exit(s->pidfd, 5000);
         int st, known;
@@ -170,10 +216,35 @@ static void pool_release(fp_pool *p) {
   fp_shm_unmap(p->stats, p->stats_len);
   p->stats = NULL;
   fp_buf_free(&p->enc);
+  free(p->keep_fds);
+  p->keep_fds = NULL;
+  p->nkeep_fds = 0;
   p->closed = 1;
 }
 
-/* ---- core.new(n, helpers [, ring_cap]) ---- */
+/* close_fds (argument arg of core.new): nil/false, true, or a list of fds
+ * to keep as well. */
+static void opt_close_fds(lua_State *L, fp_pool *p, int arg) {
+  if (lua_isnoneornil(L, arg) || (lua_isboolean(L, arg) && !lua_toboolean(L, arg))) return;
+  if (!lua_isboolean(L, arg) && !lua_istable(L, arg))
+    luaL_error(L, "bad option 'close_fds' to 'new' (boolean or list of fds expected, got %s)",
+               luaL_typename(L, arg));
+  int n = lua_istable(L, arg) ? (int)lua_objlen(L, arg) : 0;
+  /* Room for the engine's 3 as well: a child must not allocate. */
+  p->keep_fds = calloc((size_t)n + 3, sizeof *p->keep_fds);
+  if (!p->keep_fds) luaL_error(L, "forkpool: out of memory");
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, arg, i);
+    lua_Number v = lua_tonumber(L, -1);
+    if (!lua_isnumber(L, -1) || v < 0 || v > INT_MAX || v != (lua_Number)(int)v)
+      luaL_error(L, "bad option 'close_fds' to 'new' (item %d is not a file descriptor)", i);
+    p->keep_fds[p->nkeep_fds++] = (int)v;
+    lua_pop(L, 1);
+  }
+  p->close_fds = 1;
+}
+
+/* ---- core.new(n, helpers [, ring_cap [, close_fds]]) ---- */
 
 static int l_new(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
@@ -195,9 +266,11 @@ static int l_new(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 2);
   lua_setfenv(L, -2);
+  pools_add(p); /* removed by close / __gc, however far l_new got */
 
   p->n = (int)n;
   p->ring_cap = (size_t)ring;
+  opt_close_fds(L, p, 4);
   /* The largest record: RAM + swap.  It costs no memory or address space
    * until records use it; it only spaces the lanes' regions in bigfd.
    * Where RLIMIT_FSIZE is finite the regions share it (past it, writes
@@ -284,8 +357,18 @@ static int l_spawn(lua_State *L) {
      * pool's doorbell and big-area file. */
     for (int i = 0; i < p->n; i++)
       if (i != w) slot_unmap(&p->slots[i], 0);
+    pools_forget(p);
     int keep[2] = {p->doorbell, p->bigfd};
     fp_proc_close_tracked_except(keep, 2);
+    if (p->close_fds) {
+      /* The option: nothing inherited from the host but 0-2, the listed
+       * fds and the engine's own (keep_fds has room for those 3). */
+      int k = p->nkeep_fds;
+      p->keep_fds[k++] = p->doorbell;
+      p->keep_fds[k++] = p->bigfd;
+      p->keep_fds[k++] = fp_proc_lifeline_fd();
+      fp_proc_close_fds_except(p->keep_fds, k);
+    }
     fp_proc_child_init(parent);
     fp_proc_child_last_words(&p->stats[w].fatal_signal);
 #ifdef FP_TEST_HOOKS
@@ -813,12 +896,13 @@ static int l_poll(lua_State *L) {
 
 /* ---- process control ---- */
 
-/* pool:kill(wid, signo): send a signal to a live worker. */
+/* pool:kill(wid, signo): send a signal to a live worker (SIGKILL: to its
+ * process group, its background children too). */
 static int l_kill(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   int sig = (int)luaL_optinteger(L, 3, SIGKILL);
-  if (p->slots[w].pid > 0) kill(p->slots[w].pid, sig);
+  if (p->slots[w].pid > 0) fp_proc_kill(p->slots[w].pid, sig);
   return 0;
 }
 
@@ -934,6 +1018,9 @@ static int l_close(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
   if (p->owner != getpid()) return 0; /* a worker's copy: not ours */
   if (!p->closed || p->slots) pool_release(p);
+  free(p->keep_fds); /* l_new may fail before anything pool_release frees */
+  p->keep_fds = NULL;
+  pools_remove(p);
   return 0;
 }
 

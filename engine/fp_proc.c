@@ -14,7 +14,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,6 +65,90 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep) {
   reg_n = w;
 }
 
+static int cmp_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+void fp_proc_close_fds_except(int *keep, int nkeep) {
+  qsort(keep, (size_t)nkeep, sizeof *keep, cmp_int);
+  long max = sysconf(_SC_OPEN_MAX);
+  if (max < 0 || max > 1 << 20) max = 1 << 20;
+  int lo = 3;
+  for (int i = 0; i <= nkeep; i++) {
+    int hi = i < nkeep ? keep[i] - 1 : INT32_MAX; /* close [lo, hi] */
+    if (i < nkeep && keep[i] < lo) {
+      if (keep[i] + 1 > lo) lo = keep[i] + 1;
+      continue;
+    }
+    if (hi >= lo && syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0) != 0) {
+      /* Before Linux 5.9: one by one, up to the fd limit. */
+      for (long fd = lo; fd <= hi && fd < max; fd++) close((int)fd);
+    }
+    if (i < nkeep) lo = keep[i] + 1;
+  }
+}
+
+/* ---- fd identity ---- */
+
+int fp_fd_id_get(int fd, fp_fd_id *id) {
+  struct stat st;
+  id->dev = 0;
+  id->ino = 0;
+  if (fd < 0 || fstat(fd, &st) != 0) return FP_ESYS;
+  id->dev = (uint64_t)st.st_dev;
+  id->ino = (uint64_t)st.st_ino;
+  return FP_OK;
+}
+
+int fp_fd_id_same(int fd, const fp_fd_id *id) {
+  fp_fd_id now;
+  if (fp_fd_id_get(fd, &now) != FP_OK) return 0;
+  return now.dev == id->dev && now.ino == id->ino;
+}
+
+/* ---- the lifeline: a pipe whose write end only the parent holds ----
+ *
+ * PR_SET_PDEATHSIG does not fire when the parent exec()s another program,
+ * and getppid() does not change then.  The write end is O_CLOEXEC and
+ * never leaves the parent (children close it at once), so an exec closes
+ * the last write end and every worker's read end reports POLLHUP. */
+
+static int life_r = -1, life_w = -1;
+static pid_t life_owner;
+static int parent_life = -1;       /* in a worker: the read end it watches */
+static fp_fd_id parent_life_id;
+
+static void lifeline_make(void) {
+  if (life_w >= 0 && life_owner == getpid()) return;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return; /* only exec detection is lost */
+  life_r = fds[0];
+  life_w = fds[1];
+  life_owner = getpid();
+}
+
+int fp_proc_parent_gone(void) {
+  if (parent_life < 0) return 0;
+  struct pollfd p = {.fd = parent_life, .events = POLLIN};
+  if (poll(&p, 1, 0) != 1 || !(p.revents & POLLHUP)) return 0;
+  /* A task may have closed our fd and opened something else there. */
+  return fp_fd_id_same(parent_life, &parent_life_id);
+}
+
+int fp_proc_lifeline_fd(void) { return parent_life; }
+
+void fp_proc_lifeline_close(void) {
+  if (life_w < 0 || life_owner != getpid()) return;
+  close(life_r);
+  close(life_w);
+  life_r = life_w = -1;
+}
+
 /* ---- fork ---- */
 
 static pid_t self_pid;
@@ -81,6 +167,7 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
     errno = EAGAIN;
     return FP_ESYS;
   }
+  lifeline_make();
   sigset_t all, old;
   sigfillset(&all);
   sigprocmask(SIG_SETMASK, &all, &old);
@@ -93,11 +180,23 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
   }
   if (p == 0) {
     self_pid = getpid();
+    /* Its own process group: killing the worker's group (fp_proc_kill)
+     * takes the task's background children along.  The terminal's
+     * group signals no longer reach workers; they ignore them anyway. */
+    setpgid(0, 0);
+    /* Watch our parent's lifeline, never hold a write end of it, and drop
+     * the grandparent's (a pool made inside a worker makes its own). */
+    if (parent_life >= 0) close(parent_life);
+    parent_life = life_r;
+    fp_fd_id_get(parent_life, &parent_life_id);
+    if (life_w >= 0) close(life_w);
+    life_r = life_w = -1;
     *pid = 0;
     *pidfd = -1;
     return FP_OK; /* signals stay blocked until fp_proc_child_init */
   }
   sigprocmask(SIG_SETMASK, &old, NULL);
+  setpgid(p, p); /* as the child does: whichever runs first, no window */
   /* The child cannot have been reaped yet unless the host reaps every child
    * (waitpid(-1) in a SIGCHLD handler): then pidfd_open fails and the spawn
    * is reported as failed rather than watching a recycled pid. */
@@ -121,7 +220,7 @@ void fp_proc_child_init(pid_t parent) {
   for (int s = 1; s < NSIG; s++) {
     if (s == SIGKILL || s == SIGSTOP) continue;
     if (sigaction(s, NULL, &sa) != 0) continue; /* reserved RT signals */
-    if (s == SIGINT) {
+    if (s == SIGINT || s == SIGHUP || s == SIGQUIT || s == SIGTTIN || s == SIGTTOU) {
       memset(&sa, 0, sizeof sa);
       sa.sa_handler = SIG_IGN;
       sigaction(s, &sa, NULL);
@@ -227,9 +326,24 @@ int fp_proc_sigint_take(void) {
   return 1;
 }
 
+/* ---- killing ---- */
+
+void fp_proc_kill(pid_t pid, int sig) {
+  kill(pid, sig);
+  /* The worker's descendants in its group go too.  Only while pid is ours
+   * and unreaped (live or a zombie), so the group id cannot be recycled. */
+  if (sig == SIGKILL) kill(-pid, SIGKILL);
+}
+
 /* ---- reaping ---- */
 
 int fp_proc_try_reap(pid_t pid, int *status, int *known) {
+  /* A zombie still holds its pid (and group id): take its group along
+   * before reaping it (the task's background children). */
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid)
+    kill(-pid, SIGKILL);
   for (;;) {
     int st = 0;
     pid_t r = waitpid(pid, &st, WNOHANG);

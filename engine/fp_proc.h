@@ -27,12 +27,18 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep);
  * Parent: returns FP_OK with *pid > 0 and *pidfd (O_CLOEXEC, tracked), or an
  *   error (FP_ESYS with errno: EAGAIN when RLIMIT_NPROC is reached) and no
  *   child exists.
- * Child: returns FP_OK with *pid == 0, signals still blocked: the caller
- *   finishes its setup and calls fp_proc_child_init.
+ * Child: returns FP_OK with *pid == 0, signals still blocked, the leader
+ *   of a process group of its own, watching the parent's lifeline (see
+ *   fp_proc_parent_gone): the caller finishes its setup and calls
+ *   fp_proc_child_init.
  */
 int fp_proc_fork(pid_t *pid, int *pidfd);
 
-/* Child setup: SIGINT ignored (Ctrl-C reaches only the parent), every other
+/* Child setup: SIGINT, SIGHUP and SIGQUIT ignored (the terminal's group
+ * signals are the parent's to handle; parent death is detected by
+ * PDEATHSIG and the lifeline), SIGTTIN and SIGTTOU ignored (a worker leads
+ * its own background process group: reading the terminal fails with EIO
+ * instead of stopping it), every other
  * caught signal back to its default, signal mask cleared, PR_SET_PDEATHSIG
  * SIGKILL, and an exit if the parent is already gone.  parent = the pid of
  * the parent as seen before fork. */
@@ -54,6 +60,35 @@ int fp_proc_sigint_arm(int wake_fd);
 void fp_proc_sigint_disarm(void);
 /* 1 if SIGINT arrived since arm (clears the flag). */
 int fp_proc_sigint_take(void);
+
+/* In a fresh worker (close_fds): close every fd >= 3 except those in keep[]
+ * (sorted in place; negative entries are ignored). */
+void fp_proc_close_fds_except(int *keep, int nkeep);
+
+/* An fd's identity (st_dev, st_ino), to tell that an fd number still
+ * refers to the file forkpool opened: a task may close every fd >= 3 and
+ * open a file of its own that gets the same number. */
+typedef struct fp_fd_id { uint64_t dev, ino; } fp_fd_id;
+/* FP_OK, or FP_ESYS (the fd is closed; *id zeroed). */
+int fp_fd_id_get(int fd, fp_fd_id *id);
+/* 1 when fd is open and refers to the file id was taken from. */
+int fp_fd_id_same(int fd, const fp_fd_id *id);
+
+/* In a worker: 1 when the parent's lifeline reports that no process holds
+ * its write end any more (the parent exec()ed another program or died),
+ * checked without blocking.  0 when alive or unknown. */
+int fp_proc_parent_gone(void);
+/* In a worker: the lifeline's read end (-1: none), to keep when closing
+ * descriptors. */
+int fp_proc_lifeline_fd(void);
+/* In a parent: close the lifeline (made again by the next fork) when it has
+ * no live workers left, so no fd outlives the last pool. */
+void fp_proc_lifeline_close(void);
+
+/* Send sig to a worker; SIGKILL goes to its whole process group too (every
+ * worker leads its own), so its background children die with it.  Only
+ * for a child not yet reaped. */
+void fp_proc_kill(pid_t pid, int sig);
 
 /* Test hook: make the n-th next fork fail with EAGAIN (0: never). */
 void fp_proc_fail_fork_after(int n);

@@ -19,6 +19,7 @@
 #include "fp_proc.h"
 #include "fp_luajit.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,14 @@ typedef struct W {
   int nlead;
   double lifespan;       /* 0: unlimited */
   uint64_t items_done;   /* items run (success or not) */
+  /* The identities of the doorbell and the big-area file at start: a task
+   * may close every fd >= 3 (and open files that get their numbers).
+   * Checked after user code runs; once lost, the worker never touches
+   * those fds again (no doorbell write into a user's file, no big record),
+   * sends what fits inline and retires: its exit wakes the parent through
+   * the pidfd, so nothing waits for a doorbell that cannot ring. */
+  fp_fd_id bell_id, big_id;
+  int fds_lost;
 } W;
 
 static fp_wstat *w_stat; /* for os.exit's last words */
@@ -124,8 +133,21 @@ static void w_release_task(fp_worker_io *io) {
 
 /* ---- sending ---- */
 
+/* Leave when the parent is gone: died (reparented) or exec()ed another
+ * program (its lifeline's write end closed on exec). */
+/* After user code: are the doorbell and the big-area file still ours? */
+static void w_check_fds(W *w) {
+  if (w->fds_lost) return;
+  if (fp_fd_id_same(w->io->doorbell, &w->bell_id) &&
+      (w->io->results.big_fd < 0 || fp_fd_id_same(w->io->results.big_fd, &w->big_id)))
+    return;
+  w->fds_lost = 1;
+  fprintf(stderr, "forkpool worker %d: user code closed or replaced forkpool's file "
+                  "descriptors; the worker retires\n", (int)getpid());
+}
+
 static void w_check_parent(W *w) {
-  if (getppid() != w->io->parent) _exit(71);
+  if (getppid() != w->io->parent || fp_proc_parent_gone()) _exit(71);
 }
 
 /* Publish a record on the result lane, sleeping while it is full.  Returns
@@ -133,6 +155,10 @@ static void w_check_parent(W *w) {
 static int w_send2(W *w, uint32_t type, const void *a, size_t alen,
                    const void *b, size_t blen) {
   fp_worker_io *io = w->io;
+  if (w->fds_lost && alen + blen > FP_LANE_INLINE_MAX(io->results.cap)) {
+    errno = EBADF; /* it would need the big area's file */
+    return FP_ESYS;
+  }
   for (;;) {
     int wake = 0;
     int rc = fp_lane_try_send2(&io->results, type, a, alen, b, blen, &wake);
@@ -141,7 +167,8 @@ static int w_send2(W *w, uint32_t type, const void *a, size_t alen,
       /* Pairs with the parent's fence between setting parent_sleeping and
        * re-checking the lanes: either it sees our record or we see its flag. */
       atomic_thread_fence(memory_order_seq_cst);
-      if (atomic_load_explicit(&io->ctl->parent_sleeping, memory_order_relaxed)) {
+      if (!w->fds_lost &&
+          atomic_load_explicit(&io->ctl->parent_sleeping, memory_order_relaxed)) {
         uint64_t one = 1;
         ssize_t n = write(io->doorbell, &one, sizeof one);
         (void)n; /* EAGAIN means the counter is already non-zero: awake */
@@ -275,6 +302,7 @@ static void w_finish(W *w, uint32_t reason) {
     uint64_t t0 = fp_now_ns();
     int st = lua_pcall(L, n, 1, S_MSGH);
     atomic_store(&w->io->st->exit_ns, fp_now_ns() - t0);
+    w_check_fds(w);
     if (st == 0) {
       int rc = w_encode_top(w, "exit result");
       w_send2(w, rc == FP_OK ? FP_M_EXIT_RESULT : FP_M_EXIT_ERROR, NULL, 0,
@@ -305,6 +333,8 @@ static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t inde
     lua_pushfstring(w->L, "result of item %d: %s (%f bytes)", (int)h->start,
                     rc == FP_E2BIG    ? "too large to send"
                     : rc == FP_ENOMEM ? "cannot be sent: out of shared memory"
+                    : w->fds_lost     ? "cannot be sent: the task closed forkpool's file "
+                                        "descriptors (see the close_fds option)"
                                       : "cannot be sent",
                     (double)blen);
     lua_setfield(w->L, -2, "message");
@@ -446,6 +476,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   uint64_t t_run = fp_now_ns();
   int st = lua_pcall(L, n, 1, S_MSGH);
   uint64_t t_end = fp_now_ns();
+  w_check_fds(w);
   atomic_fetch_add(&io->st->work_ns, t_end - t_run);
   w_stamp_close(t_end);
   int64_t cur = atomic_load(&io->st->cur_index);
@@ -562,6 +593,8 @@ static int w_body(lua_State *L) {
   w.L = L;
   w.io = b->io;
   w_stat = w.io->st;
+  fp_fd_id_get(w.io->doorbell, &w.bell_id);
+  if (w.io->results.big_fd >= 0) fp_fd_id_get(w.io->results.big_fd, &w.big_id);
   lua_settop(L, 0);
   /* The context table was left in the registry by fp_worker_main. */
   lua_pushlightuserdata(L, (void *)&fp_worker_main);
@@ -628,6 +661,15 @@ static int w_body(lua_State *L) {
     uint64_t t0 = fp_now_ns();
     int st = lua_pcall(L, n, 0, S_MSGH);
     atomic_store(&io->st->init_ns, fp_now_ns() - t0);
+    w_check_fds(&w);
+    if (st == 0 && w.fds_lost) {
+      /* Retiring would only start another worker that does the same. */
+      lua_createtable(L, 0, 1);
+      lua_pushliteral(L, "worker_init closed or replaced forkpool's file descriptors "
+                         "(see the close_fds option)");
+      lua_setfield(L, -2, "message");
+      st = 1;
+    }
     if (st != 0) {
       w_encode_error(&w);
       w_send2(&w, FP_M_INIT_ERROR, NULL, 0, w.enc.p, w.enc.len);
@@ -660,7 +702,12 @@ static int w_body(lua_State *L) {
     }
     if (rc != FP_OK) w_exit_now(72); /* the parent wrote garbage */
     switch (type) {
-    case FP_M_CHUNK: w_chunk(&w, p, len); idle_since = fp_now_ns(); break;
+    case FP_M_CHUNK:
+      w_chunk(&w, p, len);
+      idle_since = fp_now_ns();
+      /* Results delivered; a planned exit gives back what it held. */
+      if (w.fds_lost) w_finish(&w, FP_BYE_LIFESPAN);
+      break;
     case FP_M_SETUP: w_setup(&w, p, len); idle_since = fp_now_ns(); break;
     case FP_M_STOP:
       w_release_task(io);

@@ -94,6 +94,7 @@ local POOL_OPTS = {
   n_jobs = "positive integer", keep_alive = "boolean", use_worker_state = "boolean",
   pass_worker_id = "boolean", shared_objects = "any", worker_lifespan = "positive integer",
   order_tasks = "boolean", cpu_ids = "table", enable_insights = "boolean",
+  close_fds = "any", -- true or a list of fds to keep (checked by core.new)
 }
 -- Options of every call that runs tasks.
 local RUN_OPTS = {
@@ -242,7 +243,7 @@ function M.new(opts)
     cdata_kind = worker.cdata_kind,
     cdata_new = worker.cdata_new,
     unpack_into = worker.unpack_into,
-  })
+  }, nil, opts.close_fds)
   for w = 1, n do self._workers[w] = S.empty_slot() end
   if self._insights then require("forkpool.insights").attach(self) end
   return self
