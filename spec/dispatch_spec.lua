@@ -312,3 +312,45 @@ describe("values reachable from package.loaded", function()
     assert.is_true(plain(cyc, {}))
   end)
 end)
+
+describe("worker_max_memory", function()
+  it("replaces a worker whose resident memory exceeds it after a task; worker_exit runs", function()
+    child([[
+      local forkpool = require "forkpool"
+      local S = require "forkpool.scheduler"
+      local ffi = require "ffi"
+      pcall(ffi.cdef, "int getpid(void);")
+      -- a worker's resident memory with nothing of its own yet
+      local probe = forkpool.new{ n_jobs = 1 }
+      local base = probe:apply(function() return S.rss_bytes(ffi.C.getpid()) end)
+      probe:close()
+      local limit = base + 32 * 2^20
+      for _, keep in ipairs{ false, true } do
+        local pool = forkpool.new{ n_jobs = 1, worker_max_memory = limit, keep_alive = keep,
+          enable_insights = true }
+        local r = pool:map(function(x)
+          if x == 3 then _G.hog = ("x"):rep(64 * 2^20) end
+          return ffi.C.getpid()
+        end, { 1, 2, 3, 4, 5, 6 }, { chunk_size = 1, worker_exit = function() return ffi.C.getpid() end })
+        assert(r[1] == r[3], "items 1..3 ran in one worker")
+        assert(r[6] ~= r[1], "the worker over the limit was not replaced")
+        local ins = pool:get_insights()
+        assert(ins.total_memory_replacements == 1, "insights: " .. tostring(ins.total_memory_replacements))
+        assert(ins.n_memory_replacements[1] == 1)
+        if keep then pool:stop_and_join() end
+        local ex = pool:get_exit_results()
+        assert(#ex == 2, "exit results: " .. #ex)
+        assert(ex[1] == r[1] and ex[2] == r[6], "exit results in order")
+        pool:close()
+      end
+      -- under the limit: one worker throughout
+      local pool = forkpool.new{ n_jobs = 1, worker_max_memory = limit }
+      local r = pool:map(function() return ffi.C.getpid() end, { 1, 2, 3, 4 }, { chunk_size = 1 })
+      assert(r[1] == r[4])
+      pool:close()
+      local ok, e = pcall(forkpool.new, { worker_max_memory = -1 })
+      assert(not ok and tostring(e):find("worker_max_memory", 1, true))
+      print("OK")
+    ]], 120)
+  end)
+end)

@@ -94,6 +94,7 @@ local POOL_OPTS = {
   n_jobs = "positive integer", keep_alive = "boolean", use_worker_state = "boolean",
   pass_worker_id = "boolean", shared_objects = "any", worker_lifespan = "positive integer",
   order_tasks = "boolean", cpu_ids = "table", enable_insights = "boolean",
+  worker_max_memory = "positive integer",
   close_fds = "any", -- true or a list of fds to keep (checked by core.new)
 }
 -- Options of every call that runs tasks.
@@ -223,6 +224,7 @@ function M.new(opts)
     _pass_id = opts.pass_worker_id or false,
     _shared = opts.shared_objects,
     _lifespan = opts.worker_lifespan,
+    _max_memory = opts.worker_max_memory, -- bytes of resident memory (scheduler.check_memory)
     _order_tasks = opts.order_tasks or false,
     _cpus = opts.cpu_ids and check_cpu_ids(opts.cpu_ids, n),
     _insights = opts.enable_insights or false,

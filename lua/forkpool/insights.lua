@@ -12,8 +12,14 @@ local FIELDS = { "start_up", "init", "waiting", "working", "exit" }
 function M.attach(pool)
   pool._ins_done = {}   -- [wid] = sums of workers gone from slot wid
   pool._ins_slow = {}   -- slowest items of workers gone
+  pool._ins_retired = {} -- [reason] = { [wid] = workers retired from slot wid }
   pool._on_generation = function()
-    pool._ins_done, pool._ins_slow = {}, {}
+    pool._ins_done, pool._ins_slow, pool._ins_retired = {}, {}, {}
+  end
+  pool._on_retire = function(w, reason)
+    local r = pool._ins_retired[reason] or {}
+    r[w] = (r[w] or 0) + 1
+    pool._ins_retired[reason] = r
   end
   pool._on_exit = function(w)
     local s = pool._core:worker_insights(w)
@@ -72,6 +78,13 @@ function M.get(pool)
     total_exit_time = total(per.exit),
     top_5_max_task_durations = top,
   }
+  -- workers replaced for exceeding worker_max_memory, per worker and in all
+  local mem = pool._ins_retired.memory or {}
+  r.n_memory_replacements, r.total_memory_replacements = {}, 0
+  for w = 1, pool._n do
+    r.n_memory_replacements[w] = mem[w] or 0
+    r.total_memory_replacements = r.total_memory_replacements + (mem[w] or 0)
+  end
   return r
 end
 
@@ -95,6 +108,9 @@ function M.print(pool, stream)
     lines[#lines + 1] = ("  worker %-3d %8d %9.3f %9.3f %9.3f %9.3f %9.3f"):format(w,
       r.n_completed_tasks[w], r.start_up_time[w], r.init_time[w], r.waiting_time[w],
       r.working_time[w], r.exit_time[w])
+  end
+  if r.total_memory_replacements > 0 then
+    lines[#lines + 1] = ("Workers replaced for exceeding worker_max_memory: %d"):format(r.total_memory_replacements)
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "Top 5 slowest tasks (timed per item):"

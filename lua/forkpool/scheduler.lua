@@ -207,6 +207,60 @@ local function take_chunk(rec, jobid, start)
   return nil
 end
 
+-- Resident memory of process pid in bytes (nil when it cannot be read).
+local page_size
+local function rss_bytes(pid)
+  local f = io.open("/proc/" .. pid .. "/statm")
+  if not f then return nil end
+  local _, resident = f:read("*n", "*n")
+  f:close()
+  if not resident then return nil end
+  if not page_size then
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "long sysconf(int name);")
+    page_size = tonumber(ffi.C.sysconf(30)) -- _SC_PAGESIZE
+    if not page_size or page_size <= 0 then page_size = 4096 end
+  end
+  return resident * page_size
+end
+S.rss_bytes = rss_bytes
+
+-- Retire the worker in slot w gracefully: it gets no more chunks, runs
+-- those it holds, then worker_exit (its exit result is kept), and leaves;
+-- its slot is refilled while there is work.  reason: "memory", "idle".
+-- The stop record goes out now, or from dispatch when the lane is full.
+local function retire(pool, w, reason)
+  local rec = pool._workers[w]
+  if not rec.pid or rec.stopping or rec.killed or rec.bye then return end
+  rec.stopping, rec.retired = true, reason
+  rec.stop_pending = not pool._core:send_stop(w)
+  if rec.stop_pending then pool._stops_pending = true end
+  if pool._on_retire then pool._on_retire(w, reason) end
+end
+S.retire = retire
+
+-- Send the stop records that found their lane full.
+function S.send_pending_stops(pool)
+  local left = false
+  for w = 1, pool._n do
+    local rec = pool._workers[w]
+    if rec.pid and rec.stop_pending then
+      rec.stop_pending = not pool._core:send_stop(w)
+      left = left or rec.stop_pending
+    end
+  end
+  pool._stops_pending = left
+end
+
+-- After a chunk came back: a worker over worker_max_memory is replaced.
+local function check_memory(pool, w, rec)
+  local limit = pool._max_memory
+  if limit and rec.pid and not rec.stopping and not rec.bye and not rec.killed then
+    local rss = rss_bytes(rec.pid)
+    if rss and rss > limit then retire(pool, w, "memory") end
+  end
+end
+
 -- Whether item index of job jobid is in a chunk the worker still holds.
 local function holds_item(rec, jobid, index)
   if not index then return false end
@@ -603,6 +657,7 @@ end
 -- wait for).
 function S.dispatch(pool)
   local ends = pool._job_ends
+  if pool._stops_pending then S.send_pending_stops(pool) end
   prune_runnable(pool)
   local rq = pool._rq
   if rq.head > rq.tail then return false end
@@ -790,6 +845,7 @@ function S.handle_event(pool, kind, w, ejob, start, _count, index, value)
       deliver(pool, job, ch)
       check_complete(pool, job)
     end
+    if pool._max_memory then check_memory(pool, w, rec) end
   elseif kind == "cancelled" then
     local ch = take_chunk(rec, ejob, start)
     if ch and job and ch.job == job and not job.err then
@@ -974,8 +1030,8 @@ function S.join_all(pool)
   local deadline = pool._exit_timeout and core.now() + pool._exit_timeout + 0.5
   for w = 1, pool._n do
     local rec = pool._workers[w]
-    if rec.pid and not rec.stopping then
-      rec.stopping = true
+    if rec.pid and (not rec.stopping or rec.stop_pending) then
+      rec.stopping, rec.stop_pending = true, false
       -- the stop record is tiny; a full lane only means replies are pending
       while pool._workers[w].pid and not (deadline and core.now() > deadline) and not c:send_stop(w) do
         local kind, ew, a, b, cnt, idx, val = c:poll(pool._stages, 0.01)
