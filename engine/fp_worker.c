@@ -56,6 +56,7 @@ typedef struct W {
   uint64_t born_job;     /* items and function of this job are in our memory */
   int nlead;
   double lifespan;       /* 0: unlimited */
+  double idle_s;         /* idle_timeout: leave after this long idle; 0: never */
   uint64_t items_done;   /* items run (success or not) */
   /* The identities of the doorbell and the big-area file at start: a task
    * may close every fd >= 3 (and open files that get their numbers).
@@ -641,6 +642,9 @@ static int w_body(lua_State *L) {
   lua_getfield(L, S_CTX, "lifespan");
   w.lifespan = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
   lua_pop(L, 1);
+  lua_getfield(L, S_CTX, "idle_timeout");
+  w.idle_s = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+  lua_pop(L, 1);
   lua_getfield(L, S_CTX, "job");
   w.born_job = (uint64_t)lua_tonumber(L, -1);
   lua_pop(L, 1);
@@ -696,7 +700,16 @@ static int w_body(lua_State *L) {
     if (rc == FP_EEMPTY) {
       /* Going idle: let the worker's own output out now, not at exit. */
       fflush(NULL);
-      if (fp_lane_wait_data(&io->tasks, FP_WORKER_WAIT_MS) == FP_ETIMEOUT)
+      int wait_ms = FP_WORKER_WAIT_MS;
+      if (w.idle_s > 0) {
+        /* idle_timeout: idle that long, leave by itself (worker_exit runs;
+         * the parent collects the exit at its next call, and gives back a
+         * chunk sent meanwhile). */
+        double left = w.idle_s - (double)(fp_now_ns() - idle_since) / 1e9;
+        if (left <= 0) w_finish(&w, FP_BYE_STOP);
+        if (left * 1000 < wait_ms) wait_ms = (int)(left * 1000) + 1;
+      }
+      if (fp_lane_wait_data(&io->tasks, wait_ms) == FP_ETIMEOUT)
         w_check_parent(&w);
       continue;
     }

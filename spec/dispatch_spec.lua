@@ -354,3 +354,55 @@ describe("worker_max_memory", function()
     ]], 120)
   end)
 end)
+
+describe("idle_timeout", function()
+  it("kept-alive workers idle that long stop by themselves; the next call starts fresh ones", function()
+    child([[
+      local forkpool = require "forkpool"
+      local util = require "support.util"
+      local ffi = require "ffi"
+      pcall(ffi.cdef, "int getpid(void);")
+      local exit = function() return ffi.C.getpid() end
+      local pid = function() return ffi.C.getpid() end
+      local pool = forkpool.new{ n_jobs = 2, keep_alive = true, idle_timeout = 0.2 }
+      local r1 = pool:map(pid, { 1, 2 }, { chunk_size = 1, worker_exit = exit })
+      local old = pool:worker_pids()
+      local n = 0
+      for _, p in pairs(old) do
+        n = n + 1
+        assert(util.wait_for(function() return not util.pid_alive(p) end, 20), "worker " .. p .. " still there")
+      end
+      assert(n == 2)
+      local r2 = pool:map(pid, { 1, 2 }, { chunk_size = 1, worker_exit = exit })
+      for i = 1, 2 do
+        assert(r2[i] ~= r1[1] and r2[i] ~= r1[2], "an old worker ran item " .. i)
+      end
+      -- the exit results of the workers that stopped idle were collected
+      local ex = pool:get_exit_results()
+      local got = {}
+      for _, v in ipairs(ex) do got[v] = true end
+      for _, p in pairs(old) do assert(got[p], "no exit result from idle worker " .. p) end
+      pool:close()
+      -- busy enough: the same workers serve call after call
+      pool = forkpool.new{ n_jobs = 1, keep_alive = true, idle_timeout = 30 }
+      local a = pool:apply(pid)
+      assert(pool:apply(pid) == a and pool:map(pid, { 1 })[1] == a)
+      pool:close()
+      -- a worker that goes idle in the middle of a call is replaced when needed
+      pool = forkpool.new{ n_jobs = 2, keep_alive = true, idle_timeout = 0.2 }
+      pool:map(pid, { 1, 2 }, { chunk_size = 1 })
+      local slow = pool:apply_async(function()
+        local t = os.clock() + 0.8
+        while os.clock() < t do end
+        return "slow"
+      end)
+      assert(slow:get(30) == "slow")
+      local rs = pool:map(function(x) return x * 2 end, { 1, 2, 3, 4 }, { chunk_size = 1 })
+      assert(rs[4] == 8)
+      pool:close()
+      local ok, e = pcall(forkpool.new, { idle_timeout = 0 })
+      assert(not ok and tostring(e):find("idle_timeout", 1, true))
+      print("OK")
+    ]], 120)
+  end)
+end)

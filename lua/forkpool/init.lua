@@ -94,7 +94,7 @@ local POOL_OPTS = {
   n_jobs = "positive integer", keep_alive = "boolean", use_worker_state = "boolean",
   pass_worker_id = "boolean", shared_objects = "any", worker_lifespan = "positive integer",
   order_tasks = "boolean", cpu_ids = "table", enable_insights = "boolean",
-  worker_max_memory = "positive integer",
+  worker_max_memory = "positive integer", idle_timeout = "positive number",
   close_fds = "any", -- true or a list of fds to keep (checked by core.new)
 }
 -- Options of every call that runs tasks.
@@ -225,6 +225,7 @@ function M.new(opts)
     _shared = opts.shared_objects,
     _lifespan = opts.worker_lifespan,
     _max_memory = opts.worker_max_memory, -- bytes of resident memory (scheduler.check_memory)
+    _idle_timeout = opts.idle_timeout,    -- seconds (keep_alive pools)
     _order_tasks = opts.order_tasks or false,
     _cpus = opts.cpu_ids and check_cpu_ids(opts.cpu_ids, n),
     _insights = opts.enable_insights or false,
@@ -468,13 +469,20 @@ local function begin_call(self, fname, opts, spec)
 end
 
 local function prepare(self, opts)
+  -- workers that stopped after idle_timeout: reap them, keep their exit
+  -- results (the workers started now do not begin a new generation)
+  if self._idle_timeout and S.live_workers(self) > 0 then S.drain(self) end
   if S.active(self) == 0 then
     if self._restart and S.live_workers(self) > 0 then S.join_all(self) end
     self._restart = false
   end
   if S.live_workers(self) == 0 then
-    self._exit_results = {}
-    if self._on_generation then self._on_generation() end
+    if self._idle_exits then
+      self._idle_exits = false
+    else
+      self._exit_results = {}
+      if self._on_generation then self._on_generation() end
+    end
   end
   if opts.worker_exit_timeout ~= nil or opts.worker_exit ~= nil then
     self._exit_timeout = opts.worker_exit_timeout

@@ -471,6 +471,7 @@ local function spawn_worker(pool, w, job)
     shared = pool._shared, has_shared = pool._shared ~= nil,
     use_state = pool._use_state, pass_id = pool._pass_id,
     lifespan = pool._lifespan, cpus = pool._cpus and pool._cpus[w],
+    idle_timeout = pool._keep_alive and pool._idle_timeout or nil,
     insights = pool._insights,
     make_runner = worker.make_runner,
     cdata_kind = worker.cdata_kind, cdata_new = worker.cdata_new,
@@ -884,6 +885,12 @@ function S.handle_event(pool, kind, w, ejob, start, _count, index, value)
     if pool._on_ready then pool._on_ready(w) end
   elseif kind == "bye" then
     rec.bye = value
+    if value == "stop" and not rec.stopping then
+      -- unasked: it was idle for idle_timeout seconds
+      rec.retired = "idle"
+      pool._idle_exits = true
+      if pool._on_retire then pool._on_retire(w, "idle") end
+    end
   elseif kind == "exit" then
     on_worker_exit(pool, w, ejob)
   elseif kind == "corrupt" then
@@ -898,6 +905,18 @@ function S.handle_event(pool, kind, w, ejob, start, _count, index, value)
       local j = pool._jobs[id]
       if j then fail(j, err) end
     end
+  end
+end
+
+-- Handle the events already there, without waiting (at the start of a
+-- call: workers that left by themselves after idle_timeout are reaped and
+-- their exit results collected).
+function S.drain(pool)
+  local c = pool._core
+  for _ = 1, 16 * pool._n + 16 do
+    local kind, w, ejob, start, count, index, value = c:poll(pool._stages, 0)
+    if kind == "timeout" or kind == "eintr" then break end
+    S.handle_event(pool, kind, w, ejob, start, count, index, value)
   end
 end
 
@@ -1078,6 +1097,7 @@ function S.join_all(pool)
     end
   end
   pool._exit_timeout_active = false
+  pool._idle_exits = false -- an explicit stop ends the generation
   err = pool._exit_error or err
   pool._exit_error = nil
   if err then error(err, 0) end
