@@ -165,3 +165,67 @@ describe("a task that scribbles on its result lane", function()
     check(ok, out)
   end)
 end)
+
+describe("a task that forges its chunk's RESULTS record", function()
+  -- the forged record comes before the worker's own reply
+  local function forged(count, flags, body)
+    local ok, out = child(([[
+      expect_marshal(function(job)
+        return function(x)
+          forge(10, chunk_hdr(job, 1, %s, %s) .. %q)
+          return x
+        end
+      end)
+    ]]):format(count, flags, body))
+    return ok, out
+  end
+
+  it("a count of 2^26 (1 byte of results): a marshal error, the parent does not grow", function()
+    check(forged("2^26", 0, "\0"))
+  end)
+
+  it("a count of 2^31-1: a marshal error, not a raw 'table overflow'", function()
+    check(forged("2^31-1", 0, "\0"))
+    check(forged("2^32-1", 8, "fp.sbuf\0\12\1"))
+  end)
+
+  it("packed bodies that do not add up: marshal errors", function()
+    local f64 = "fp.f64\0\0"
+    local f64a = "fp.f64a\0"
+    for _, case in ipairs{
+      { 2, f64 .. ("\0"):rep(8) },                           -- 1 double for 2 results
+      { 1, f64 .. ("\0"):rep(12) },                          -- not whole doubles
+      { 1, f64a .. "\0\0\0\0\0\0\240\63" .. "\0\0\0\0\0\0\89\64" }, -- length 100, no doubles
+      { 1, f64a .. "\0\0\0\0\0\0\0\64" },                    -- 2 results announced
+      { 1, "fp.nope\0" .. "xxxxxxxx" },
+      { 1, "fp" },
+    } do
+      check(forged(case[1], 8, case[2]))
+    end
+  end)
+
+  it("malformed string.buffer bodies: marshal errors, never a crash", function()
+    local S = "fp.sbuf\0"
+    for _, body in ipairs{
+      S,                                      -- nothing
+      S .. "\12\255\255\255\255\127",         -- narray 2^31-1
+      S .. "\13\1\255\255\255\255\127",       -- nhash 2^31-1
+      S .. "\12\3\7\0\0\0\0\0\0\240",         -- truncated double
+      S .. "\12\2\37abc",                     -- string longer than the bytes
+      S .. "\12\2\3",                         -- NULL (light userdata)
+      S .. "\12\2\16\1\2\3\4\5\6\7\8",        -- int64 cdata
+      S .. "\14\0\12\2\1",                    -- metatable dictionary
+      S .. "\12\2\15\0",                      -- string dictionary
+      S .. "\10\2\1\1",                       -- index 0
+      S .. "\9\2\7\0\0\0\0\0\0\240\63\1\7\0\0\0\0\0\0\240\63\1", -- key 1 twice
+      S .. "\9\1\7\0\0\0\0\0\0\248\127\1",   -- key NaN
+      S .. "\9\1\33x\1",                      -- string key
+      S .. "\12\2\12\2\12\2\1",               -- nested too deep
+      S .. "\12\2\12\3\1\0",                  -- nil inside a flat array
+      S .. "\12\2\1\1",                       -- trailing bytes
+      S .. "\32",                             -- not a table
+    } do
+      check(forged(1, 8, body))
+    end
+  end)
+end)

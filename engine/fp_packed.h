@@ -1,0 +1,54 @@
+/*
+ * fp_packed.h - checking a packed result body a worker sent, before the
+ * parent lets LuaJIT read it.
+ *
+ * Packed bodies (FP_CHUNK_PACKED; made by lua/forkpool/worker.lua) are
+ * decoded by Lua: raw doubles through the FFI, or LuaJIT's string.buffer,
+ * whose decoder can crash (SIGSEGV, when JIT-compiled) on malformed input.
+ * So the parent never hands worker bytes to it: fp_packed_copy copies the
+ * body out of shared memory once (the worker may change the bytes at any
+ * time: checking them in place and decoding them later would decode
+ * something unchecked), then checks the private copy.  Only a copy that
+ * passed is decoded.
+ *
+ * Accepted bodies (an 8-byte tag, then):
+ *   "fp.f64\0\0"  exactly count doubles;
+ *   "fp.f64a\0"  count, then count times (m, m doubles): m a whole number;
+ *   "fp.sbuf\0"  one string.buffer encoding of the subset worker.lua's
+ *                pack_results emits: a table whose keys are whole numbers
+ *                1..count (array part from index 1, hash part for the rest,
+ *                no key twice) and whose values are nil (array part only),
+ *                false, true, numbers, strings, or flat arrays of those but
+ *                nil (keys 1..m, each once).  Nothing else: no index 0, no
+ *                metatable or string dictionaries, no cdata or light
+ *                userdata, no nesting deeper, nothing after the value.
+ *                Every count in it is bounded by the bytes left, so a
+ *                decode that passed cannot allocate more than the body's
+ *                size says.
+ * NaNs in the doubles of f64 / f64a copies are made LuaJIT's canonical NaN
+ * (a NaN with other bits could pass for a tagged value).
+ */
+#ifndef FP_PACKED_H
+#define FP_PACKED_H
+
+#include "fp_common.h"
+
+FP_HIDDEN_BEGIN
+
+#define FP_PACKED_TAG_LEN 8
+
+/* Copy the len bytes at src (worker-writable memory) into out (out->len is
+ * set to len) and check the copy as the body of a RESULTS record of count
+ * results (scratch: working memory for fp_packed_check).  FP_OK, FP_ECORRUPT (*why says what is
+ * wrong: a static string) or FP_ENOMEM. */
+int fp_packed_copy(fp_buf *out, const unsigned char *src, size_t len, uint32_t count,
+                   fp_buf *scratch, const char **why);
+
+/* Check a private body in place (fp_packed_copy's second half; scratch is
+ * working memory).  Same results; f64 NaNs are canonicalised in p. */
+int fp_packed_check(unsigned char *p, size_t len, uint32_t count, fp_buf *scratch,
+                    const char **why);
+
+FP_HIDDEN_END
+
+#endif
