@@ -118,16 +118,28 @@ asan: $(BUILD)/asan/forkpool/core.so
 
 test: all ctest spec
 
-# ---- fuzzing the parent's decoder (clang + libFuzzer).
+# ---- fuzzing what the parent decodes (clang + libFuzzer): each
+# tests/fuzz/fuzz_*.c is one target; `make fuzz` runs them all, splitting
+# FUZZ_SECONDS between them (FUZZ=name runs one).
 FUZZ_SECONDS ?= 60
-$(BUILD)/fuzz/fuzz_decode: tests/fuzz/fuzz_decode.c $(ENGINE_NOBIND) $(HEADERS)
+FUZZERS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ    ?= $(FUZZERS)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(ENGINE_NOBIND) $(HEADERS)
 	@mkdir -p $(dir $@)
 	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iengine -I$(LUA_INCDIR) \
 	  -o $@ $< $(ENGINE_NOBIND) -lluajit-5.1 -lm
 
-fuzz: $(BUILD)/fuzz/fuzz_decode
-	@mkdir -p $(BUILD)/fuzz/corpus
-	$< -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 $(BUILD)/fuzz/corpus tests/fuzz/corpus
+fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ))
+	@n=$(words $(FUZZ)); secs=$$(( $(FUZZ_SECONDS) / n )); [ $$secs -ge 1 ] || secs=1; \
+	for f in $(FUZZ); do \
+	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
+	  seeds=; [ "$$f" = fuzz_decode ] && seeds=tests/fuzz/corpus; \
+	  echo "== $$f ($$secs s)"; \
+	  if $(BUILD)/fuzz/$$f -max_total_time=$$secs -rss_limit_mb=2048 -print_final_stats=1 \
+	       $(BUILD)/fuzz/corpus-$$f $$seeds > $(BUILD)/fuzz/$$f.log 2>&1; then \
+	    grep -E "^Done|stat::number_of_executed_units" $(BUILD)/fuzz/$$f.log; \
+	  else tail -40 $(BUILD)/fuzz/$$f.log; exit 1; fi; \
+	done
 
 demo: all
 	LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="lua/?.lua;lua/?/init.lua;;" $(LUAJIT) examples/demo.lua
