@@ -8,7 +8,7 @@
 #   make ctest      C unit tests (ring, codec), plain build
 #   make ctest-san  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make asan       busted specs against an ASan build of the engine
-#   make fuzz       run the decoder fuzz target for FUZZ_SECONDS (clang)
+#   make fuzz       run every fuzz target (tests/fuzz), FUZZ_SECONDS in all (clang)
 #   make demo       the parallel-map demo (sequential vs parallel time)
 #   make bench      benchmarks (QUICK=1: each workload once, small)
 #   make rock       build/forkpool-$(VERSION)-1.src.rock, offline, from the checkout
@@ -119,7 +119,8 @@ asan: $(BUILD)/asan/forkpool/core.so
 test: all ctest spec
 
 # ---- fuzzing what the parent decodes (clang + libFuzzer): each
-# tests/fuzz/fuzz_*.c is one target; `make fuzz` runs them all, splitting
+# tests/fuzz/fuzz_*.c is one target, seeded from tests/fuzz/seeds-<name>
+# (fuzz_decode: tests/fuzz/corpus); `make fuzz` runs them all, splitting
 # FUZZ_SECONDS between them (FUZZ=name runs one).
 FUZZ_SECONDS ?= 60
 FUZZERS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
@@ -133,7 +134,8 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ))
 	@n=$(words $(FUZZ)); secs=$$(( $(FUZZ_SECONDS) / n )); [ $$secs -ge 1 ] || secs=1; \
 	for f in $(FUZZ); do \
 	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
-	  seeds=; [ "$$f" = fuzz_decode ] && seeds=tests/fuzz/corpus; \
+	  seeds=tests/fuzz/seeds-$${f#fuzz_}; [ "$$f" = fuzz_decode ] && seeds=tests/fuzz/corpus; \
+	  [ -d $$seeds ] || seeds=; \
 	  echo "== $$f ($$secs s)"; \
 	  if $(BUILD)/fuzz/$$f -max_total_time=$$secs -rss_limit_mb=2048 -print_final_stats=1 \
 	       $(BUILD)/fuzz/corpus-$$f $$seeds > $(BUILD)/fuzz/$$f.log 2>&1; then \

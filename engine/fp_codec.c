@@ -1084,7 +1084,10 @@ static int dec_shptr(dec *d) {
   NEED(d, 8);
   if (!d->o->cdata_new_idx) return dec_corrupt(d, EM_NOCDATA);
   if (!lua_checkstack(L, DEC_SLOTS)) return dec_corrupt(d, EM_LSTACK);
-  const unsigned char *addr = d->p;
+  /* Read once: the bytes may be in memory a worker can still write, and
+   * the value the helper checks must be the value stored. */
+  unsigned char addr[8];
+  memcpy(addr, d->p, 8);
   d->p += 8;
   int name = lua_gettop(L) + 1;
   if ((rc = dec_name(d))) return rc;

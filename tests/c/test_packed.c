@@ -1,0 +1,129 @@
+/*
+ * test_packed.c - fp_packed_check: every body forkpool.worker's packer makes
+ * (string.buffer encodings of results, made here by LuaJIT itself) passes;
+ * malformed ones, and bodies whose counts do not add up, are refused; NaNs
+ * in f64 copies are made canonical.
+ */
+#include "fp_packed.h"
+#include "fp_test.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <string.h>
+
+static lua_State *L;
+static fp_buf body, scratch;
+
+/* The body of results made by Lua expression expr (a table), packed as
+ * pack_table does: the tag, then string.buffer's encoding. */
+static int check_lua(const char *expr, uint32_t count) {
+  char code[4096];
+  snprintf(code, sizeof code,
+           "local t = (%s) return 'fp.sbuf\\0' .. require('string.buffer').encode(t)", expr);
+  if (luaL_dostring(L, code) != 0) {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    return -100;
+  }
+  size_t len;
+  const char *s = lua_tolstring(L, -1, &len);
+  const char *why = NULL;
+  int rc = fp_packed_copy(&body, (const unsigned char *)s, len, count, &scratch, &why);
+  (void)why;
+  lua_pop(L, 1);
+  return rc;
+}
+
+static int check_raw(const char *bytes, size_t len, uint32_t count) {
+  const char *why = NULL;
+  return fp_packed_copy(&body, (const unsigned char *)bytes, len, count, &scratch, &why);
+}
+
+FP_TEST(test_sbuf_accepts_what_the_packer_makes) {
+  FP_CHECK_EQ_INT(check_lua("{1, 2.5, -3}", 3), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{}", 0), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{}", 7), FP_OK);              /* all nil */
+  FP_CHECK_EQ_INT(check_lua("{'a', true, false, nil, 1e300}", 5), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{1, nil, nil, nil, nil, 'x'}", 6), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{0/0, 1/0, -0.0}", 3), FP_OK);
+  /* integer keys in the hash part */
+  FP_CHECK_EQ_INT(check_lua("(function() local t = {} for i = 1, 40 do t[i] = i end "
+                            "t[1000] = 'far' return t end)()", 1000), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("(function() local t = {} for i = 50, 1, -1 do t[i] = i end "
+                            "return t end)()", 50), FP_OK);
+  /* flat arrays of scalars, including ones with a hash part */
+  FP_CHECK_EQ_INT(check_lua("{{1, 2, 3}, {'a', 'b'}, {}}", 3), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{(function() local t = {} for i = 30, 1, -1 do t[i] = i end "
+                            "return t end)(), {true}}", 2), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{string.rep('x', 100000), string.rep('y', 300)}", 2), FP_OK);
+}
+
+FP_TEST(test_sbuf_refuses) {
+  /* more results than the chunk has */
+  FP_CHECK_EQ_INT(check_lua("{1, 2, 3}", 2), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{[10] = 1}", 9), FP_ECORRUPT);
+  /* kinds the packer never makes */
+  FP_CHECK_EQ_INT(check_lua("{{{1}}}", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{{x = 1}}", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{x = 1}", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{[0] = 1, 2}", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{1.5}", 1), FP_OK);
+  FP_CHECK_EQ_INT(check_lua("{[1.5] = 1}", 2), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{require('ffi').new('int64_t', 1)}", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_lua("{{1, nil, 3}}", 1), FP_ECORRUPT);
+  /* hand-made */
+#define RAW(s, n) check_raw("fp.sbuf\0" s, 8 + sizeof(s) - 1, n)
+  FP_CHECK_EQ_INT(RAW("", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(RAW("\x0c\xff\xff\xff\xff\x7f", 1), FP_ECORRUPT);  /* narray 2^31-1 */
+  FP_CHECK_EQ_INT(RAW("\x0d\x01\xff\xff\xff\xff\x7f", 1), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(RAW("\x0c\x02\x25" "abc", 1), FP_ECORRUPT);         /* string past the end */
+  FP_CHECK_EQ_INT(RAW("\x0c\x02\x01\x01", 1), FP_ECORRUPT);           /* trailing bytes */
+  FP_CHECK_EQ_INT(RAW("\x0c\x02\x03", 1), FP_ECORRUPT);               /* NULL */
+  FP_CHECK_EQ_INT(RAW("\x0e\x00\x0c\x02\x01", 1), FP_ECORRUPT);       /* metatable dict */
+  FP_CHECK_EQ_INT(RAW("\x09\x02\x06\x01\x00\x00\x00\x01\x06\x01\x00\x00\x00\x01", 1),
+                  FP_ECORRUPT);                                       /* key 1 twice */
+  FP_CHECK_EQ_INT(RAW("\x09\x01\x06\x01\x00\x00\x00\x01", 1), FP_OK);  /* key 1 once */
+  FP_CHECK_EQ_INT(RAW("\x0c\x02\x01", 1), FP_OK);
+  FP_CHECK_EQ_INT(check_raw("fp.nope\0", 8, 0), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_raw("fp", 2, 0), FP_ECORRUPT);
+}
+
+FP_TEST(test_f64) {
+  double d[4] = {0, 1, 2, 3};
+  uint64_t nan = UINT64_C(0xfffa000000000001);
+  memcpy(d, "fp.f64\0\0", 8);
+  memcpy(&d[2], &nan, 8);
+  FP_CHECK_EQ_INT(check_raw((const char *)d, sizeof d, 3), FP_OK);
+  uint64_t got;
+  memcpy(&got, body.p + 16, 8);
+  FP_CHECK(got == UINT64_C(0xfff8000000000000));
+  FP_CHECK_EQ_INT(check_raw((const char *)d, sizeof d, 2), FP_ECORRUPT);
+  FP_CHECK_EQ_INT(check_raw((const char *)d, sizeof d - 4, 3), FP_ECORRUPT);
+  /* f64a: 2 results, lengths 2 and 1 */
+  double a[7] = {0, 2, 2, 1.5, 2.5, 1, 7};
+  memcpy(a, "fp.f64a\0", 8);
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 2), FP_OK);
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 3), FP_ECORRUPT);
+  a[2] = 3;
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 2), FP_ECORRUPT);
+  a[2] = 1e300;
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 2), FP_ECORRUPT);
+  a[2] = -1;
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 2), FP_ECORRUPT);
+  a[2] = 0.5;
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 2), FP_ECORRUPT);
+  a[2] = 1;  /* lengths 1 and 1: one double left over */
+  FP_CHECK_EQ_INT(check_raw((const char *)a, sizeof a, 2), FP_ECORRUPT);
+}
+
+int main(void) {
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  FP_RUN(test_sbuf_accepts_what_the_packer_makes);
+  FP_RUN(test_sbuf_refuses);
+  FP_RUN(test_f64);
+  lua_close(L);
+  fp_buf_free(&body);
+  fp_buf_free(&scratch);
+  return fp_test_summary();
+}
