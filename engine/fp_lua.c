@@ -21,6 +21,7 @@
  */
 #include "fp_codec.h"
 #include "fp_packed.h"
+#include "fp_reply.h"
 #include "fp_proc.h"
 #include "fp_proto.h"
 #include "fp_ring.h"
@@ -58,12 +59,8 @@ typedef struct fp_slot {
                         was killed, its lane is never read again; poll
                         reports only its exit */
   fp_lane tasks, results;
-  /* The chunks sent to the process and not answered yet, oldest first (a
-   * ring of sent_cap entries from sent_head): a worker answers its chunks
-   * in order, each once, echoing (job, start, count); a reply that does
-   * not is corrupt.  Emptied when the process is forgotten. */
-  struct fp_sent { uint64_t job; int64_t start; uint32_t count; } *sent;
-  size_t sent_head, sent_n, sent_cap;
+  fp_sentq sent;     /* chunks sent to the process, not answered yet
+                        (fp_reply.h); emptied when it is forgotten */
 } fp_slot;
 
 typedef struct fp_pool {
@@ -154,7 +151,7 @@ static void slot_forget(fp_slot *s) {
   s->pid = 0;
   s->dead = 0;
   s->corrupt = 0;
-  s->sent_head = s->sent_n = 0;
+  fp_sentq_clear(&s->sent);
 }
 
 /* Unmap a slot's lanes.  discard: also give their big areas' memory back
@@ -202,9 +199,7 @@ static void pool_release(fp_pool *p) {
       }
       slot_forget(s);
       slot_unmap(s, 1);
-      free(s->sent);
-      s->sent = NULL;
-      s->sent_cap = 0;
+      fp_sentq_free(&s->sent);
     }
     free(p->slots);
     p->slots = NULL;
@@ -442,27 +437,13 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
                        const void *a, size_t alen, const void *b, size_t blen) {
   fp_slot *s = &p->slots[w];
   if (s->pid <= 0) return luaL_error(L, "forkpool: worker %d is not running", w + 1);
-  if (type == FP_M_CHUNK && s->sent_n == s->sent_cap) {
-    /* Room to remember the chunk before it goes (unwrapping the ring). */
-    size_t cap = s->sent_cap ? 2 * s->sent_cap : 16;
-    struct fp_sent *q = malloc(cap * sizeof *q);
-    if (!q) return luaL_error(L, "forkpool: out of memory");
-    for (size_t i = 0; i < s->sent_n; i++) q[i] = s->sent[(s->sent_head + i) % s->sent_cap];
-    free(s->sent);
-    s->sent = q;
-    s->sent_cap = cap;
-    s->sent_head = 0;
-  }
+  /* Room to remember a chunk before it goes. */
+  if (type == FP_M_CHUNK && fp_sentq_reserve(&s->sent) != FP_OK)
+    return luaL_error(L, "forkpool: out of memory");
   int wake = 0;
   int rc = fp_lane_try_send2(&s->tasks, type, a, alen, b, blen, &wake);
   if (rc == FP_OK) {
-    if (type == FP_M_CHUNK) {
-      const fp_chunk_hdr *h = a;
-      struct fp_sent *e = &s->sent[(s->sent_head + s->sent_n++) % s->sent_cap];
-      e->job = h->job;
-      e->start = h->start;
-      e->count = h->count;
-    }
+    if (type == FP_M_CHUNK) fp_sentq_push(&s->sent, a);
     if (wake) fp_lane_wake_consumer(&s->tasks);
     lua_pushboolean(L, 1);
     return 1;
@@ -667,28 +648,13 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
                          uint32_t type, const unsigned char *d, size_t len) {
   fp_slot *s = &p->slots[w];
   fp_chunk_hdr h;
-  memset(&h, 0, sizeof h);
-  size_t pos = 0;
-  int has_hdr = type == FP_M_RESULTS || type == FP_M_TASK_ERROR ||
-                type == FP_M_MARSHAL_ERROR || type == FP_M_CANCELLED ||
-                type == FP_M_SETUP_ERROR;
-  if (has_hdr) {
-    if (len < sizeof h) goto corrupt;
-    memcpy(&h, d, sizeof h);
-    pos = sizeof h;
-  }
-  if (has_hdr && type != FP_M_SETUP_ERROR) {
-    /* A chunk reply: it must answer the oldest chunk the worker holds,
-     * with the (job, start, count) we sent; nothing after this trusts a
-     * count we did not choose. */
-    struct fp_sent *e = s->sent_n ? &s->sent[s->sent_head] : NULL;
-    if (!e || e->job != h.job || e->start != h.start || e->count != h.count)
-      return slot_corrupt(L, p, w, "worker %d answered a chunk it was not sent (job %f, "
-                          "start %f, count %f)", w + 1, (double)h.job, (double)h.start,
-                          (double)h.count);
-    s->sent_head = (s->sent_head + 1) % s->sent_cap;
-    s->sent_n--;
-  }
+  size_t pos;
+  const char *why;
+  /* The header, checked against what we sent (fp_reply.h): nothing after
+   * this trusts a count we did not choose. */
+  if (fp_reply_parse(&s->sent, type, d, len, &h, &pos, &why) != FP_OK)
+    return slot_corrupt(L, p, w, "worker %d sent a corrupted record (type %d, %d bytes): %s",
+                        w + 1, (int)type, (int)len, why);
   fp_dec_opts o = {.flags = 0, .require_idx = 0, .cdata_new_idx = 0};
   push_helpers(L, 1);
   lua_getfield(L, -1, "cdata_new");
@@ -701,23 +667,15 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
   switch (type) {
   case FP_M_RESULTS: {
     kind = "results";
-    /* The count is the worker's word: check it against the bytes before
-     * anything is sized by it.  A packed body is copied out of shared
-     * memory and checked (fp_packed.h); Lua decodes only that copy. */
+    /* A packed body is copied out of shared memory and checked
+     * (fp_packed.h); Lua decodes only that copy. */
     if (h.flags & FP_CHUNK_PACKED) {
-      const char *why;
       int rc = fp_packed_copy(&p->dec, d + pos, len - pos, h.count, &p->dec_scratch, &why);
       if (rc != FP_OK) {
         snprintf(err.msg, sizeof err.msg, "bad packed results: %s", why);
         err.path[0] = 0;
         goto corrupt_err;
       }
-    } else if (h.count > len - pos) {
-      /* every encoded value takes a byte at least */
-      snprintf(err.msg, sizeof err.msg, "%u results in %u bytes", (unsigned)h.count,
-               (unsigned)(len - pos));
-      err.path[0] = 0;
-      goto corrupt_err;
     }
     lua_pushnumber(L, (lua_Number)h.job);
     lua_rawget(L, jobs_idx);
