@@ -1,14 +1,19 @@
 -- forkpool example: an image filter over shared memory.
 --
--- The source image and the destination live in forkpool.shared_array
--- buffers: memory that the parent and every worker see at the same
--- address, without copies.  Each task filters one band of rows and writes
--- straight into the destination, so nothing but the band's bounds travels
--- to the worker and nothing but a small checksum comes back.  The filter
--- is a Sobel edge detector (gradient magnitude of a 3x3 neighbourhood,
--- clamped to 0..255).  The same filter run sequentially into an ordinary
--- FFI buffer must give the same bytes.
---
+-- The source image, an intermediate image and the destination live in
+-- forkpool.shared_array buffers: memory that the parent and every worker
+-- see at the same address, without copies.  Each task filters one band of
+-- rows and writes straight into its output image, so nothing but the
+-- band's bounds travels to the worker and nothing but a small checksum
+-- comes back.  The filters are those of a classic edge detector: a 5x5
+-- Gaussian blur (src -> tmp), then a Sobel gradient magnitude (tmp ->
+-- dst), each one pool:map over the bands; the Sobel of a band reads rows
+-- of its neighbours' bands, so the end of the first map is the barrier
+-- between the two.  The same filters run sequentially into ordinary FFI
+-- buffers must give the same bytes.  Both versions run 3 times (a tool
+-- filtering several frames): the first parallel pass also pays for the
+-- workers touching the shared pages for the first time.
+
 -- Run (from the checkout, after `make`):
 --   LUA_CPATH="build/?.so;;" LUA_PATH="lua/?.lua;lua/?/init.lua;;" \
 --     luajit examples/image_filter.lua [--quick] [OUT.pgm]
