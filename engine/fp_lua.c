@@ -452,10 +452,19 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (rc == FP_ECORRUPT) {
+    /* The worker scribbled on its task lane's shared header: it gets
+     * nothing more and is killed (poll reports its exit). */
+    s->corrupt = 1;
+    kill(s->pid, SIGKILL);
+  }
   lua_pushnil(L);
   lua_pushliteral(L, "marshal");
   if (rc == FP_E2BIG)
     lua_pushfstring(L, "record of %f bytes is too large to send", (double)(alen + blen));
+  else if (rc == FP_ECORRUPT)
+    lua_pushfstring(L, "cannot send to worker %d: it corrupted its task lane's shared header "
+                       "(the worker was killed)", w + 1);
   else
     lua_pushfstring(L, "cannot send to worker %d: %s", w + 1, fp_strerror(rc));
   return 3;
@@ -1108,18 +1117,20 @@ static int l_fail_fork_after(lua_State *L) {
   return 0;
 }
 
-/* core._test_lanes() -> {results_hdr=, results_ring=, results_cap=} | nil:
+/* core._test_lanes() -> {results_hdr=, results_ring=, results_cap=, tasks_hdr=} | nil:
  * test hook; in a worker, the addresses (numbers) of its result lane's
  * shared header and ring, so a task can scribble on them (hostile_spec). */
 static int l_test_lanes(lua_State *L) {
   if (!test_slot || !test_slot->results.h) return 0;
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushnumber(L, (lua_Number)(uintptr_t)test_slot->results.h);
   lua_setfield(L, -2, "results_hdr");
   lua_pushnumber(L, (lua_Number)(uintptr_t)test_slot->results.ring);
   lua_setfield(L, -2, "results_ring");
   lua_pushnumber(L, (lua_Number)test_slot->results.cap);
   lua_setfield(L, -2, "results_cap");
+  lua_pushnumber(L, (lua_Number)(uintptr_t)test_slot->tasks.h);
+  lua_setfield(L, -2, "tasks_hdr");
   return 1;
 }
 

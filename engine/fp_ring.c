@@ -465,6 +465,9 @@ static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
   uint64_t cap = l->cap;
   uint64_t head = atomic_load_explicit(&h->head, RLX);  /* ours */
   uint64_t pad;
+  /* Ours, but in memory the consumer can write: misaligned, a PAD header
+   * near the end of the ring would run past it (reserve checks the rest). */
+  if (head & 7) return FP_ECORRUPT;
   int rc;
 
   if (len <= FP_LANE_INLINE_MAX(cap)) {

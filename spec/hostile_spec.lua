@@ -15,6 +15,7 @@ local forkpool = require "forkpool"
 local core = require "forkpool.core"
 local ffi = require "ffi"
 local t0 = core.now()
+pcall(ffi.cdef, "int getpid(void);")
 
 -- In a worker: forge a record of type rtype with the payload bytes in its
 -- own result lane, published as the worker's producer would (the bytes,
@@ -58,7 +59,7 @@ local function expect_marshal(fn, items, opts)
   opts = opts or {}
   local pool = forkpool.new{ n_jobs = 1, keep_alive = opts.keep_alive }
   local job = pool._job + 1
-  local ok, e = pcall(pool.map, pool, fn(job), items or { 1 })
+  local ok, e = pcall(pool.map, pool, fn(job), items or { 1 }, opts.map)
   local dt = core.now() - t0
   say("ok", ok)
   say("kind", forkpool.is_error(e) and e.kind or ("raw:" .. tostring(e)))
@@ -69,6 +70,11 @@ local function expect_marshal(fn, items, opts)
   pool:close()
   say("closed", true)
   if pid then say("reaped", not alive(pid)) end
+  -- no child left behind (killed and reaped)
+  local me = ffi.C.getpid()
+  local f = io.open(("/proc/%d/task/%d/children"):format(me, me))
+  say("children", f and f:read("*a") == "")
+  if f then f:close() end
   local f = io.open("/proc/self/status")
   local hwm = tonumber(f:read("*a"):match("VmHWM:%s*(%d+)"))
   f:close()
@@ -88,6 +94,7 @@ local function check(ok, out, pattern)
   assert.matches("fast true", out, 1, true)
   assert.matches("closed", out, 1, true)
   assert.not_matches("reaped false", out, 1, true)
+  assert.matches("children true", out, 1, true)
   assert.matches("small true", out, 1, true)
   if pattern then assert.matches(pattern, out) end
 end
@@ -163,6 +170,28 @@ describe("a task that scribbles on its result lane", function()
       end)
     ]])
     check(ok, out)
+  end)
+end)
+
+describe("a task that scribbles on its task lane", function()
+  it("a misaligned head (the parent's field): the parent never writes past the ring; a marshal error", function()
+    local ok, out = child([[
+      local items = {}
+      for i = 1, 200 do items[i] = i end
+      expect_marshal(function()
+        return function(x)
+          if x == 1 then
+            local ffi = require "ffi"
+            local lanes = require("forkpool.core")._test_lanes()
+            local h = ffi.cast("volatile uint64_t *", lanes.tasks_hdr)
+            local tail = h[8]
+            h[0] = tail - tail % lanes.results_cap + lanes.results_cap - 3
+          end
+          return x
+        end
+      end, items, { map = { chunk_size = 1 } })
+    ]])
+    check(ok, out, "message cannot send to worker 1: it corrupted")
   end)
 end)
 

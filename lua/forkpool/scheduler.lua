@@ -559,18 +559,19 @@ local function send_chunk(pool, job, w, ch)
     else addr, len = worker.pack(job.items, ch.start, ch.count) end
   end
   if addr then
-    ok = pool._core:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len, flags)
+    ok, _, msg = pool._core:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len, flags)
   elseif ch.items then
     ok, _, msg, path = pool._core:send_chunk(w, job.id, fn, ch.start, ch.count, ch.items,
       get_modmap(), flags, 1)
   elseif rec.born_job == job.id then
-    ok = pool._core:send_chunk(w, job.id, fn, ch.start, ch.count, nil, nil, flags)
+    ok, _, msg = pool._core:send_chunk(w, job.id, fn, ch.start, ch.count, nil, nil, flags)
   else
     ok, _, msg, path = pool._core:send_chunk(w, job.id, fn, ch.start, ch.count, job.items,
       get_modmap(), flags)
   end
   if ok == nil then
-    fail(job, errors.new("marshal", { message = msg, path = path,
+    -- (path nil: the lane refused the record, e.g. its header was corrupted)
+    fail(job, errors.new("marshal", { message = msg, path = path, worker_id = not path and w or nil,
       index = tonumber((path or ""):match("^item%[(%d+)%]")) }))
     return false
   end
