@@ -7,6 +7,12 @@
  * Properties: no read outside the ring; every record returned lies inside
  * the ring, within the inline limit, with a type below FP_LANE_PAD; peek
  * says only OK, EMPTY or CORRUPT (the lane has no big area).
+ *
+ * Then the other direction (the parent producing on a task lane whose
+ * header the worker wrote): with head and tail from the input again, sends
+ * of a few sizes say only OK, FULL or CORRUPT, and never write outside the
+ * ring (checked on the mapping's slack after the ring: the header comes
+ * first, so the mapping's last page runs on past the ring's end).
  */
 #include "fp_ring.h"
 
@@ -51,5 +57,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     (void)sink;
     fp_lane_release(&lane);
   }
+  lane = pristine;
+  unsigned char *end = lane.ring + CAP;
+  size_t slack = (size_t)(-(uintptr_t)end & 4095);
+  memset(end, 0, slack);
+  atomic_store(&lane.h->head, head);
+  atomic_store(&lane.h->tail, tail);
+  static const size_t sizes[] = {0, 5, 8, 100, FP_LANE_INLINE_MAX(CAP)};
+  static unsigned char payload[FP_LANE_INLINE_MAX(CAP)];
+  for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+    int wake;
+    int rc = fp_lane_try_send(&lane, 10, payload, sizes[i], &wake);
+    if (rc != FP_OK && rc != FP_EFULL && rc != FP_ECORRUPT) abort();
+    if (rc == FP_ECORRUPT) break;
+  }
+  for (size_t i = 0; i < slack; i++)
+    if (end[i]) abort();
   return 0;
 }
