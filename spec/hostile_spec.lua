@@ -32,6 +32,7 @@ local function forge(rtype, payload)
   hdr[1] = rtype
   ffi.copy(ring + pos + 8, payload, #payload)
   h[0] = head + 8 + math.ceil(#payload / 8) * 8
+  return ring + pos + 8  -- where the payload is, to scribble on it later
 end
 
 -- fp_chunk_hdr {u64 job, u64 fn, i64 start, i64 index, u32 count, u32 flags}
@@ -255,6 +256,54 @@ describe("a task that forges its chunk's RESULTS record", function()
       S .. "\32",                             -- not a table
     } do
       check(forged(1, 8, body))
+    end
+  end)
+end)
+
+describe("a task that changes its packed results while the parent reads them", function()
+  it("is decoded from one consistent copy or refused; the parent never crashes", function()
+    local ok, out = child([[
+      local outcomes = {}
+      for round = 1, 12 do
+        local pool = forkpool.new{ n_jobs = 1 }
+        local job = pool._job + 1
+        local okm, e = pcall(pool.map, pool, function(x)
+          local ffi = require "ffi"
+          local buf = require "string.buffer"
+          local vals = {}
+          if round % 3 == 0 then
+            -- f64a: lengths the parent must check
+            local b = ffi.new("double[?]", 40)
+            b[0], b[1] = 1, 38
+            for i = 2, 39 do b[i] = i end
+            vals = "fp.f64a\0" .. ffi.string(b, 8 * 40)
+          else
+            local t = {}
+            for i = 1, 50 do t[i] = ("s"):rep(i % 7) end
+            vals = "fp.sbuf\0" .. buf.encode({ t })
+          end
+          local p = forge(10, chunk_hdr(job, 1, 1, 8) .. vals)
+          local body = ffi.cast("uint8_t *", p) + 40
+          -- flip bytes for a while: the parent copies and checks meanwhile
+          local seed = round
+          local deadline = os.clock() + 0.3
+          while os.clock() < deadline do
+            seed = (seed * 1103515245 + 12345) % 2147483648
+            local k = seed % #vals
+            body[k] = bit.bxor(body[k], seed % 256)
+          end
+          return x
+        end, { 1 })
+        outcomes[#outcomes + 1] = okm and "ok" or (forkpool.is_error(e) and e.kind or ("raw:" .. tostring(e)))
+        pool:close()
+      end
+      print("outcomes " .. table.concat(outcomes, ","))
+      print("done")
+    ]], 120)
+    assert.is_true(ok, out)
+    assert.matches("done", out, 1, true)
+    for o in out:match("outcomes (%S+)"):gmatch("[^,]+") do
+      assert.is_true(o == "ok" or o == "marshal", out)
     end
   end)
 end)
