@@ -170,7 +170,12 @@ local f64_arr_t = ffi.typeof("double[?]")
 --                 its m numbers, as doubles: every result a flat array of
 --                 numbers (numeric vectors, image rows, samples);
 --   "fp.sbuf\0"  one string.buffer encoding of the 1-based array.
--- Only this file makes and reads them; the C side passes them through.
+-- Only this file makes and reads them.  Reading is only ever done on bytes
+-- nobody else can write: the parent's RESULTS bodies are copied out of
+-- shared memory and checked in C first (engine/fp_packed.c: string.buffer's
+-- decoder can crash on malformed input, and a worker could change the bytes
+-- between a check and the decode); a worker reads the chunks its parent
+-- made.
 local TAG_LEN = 8
 local TAG_F64, TAG_F64A, TAG_SBUF = "fp.f64\0\0", "fp.f64a\0", "fp.sbuf\0"
 local f64_buf, f64_cap = nil, 0
@@ -333,7 +338,8 @@ local function decode_f64a(dst, first, n, addr, slots)
   if pos ~= slots + 1 then error("f64a body: trailing bytes") end
 end
 
--- unpack(addr, len) -> the table packed there (1-based).
+-- unpack(addr, len) -> the table packed there (1-based).  In a worker, on
+-- the parent's chunk bodies.
 function M.unpack(addr, len)
   local kind, n = body_kind(addr, len)
   if kind == "sbuf" then return decode_sbuf(addr, len) end
@@ -348,6 +354,8 @@ function M.unpack(addr, len)
 end
 
 -- unpack_into(dst, first, n, addr, len): dst[first + i - 1] = packed[i].
+-- In the parent, on the private copy fp_packed_copy checked for a count of
+-- n (the checks here are a second line, not the first).
 function M.unpack_into(dst, first, n, addr, len)
   local kind, m = body_kind(addr, len)
   local k = first - 1
