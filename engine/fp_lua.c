@@ -1217,5 +1217,7 @@ FP_EXPORT int luaopen_forkpool_core(lua_State *L) {
   lua_setfield(L, -2, "SIGKILL");
   lua_pushinteger(L, SIGTERM);
   lua_setfield(L, -2, "SIGTERM");
+  lua_pushinteger(L, SIGCONT);
+  lua_setfield(L, -2, "SIGCONT");
   return 1;
 }

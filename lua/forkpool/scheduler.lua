@@ -1044,7 +1044,7 @@ function S.join_all(pool)
   pool._exit_error = nil
   pool._exit_timeout_active = pool._exit_timeout ~= nil
   -- With worker_exit_timeout, joining is bounded whatever state a worker is
-  -- in (stopped by SIGSTOP, blocked before its worker_exit phase): past the
+  -- in (stopped again, blocked before its worker_exit phase): past the
   -- deadline (half a second after worker_exit's own, which names the
   -- phase) the rest are killed: SIGKILL ends stopped processes too.
   local deadline = pool._exit_timeout and core.now() + pool._exit_timeout + 0.5
@@ -1052,6 +1052,8 @@ function S.join_all(pool)
     local rec = pool._workers[w]
     if rec.pid and (not rec.stopping or rec.stop_pending) then
       rec.stopping, rec.stop_pending = true, false
+      -- a worker stopped (SIGSTOP, SIGTSTP) could never read the request
+      c:kill(w, core.SIGCONT)
       -- the stop record is tiny; a full lane only means replies are pending
       while pool._workers[w].pid and not (deadline and core.now() > deadline) and not c:send_stop(w) do
         local kind, ew, a, b, cnt, idx, val = c:poll(pool._stages, 0.01)
