@@ -676,9 +676,12 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
   switch (type) {
   case FP_M_RESULTS: {
     kind = "results";
-    /* A packed body is copied out of shared memory and checked
-     * (fp_packed.h); Lua decodes only that copy. */
-    if (h.flags & FP_CHUNK_PACKED) {
+    /* Packed bodies (fp_packed.h): raw doubles are copied out of shared
+     * memory and checked, and Lua decodes only that copy; string.buffer
+     * bodies are decoded in C, straight from the worker's bytes. */
+    int sbuf = (h.flags & FP_CHUNK_PACKED) && len - pos >= FP_PACKED_TAG_LEN &&
+               memcmp(d + pos, "fp.sbuf\0", FP_PACKED_TAG_LEN) == 0;
+    if ((h.flags & FP_CHUNK_PACKED) && !sbuf) {
       int rc = fp_packed_copy(&p->dec, d + pos, len - pos, h.count, &p->dec_scratch, &why);
       if (rc != FP_OK) {
         snprintf(err.msg, sizeof err.msg, "bad packed results: %s", why);
@@ -706,7 +709,14 @@ static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
         at = 1;
       }
     }
-    if (lua_istable(L, -1) && (h.flags & FP_CHUNK_PACKED)) {
+    if (lua_istable(L, -1) && sbuf) {
+      int rc = fp_packed_decode_sbuf(L, lua_gettop(L), at, h.count, d + pos, len - pos, &why);
+      if (rc != FP_OK) {
+        snprintf(err.msg, sizeof err.msg, "bad packed results: %s", why);
+        err.path[0] = 0;
+        goto corrupt_err;
+      }
+    } else if (lua_istable(L, -1) && (h.flags & FP_CHUNK_PACKED)) {
       /* helpers.unpack_into(results, at, count, addr, len) */
       int t = lua_gettop(L);
       push_helpers(L, 1);

@@ -21,6 +21,7 @@
  */
 #include "fp_packed.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -265,4 +266,202 @@ int fp_packed_copy(fp_buf *out, const unsigned char *src, size_t len, uint32_t c
   int rc = fp_packed_check(out->p, len, count, scratch, why);
   if (rc == FP_ENOMEM) *why = "out of memory";
   return rc;
+}
+
+/* ---- decoding a string.buffer body straight from the worker's memory ----
+ *
+ * The same grammar as the checker above, read in one pass from the shared
+ * bytes themselves: every structural byte (tags, counts, keys) is loaded
+ * once, through a volatile pointer, so the compiler cannot fetch it again
+ * after it was checked; string bytes go straight into Lua strings (one
+ * copy, as string.buffer's own decoder makes).  No copy of the body, and no
+ * decoder that could crash: only the Lua C API. */
+
+typedef struct dd {
+  const volatile unsigned char *p, *e;
+  lua_State *L;
+  const char *why;
+} dd;
+
+static int dfail(dd *r, const char *why) {
+  r->why = why;
+  return 0;
+}
+
+static int d_take(dd *r, void *out, size_t n) {
+  if ((size_t)(r->e - r->p) < n) return dfail(r, "sbuf body: truncated");
+  unsigned char *o = out;
+  for (size_t i = 0; i < n; i++) o[i] = r->p[i];
+  r->p += n;
+  return 1;
+}
+
+static int d_u124(dd *r, uint32_t *v) {
+  unsigned char b;
+  if (!d_take(r, &b, 1)) return 0;
+  uint32_t x = b;
+  if (x >= 0xe0) {
+    if (x != 0xff) {
+      if (!d_take(r, &b, 1)) return 0;
+      x = ((x & 0x1f) << 8) + b + 0xe0;
+    } else if (!d_take(r, &x, 4)) {
+      return 0;
+    }
+  }
+  *v = x;
+  return 1;
+}
+
+/* Table header: narray, nhash, each bounded by the bytes left. */
+static int d_tab_hdr(dd *r, uint32_t tp, uint32_t *narray, uint32_t *nhash) {
+  *narray = *nhash = 0;
+  if (tp != SB_TAB && tp != SB_TAB_H && tp != SB_TAB_A && tp != SB_TAB_AH)
+    return dfail(r, "sbuf body: not an array");
+  if (tp >= SB_TAB_A && !d_u124(r, narray)) return 0;
+  if ((tp & 1) && !d_u124(r, nhash)) return 0;
+  size_t left = (size_t)(r->e - r->p);
+  if ((uint64_t)*narray > (uint64_t)left + 1 || *nhash > left / 6)
+    return dfail(r, "sbuf body: a table larger than its bytes");
+  return 1;
+}
+
+/* A hash key: a whole number in [lo, hi]. */
+static int d_key(dd *r, uint64_t lo, uint64_t hi, uint64_t *k) {
+  uint32_t tp;
+  double d;
+  if (!d_u124(r, &tp)) return 0;
+  if (tp == SB_INT) {
+    int32_t i;
+    if (!d_take(r, &i, 4)) return 0;
+    d = (double)i;
+  } else if (tp == SB_NUM) {
+    if (!d_take(r, &d, 8)) return 0;
+  } else {
+    return dfail(r, "sbuf body: a key that is not an index");
+  }
+  if (!(d >= (double)lo && d <= (double)hi) || d != floor(d))
+    return dfail(r, "sbuf body: an index out of range");
+  *k = (uint64_t)d;
+  return 1;
+}
+
+static int d_value(dd *r, int top, int in_array);
+
+/* A flat array of scalars (a value of the top-level table): pushes it. */
+static int d_flat(dd *r, uint32_t tp) {
+  lua_State *L = r->L;
+  uint32_t narray, nhash;
+  if (!d_tab_hdr(r, tp, &narray, &nhash)) return 0;
+  uint32_t na = narray ? narray - 1 : 0;
+  uint64_t lo = narray ? narray : 1, hi = (uint64_t)na + nhash;
+  lua_createtable(L, (int)na, (int)nhash);
+  for (uint32_t i = 1; i <= na; i++) {
+    if (!d_value(r, 0, 1)) goto fail;
+    lua_rawseti(L, -2, (int)i);
+  }
+  for (uint32_t i = 0; i < nhash; i++) {
+    uint64_t k;
+    if (!d_key(r, lo, hi, &k) || !d_value(r, 0, 0)) goto fail;
+    lua_rawseti(L, -2, (int)k);  /* k <= na + nhash < 2^31: bounded by the bytes */
+  }
+  return 1;
+fail:
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* One value, pushed (nil too).  top: an element of the top-level table (it
+ * may be a flat array; nil only in its array part: in_array). */
+static int d_value(dd *r, int top, int in_array) {
+  lua_State *L = r->L;
+  uint32_t tp;
+  if (!d_u124(r, &tp)) return 0;
+  if (tp >= SB_STR) {
+    size_t n = tp - SB_STR;
+    if ((size_t)(r->e - r->p) < n) return dfail(r, "sbuf body: truncated");
+    lua_pushlstring(L, (const char *)(uintptr_t)r->p, n);
+    r->p += n;
+    return 1;
+  }
+  switch (tp) {
+  case SB_NIL:
+    if (!(top && in_array)) return dfail(r, "sbuf body: nil inside an array of values");
+    lua_pushnil(L);
+    return 1;
+  case SB_FALSE:
+  case SB_TRUE: lua_pushboolean(L, tp == SB_TRUE); return 1;
+  case SB_INT: {
+    int32_t i;
+    if (!d_take(r, &i, 4)) return 0;
+    lua_pushnumber(L, (lua_Number)i);
+    return 1;
+  }
+  case SB_NUM: {
+    double d;
+    if (!d_take(r, &d, 8)) return 0;
+    lua_pushnumber(L, d);  /* canonicalises NaNs */
+    return 1;
+  }
+  case SB_TAB:
+  case SB_TAB_H:
+  case SB_TAB_A:
+  case SB_TAB_AH:
+    if (!top) return dfail(r, "sbuf body: tables nested too deep");
+    return d_flat(r, tp);
+  default: return dfail(r, "sbuf body: a kind of value forkpool does not pack");
+  }
+}
+
+/* dst[at + i - 1] = v (the value on top, popped). */
+static void d_store(lua_State *L, int tidx, int64_t at, uint64_t i) {
+  int64_t k = at + (int64_t)i - 1;
+  if (k >= INT_MIN && k <= INT_MAX) {
+    lua_rawseti(L, tidx, (int)k);
+  } else {
+    lua_pushnumber(L, (lua_Number)k);
+    lua_insert(L, -2);
+    lua_rawset(L, tidx);
+  }
+}
+
+int fp_packed_decode_sbuf(lua_State *L, int tidx, int64_t at, uint32_t count,
+                          const unsigned char *p, size_t len, const char **why) {
+  int top = lua_gettop(L);
+  if (!lua_checkstack(L, 8)) {
+    *why = "out of Lua stack";
+    return FP_ENOMEM;
+  }
+  *why = "packed body: unknown tag";
+  if (len < FP_PACKED_TAG_LEN || memcmp(p, "fp.sbuf\0", 8) != 0) return FP_ECORRUPT;
+  dd r = {.p = p + FP_PACKED_TAG_LEN, .e = p + len, .L = L, .why = NULL};
+  uint32_t tp, narray, nhash;
+  if (!d_u124(&r, &tp) || !d_tab_hdr(&r, tp, &narray, &nhash)) goto fail;
+  uint32_t na = narray ? narray - 1 : 0;
+  if (na > count) {
+    r.why = "sbuf body: more results than the chunk has";
+    goto fail;
+  }
+  uint64_t lo = narray ? narray : 1;
+  if (nhash && (count < lo || count - lo + 1 < nhash)) {
+    r.why = "sbuf body: more indexes than fit";
+    goto fail;
+  }
+  for (uint32_t i = 1; i <= na; i++) {
+    if (!d_value(&r, 1, 1)) goto fail;
+    d_store(L, tidx, at, i);
+  }
+  for (uint32_t i = 0; i < nhash; i++) {
+    uint64_t k;
+    if (!d_key(&r, lo, count, &k) || !d_value(&r, 1, 0)) goto fail;
+    d_store(L, tidx, at, k);
+  }
+  if (r.p != r.e) {
+    r.why = "sbuf body: trailing bytes";
+    goto fail;
+  }
+  return FP_OK;
+fail:
+  lua_settop(L, top);
+  *why = r.why;
+  return FP_ECORRUPT;
 }

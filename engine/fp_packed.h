@@ -32,6 +32,7 @@
 #define FP_PACKED_H
 
 #include "fp_common.h"
+#include "fp_luajit.h"
 
 FP_HIDDEN_BEGIN
 
@@ -48,6 +49,16 @@ int fp_packed_copy(fp_buf *out, const unsigned char *src, size_t len, uint32_t c
  * working memory).  Same results; f64 NaNs are canonicalised in p. */
 int fp_packed_check(unsigned char *p, size_t len, uint32_t count, fp_buf *scratch,
                     const char **why);
+
+/* Decode a "fp.sbuf" body of count results straight from memory the worker
+ * may still write (each structural byte is read once; no copy, no
+ * string.buffer): t[at + i - 1] = result i, t at stack index tidx (rawset;
+ * nils leave holes).  The same subset as fp_packed_check, except that a
+ * key twice only overwrites (harmless here).  FP_OK, FP_ECORRUPT (*why;
+ * some results may have been stored) or FP_ENOMEM; the stack is as it
+ * was. */
+int fp_packed_decode_sbuf(lua_State *L, int tidx, int64_t at, uint32_t count,
+                          const unsigned char *p, size_t len, const char **why);
 
 FP_HIDDEN_END
 

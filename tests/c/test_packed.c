@@ -29,8 +29,25 @@ static int check_lua(const char *expr, uint32_t count) {
   const char *s = lua_tolstring(L, -1, &len);
   const char *why = NULL;
   int rc = fp_packed_copy(&body, (const unsigned char *)s, len, count, &scratch, &why);
-  (void)why;
-  lua_pop(L, 1);
+  /* The parent's decoder agrees: same verdict, and t[at + i - 1] equal to
+   * what string.buffer decodes. */
+  lua_newtable(L);
+  int top = lua_gettop(L);
+  int drc = fp_packed_decode_sbuf(L, top, 100, count, (const unsigned char *)s, len, &why);
+  FP_CHECK_EQ_INT(lua_gettop(L), top);
+  FP_CHECK_EQ_INT(drc, rc);
+  if (drc == FP_OK) {
+    lua_getglobal(L, "fp_same");
+    lua_pushlstring(L, s + 8, len - 8);
+    lua_pushvalue(L, top);
+    lua_pushinteger(L, (lua_Integer)count);
+    if (lua_pcall(L, 3, 1, 0) != 0 || !lua_toboolean(L, -1)) {
+      fprintf(stderr, "  decoders differ on %s\n", expr);
+      FP_CHECK(0);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
   return rc;
 }
 
@@ -119,6 +136,23 @@ FP_TEST(test_f64) {
 int main(void) {
   L = luaL_newstate();
   luaL_openlibs(L);
+  if (luaL_dostring(L,
+        "local buf = require('string.buffer')\n"
+        "local function same(a, b)\n"
+        "  if a ~= a then return b ~= b end\n"
+        "  if type(a) ~= 'table' then return a == b end\n"
+        "  if type(b) ~= 'table' then return false end\n"
+        "  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
+        "  for k in pairs(b) do if a[k] == nil then return false end end\n"
+        "  return true\n"
+        "end\n"
+        "function fp_same(s, mine, n)\n"
+        "  local t = buf.decode(s)\n"
+        "  for i = 1, n do if not same(t[i], mine[100 + i - 1]) then return false end end\n"
+        "  for k in pairs(mine) do if k < 100 or k >= 100 + n then return false end end\n"
+        "  return true\n"
+        "end\n") != 0)
+    return 1;
   FP_RUN(test_sbuf_accepts_what_the_packer_makes);
   FP_RUN(test_sbuf_refuses);
   FP_RUN(test_f64);

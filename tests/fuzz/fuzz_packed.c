@@ -7,7 +7,11 @@
  *  - the check never reads outside the body;
  *  - a string.buffer body it accepts decodes with LuaJIT's own decoder
  *    without an error, to a table (nothing the checker lets through makes
- *    the decoder complain, so nothing malformed reaches it).
+ *    the decoder complain, so nothing malformed reaches it);
+ *  - fp_packed_decode_sbuf (the parent's decoder of such bodies) leaves the
+ *    stack balanced whatever the bytes, accepts whatever the checker
+ *    accepts, and then stores the same count results as LuaJIT's decoder
+ *    (t[at + i - 1] for a base index at far from 1).
  *
  *   make fuzz FUZZ_SECONDS=60
  */
@@ -26,9 +30,20 @@ static fp_buf body, scratch; /* reused; reachable, so never a leak */
 
 static const char setup[] =
   "local buf = require('string.buffer')\n"
-  "return function(s)\n"
+  "local function same(a, b)\n"
+  "  if a ~= a then return b ~= b end\n"
+  "  if type(a) ~= 'table' then return a == b end\n"
+  "  if type(b) ~= 'table' then return false end\n"
+  "  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
+  "  for k in pairs(b) do if a[k] == nil then return false end end\n"
+  "  return true\n"
+  "end\n"
+  "return function(s, mine, at, n)\n"
   "  local t = buf.decode(s)\n"
   "  if type(t) ~= 'table' then error('not a table') end\n"
+  "  for i = 1, n do\n"
+  "    if not same(t[i], mine[at + i - 1]) then error('decoders differ at ' .. i) end\n"
+  "  end\n"
   "end\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -51,11 +66,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rc = fp_packed_check(p, size, count, &scratch, &why);
   if (rc != FP_OK && rc != FP_ECORRUPT) abort();
   if (rc == FP_ECORRUPT && !why) abort();
-  if (rc == FP_OK && size >= 8 && !memcmp(p, "fp.sbuf\0", 8)) {
-    lua_pushvalue(L, -1);
+  /* the parent's decoder, on the original bytes */
+  const int64_t at = 1000001;
+  lua_newtable(L);
+  int mine = lua_gettop(L);
+  int drc = fp_packed_decode_sbuf(L, mine, at, count, data, size, &why);
+  if (lua_gettop(L) != mine) abort();
+  if (drc != FP_OK && drc != FP_ECORRUPT) abort();
+  int sbuf = size >= 8 && !memcmp(p, "fp.sbuf\0", 8);
+  if (rc == FP_OK && sbuf) {
+    if (drc != FP_OK) abort();
+    lua_pushvalue(L, 1);
     lua_pushlstring(L, (const char *)p + 8, size - 8);
-    if (lua_pcall(L, 1, 0, 0) != 0) abort();
+    lua_pushvalue(L, mine);
+    lua_pushnumber(L, (lua_Number)at);
+    lua_pushnumber(L, count);
+    if (lua_pcall(L, 4, 0, 0) != 0) abort();
   }
+  lua_settop(L, 1);
   /* fp_packed_copy: the same, from "shared" bytes. */
   if (fp_packed_copy(&body, data, size, count, &scratch, &why) != rc) abort();
   free(p);
