@@ -2,14 +2,18 @@
  * fp_packed.h - checking a packed result body a worker sent, before the
  * parent lets LuaJIT read it.
  *
- * Packed bodies (FP_CHUNK_PACKED; made by lua/forkpool/worker.lua) are
- * decoded by Lua: raw doubles through the FFI, or LuaJIT's string.buffer,
- * whose decoder can crash (SIGSEGV, when JIT-compiled) on malformed input.
- * So the parent never hands worker bytes to it: fp_packed_copy copies the
- * body out of shared memory once (the worker may change the bytes at any
- * time: checking them in place and decoding them later would decode
- * something unchecked), then checks the private copy.  Only a copy that
- * passed is decoded.
+ * Packed bodies (FP_CHUNK_PACKED; made by lua/forkpool/worker.lua) used to
+ * be decoded by Lua straight from shared memory: raw doubles through the
+ * FFI, and LuaJIT's string.buffer, whose decoder can crash (SIGSEGV, when
+ * JIT-compiled) on malformed input.  Now:
+ *   - raw doubles (f64, f64a): fp_packed_copy copies the body out of shared
+ *     memory once (the worker may change the bytes at any time: checking
+ *     them in place and reading them later would read something
+ *     unchecked), then checks the private copy; only that copy reaches Lua;
+ *   - string.buffer bodies (sbuf): fp_packed_decode_sbuf decodes them in C,
+ *     in one pass over the worker's bytes, each structural byte read once;
+ *     string.buffer never sees them.  fp_packed_check knows the same
+ *     grammar (tests and the fuzzer hold the two against LuaJIT's decoder).
  *
  * Accepted bodies (an 8-byte tag, then):
  *   "fp.f64\0\0"  exactly count doubles;

@@ -170,12 +170,12 @@ local f64_arr_t = ffi.typeof("double[?]")
 --                 its m numbers, as doubles: every result a flat array of
 --                 numbers (numeric vectors, image rows, samples);
 --   "fp.sbuf\0"  one string.buffer encoding of the 1-based array.
--- Only this file makes and reads them.  Reading is only ever done on bytes
--- nobody else can write: the parent's RESULTS bodies are copied out of
--- shared memory and checked in C first (engine/fp_packed.c: string.buffer's
--- decoder can crash on malformed input, and a worker could change the bytes
--- between a check and the decode); a worker reads the chunks its parent
--- made.
+-- This file makes them; a worker reads the chunks its parent made with
+-- unpack.  The parent never decodes a worker's bytes in place here
+-- (engine/fp_packed.h): "fp.sbuf" RESULTS are decoded in C (string.buffer's
+-- decoder can crash on malformed input), raw doubles reach unpack_into
+-- only as a private copy checked in C (a worker could change the bytes
+-- between a check and a read).
 local TAG_LEN = 8
 local TAG_F64, TAG_F64A, TAG_SBUF = "fp.f64\0\0", "fp.f64a\0", "fp.sbuf\0"
 local f64_buf, f64_cap = nil, 0
@@ -354,8 +354,9 @@ function M.unpack(addr, len)
 end
 
 -- unpack_into(dst, first, n, addr, len): dst[first + i - 1] = packed[i].
--- In the parent, on the private copy fp_packed_copy checked for a count of
--- n (the checks here are a second line, not the first).
+-- In the parent, for f64 / f64a bodies only, on the private copy
+-- fp_packed_copy checked for a count of n (the checks here are a second
+-- line, not the first).
 function M.unpack_into(dst, first, n, addr, len)
   local kind, m = body_kind(addr, len)
   local k = first - 1
