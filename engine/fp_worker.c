@@ -63,7 +63,10 @@ typedef struct W {
    * Checked after user code runs; once lost, the worker never touches
    * those fds again (no doorbell write into a user's file, no big record),
    * sends what fits inline and retires: its exit wakes the parent through
-   * the pidfd, so nothing waits for a doorbell that cannot ring. */
+   * the pidfd, so nothing waits for a doorbell that cannot ring.  (All
+   * eventfds share one anonymous inode: an eventfd of the task's own at
+   * the doorbell's number passes the check; a file, pipe or socket does
+   * not.) */
   fp_fd_id bell_id, big_id;
   int fds_lost;
 } W;
