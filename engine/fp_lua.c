@@ -456,7 +456,7 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
     /* The worker scribbled on its task lane's shared header: it gets
      * nothing more and is killed (poll reports its exit). */
     s->corrupt = 1;
-    kill(s->pid, SIGKILL);
+    fp_proc_kill(s->pid, SIGKILL);
   }
   lua_pushnil(L);
   lua_pushliteral(L, "marshal");
@@ -642,7 +642,7 @@ static int slot_corrupt(lua_State *L, fp_pool *p, int w, const char *fmt, ...) {
   fp_slot *s = &p->slots[w];
   va_list ap;
   s->corrupt = 1;
-  if (s->pid > 0) kill(s->pid, SIGKILL);
+  if (s->pid > 0) fp_proc_kill(s->pid, SIGKILL);
   lua_pushliteral(L, "corrupt");
   lua_pushinteger(L, w + 1);
   va_start(ap, fmt);
