@@ -1055,11 +1055,14 @@ static int l_worker_insights(lua_State *L) {
 /* pool:close(): kill and reap everything now.  Idempotent. */
 static int l_close(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
+  /* Out of the registry first, whoever collects it: a process the host
+   * forked holds its parent's pools in its copy of the list, and must not
+   * keep pointers to userdata its own GC frees. */
+  pools_remove(p);
   if (p->owner != getpid()) return 0; /* a worker's copy: not ours */
   if (!p->closed || p->slots) pool_release(p);
   free(p->keep_fds); /* l_new may fail before anything pool_release frees */
   p->keep_fds = NULL;
-  pools_remove(p);
   return 0;
 }
 
