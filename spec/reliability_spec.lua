@@ -396,6 +396,39 @@ end)
 -- 11. Items tables with metamethods
 ------------------------------------------------------------------------
 
+describe("an empty input", function()
+  -- An empty iterator on a kept-alive pool whose workers were running hung
+  -- every call of the family once (found by examples/wordcount.lua on an
+  -- empty file); each call must return at once, empty.
+  it("returns at once from every call of the family, fresh or kept-alive workers", function()
+    local ok, out = child([[
+      local function empty() return nil end
+      for _, keep in ipairs { false, true } do
+        local pool = forkpool.new { n_jobs = 2, keep_alive = keep }
+        pool:map(function(x) return x end, { 1, 2, 3 })  -- workers running
+        for _, fname in ipairs { "map", "map_unordered", "starmap", "starmap_unordered" } do
+          for _, src in ipairs { empty, {} } do
+            local r = pool[fname](pool, function(x) return x end, src)
+            assert(r.n == 0 and r[1] == nil, fname)
+          end
+        end
+        for _, fname in ipairs { "imap", "imap_unordered", "istarmap", "istarmap_unordered" } do
+          for _, src in ipairs { empty, {} } do
+            local n = 0
+            for _ in pool[fname](pool, function(x) return x end, src) do n = n + 1 end
+            assert(n == 0, fname)
+          end
+        end
+        assert(pool:map(function(x) return x + 1 end, { 1 })[1] == 2)
+        pool:close()
+      end
+      print("empty ok")
+    ]], 60)
+    assert.is_true(ok, out)
+    assert.matches("empty ok", out)
+  end)
+end)
+
 describe("items", function()
   it("are read raw, the same by fresh and kept-alive workers; an __index that raises breaks nothing", function()
     local ok, out = child([[
