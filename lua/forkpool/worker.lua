@@ -368,8 +368,9 @@ function M.unpack_into(dst, first, n, addr, len)
   elseif kind == "f64a" then
     return decode_f64a(dst, first, n, addr, m)
   end
-  local t = decode_sbuf(addr, len)
-  for i = 1, n do dst[k + i] = t[i] end
+  -- string.buffer bodies come from worker memory and are decoded in C
+  -- (fp_packed_decode_sbuf): string.buffer must never see them here.
+  error("unpack_into: " .. kind .. " bodies are decoded by the engine")
 end
 
 local core = require "forkpool.core"
