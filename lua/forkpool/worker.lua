@@ -22,7 +22,7 @@ local cancel_ptr_t = ffi.typeof("volatile uint64_t *")
 
 local stamp_fn_t = ffi.typeof("void (*)(void)")
 
-local table_new_ = require "table.new"
+local table_new = require "table.new"
 local getmt, setmt = debug.getmetatable, setmetatable
 
 -- A result is its value when its task returned: it is encoded only after
@@ -34,7 +34,7 @@ local getmt, setmt = debug.getmetatable, setmetatable
 local function snap_deep(t, seen)
   local c = seen[t]
   if c then return c end
-  c = table_new_(#t, 0)
+  c = table_new(#t, 0)
   seen[t] = c
   for k, v in next, t do
     if type(k) == "table" then k = snap_deep(k, seen) end
@@ -51,7 +51,7 @@ local table_clear = require "table.clear"
 
 local function snapshot(t)
   -- one level of scalars (the common case) without the identity map
-  local c = table_new_(#t, 0)
+  local c = table_new(#t, 0)
   for k, v in next, t do
     if type(v) == "table" or type(k) == "table" then
       -- (no metamethod runs while copying: the map is reused)
@@ -156,7 +156,6 @@ end
 ------------------------------------------------------------------------
 
 local sbuf = require "string.buffer"
-local table_new = require "table.new"
 local enc_buf, dec_buf = sbuf.new(), sbuf.new()
 local scratch, scratch_n = {}, 0
 local cchar_ptr_t = ffi.typeof("const char *")
