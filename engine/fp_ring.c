@@ -14,10 +14,13 @@
  *   - Inline payloads are <= FP_LANE_INLINE_MAX(cap); larger ones go to the
  *     big area (one at a time: big_busy), and the ring carries {u64 len}.
  *   - The big area is the region [big_off, big_off + big_cap) of the file
- *     big_fd; a record of n bytes is the region's [0, n).  While big_busy
- *     is 0 only the producer touches the region; while it is 1 only the
- *     consumer does (reads, and the punch on release).  Nothing here
- *     touches the file outside the region (lanes may share a file).
+ *     big_fd; a record of n bytes is the region's [0, n).  big_busy says
+ *     who may touch the region: FREE, the producer may claim it (HELD)
+ *     to write a record, which the consumer then reads and punches past
+ *     KEEP on release before setting FREE again; TRIM, one side punches
+ *     all of it (fp_lane_trim_*, an idle lane).  Leaving FREE is a
+ *     compare-exchange, so no two of these overlap.  Nothing here touches
+ *     the file outside the region (lanes may share a file).
  *   - Windows are process-local: the producer's (read-write) and the
  *     consumer's (read-only) map the region's [0, len), len a page multiple,
  *     grown by mremap, which keeps the pages already mapped (a fresh mapping
@@ -27,8 +30,10 @@
  *     of the file; no one reads or writes there (only [0, n <= big_cap)).
  *   - [0, big_resv) of the region is allocated (producer's knowledge): the
  *     producer fallocates before copying into its window, so running out of
- *     memory is FP_ENOMEM rather than SIGBUS.  The consumer never punches
- *     below KEEP and big_resv <= KEEP, so the knowledge stays true.
+ *     memory is FP_ENOMEM rather than SIGBUS.  The consumer punches below
+ *     KEEP only in a trim, and then sets big_trimmed, which the producer
+ *     reads (and clears, setting big_resv = 0) after every claim, before
+ *     it writes; big_resv <= KEEP, so the knowledge stays true.
  *   - The consumer trusts nothing in shared memory: every header it reads is
  *     copied once into a local and bounds-checked against the published
  *     range, the ring and the big area before any pointer is formed; the
@@ -41,8 +46,8 @@
  *   - No locks: a process killed at any instruction leaves either the old or
  *     the new head/tail, so only whole records are ever visible.  A
  *     producer killed while writing a big record leaves bytes in the file
- *     and big_busy 0 (it is set just before head moves): nothing anyone
- *     reads.  Its lane dies with it (a slot's lanes are made anew for each
+ *     and big_busy HELD with no record published: nothing anyone reads
+ *     (and no trim).  Its lane dies with it (a slot's lanes are made anew for each
  *     process); the region's pages go with the lane's own file, or when the
  *     owner of a shared file discards the region (fp_lane_discard_big).
  *
@@ -51,9 +56,10 @@
  *        <-> [B2] consumer load-acquire of head before reading it.
  *   [B3] consumer store-release of tail after reading the record
  *        <-> [B4] producer load-acquire of tail before overwriting it.
- *   [B5] consumer store-release big_busy = 0 after reading the big area
- *        (and after punching it) <-> [B6] producer load-acquire of big_busy
- *        before writing the big area.  The producer's pwrite and fallocate
+ *   [B5] consumer (or a trimming side) store-release big_busy = FREE after
+ *        reading the big area (and after punching it) <-> [B6] producer's
+ *        acquire compare-exchange of big_busy FREE -> HELD before writing
+ *        the big area.  The producer's pwrite and fallocate
  *        are its writes here like its memcpy: done before [B1]; the
  *        consumer's punch is done (the syscall has returned) before [B5].
  *   [D1] producer: seq_cst bump of head_seq, then seq_cst load of
@@ -126,6 +132,8 @@
 #define REL memory_order_release
 #define SEQ memory_order_seq_cst
 
+enum { BIG_FREE = 0, BIG_HELD = 1, BIG_TRIM = 2 };
+
 /* ---- helpers ---- */
 
 /* Record headers are read with memcpy into locals followed by a compiler
@@ -165,6 +173,16 @@ static inline int claim(_Atomic uint32_t *flag, uint32_t f, uint32_t s) {
     if (atomic_compare_exchange_weak_explicit(flag, &f, 0, SEQ, RLX)) return 1;
   }
   return 0;
+}
+
+/* big_busy: BIG_FREE, BIG_HELD (the producer writes the area, or a
+ * published big record holds it until the consumer releases it), or
+ * BIG_TRIM (a side is punching the region).  Moving it away from BIG_FREE
+ * is a compare-exchange, so the producer's writes and a trim exclude each
+ * other; the acquire pairs with the release that set BIG_FREE ([B5]). */
+static inline int claim_big(fp_lane_hdr *h, uint32_t to) {
+  uint32_t f = BIG_FREE;
+  return atomic_compare_exchange_strong_explicit(&h->big_busy, &f, to, ACQ, RLX);
 }
 
 static inline void cpu_relax(void) {
@@ -377,7 +395,7 @@ static int lane_init(fp_lane *l, size_t ring_cap, size_t big_cap, int fd,
     errno = e;
     return FP_ENOMEM;
   }
-  /* The mapping is zeroed: head = tail = seqs = flags = big_busy = 0. */
+  /* The mapping is zeroed: head = tail = seqs = flags = 0, big_busy FREE. */
   fp_lane_hdr *h = base;
   h->cap = ring_cap;
   h->big_cap = big_cap;
@@ -406,6 +424,36 @@ void fp_lane_discard_big(fp_lane *l) {
   (void)fallocate(l->big_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   (off_t)l->big_off, (off_t)page_up(l->big_cap));
 }
+
+/* Either side, while the lane is idle: give the region's pages back.  The
+ * records beyond KEEP were punched on release, so [0, KEEP) is all there
+ * is.  Takes big_busy like a producer does, so no record is in the area
+ * and no producer writes it meanwhile.  The producer learns of a
+ * consumer's trim through big_trimmed (set before [B5]'s release, read
+ * after its [B6] claim) and allocates again before writing; a producer
+ * waiting on the claim is woken like by a release. */
+static int trim(fp_lane *l, int producer) {
+  fp_lane_hdr *h = l->h;
+  if (!h || l->big_fd < 0) return 1;
+  if (!claim_big(h, BIG_TRIM)) return 0;
+  size_t n = FP_LANE_BIG_KEEP < l->big_cap ? FP_LANE_BIG_KEEP : page_up(l->big_cap);
+  (void)fallocate(l->big_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)l->big_off, (off_t)n);
+  if (producer) l->big_resv = 0;
+  else atomic_store_explicit(&h->big_trimmed, 1, RLX);
+  atomic_store_explicit(&h->big_busy, BIG_FREE, REL);  /* [B5] */
+  if (!producer) {
+    /* [D3]/[B7] as in fp_lane_release: a producer that found the area
+     * taken sleeps on tail_seq. */
+    uint32_t s = atomic_fetch_add_explicit(&h->tail_seq, 1, SEQ) + 1;
+    uint32_t f = atomic_load_explicit(&h->prod_waiting, SEQ);
+    if (f && claim(&h->prod_waiting, f, s)) futex_wake(&h->tail_seq);
+  }
+  return 1;
+}
+
+int fp_lane_trim_producer(fp_lane *l) { return trim(l, 1); }
+int fp_lane_trim_consumer(fp_lane *l) { return trim(l, 0); }
 
 void fp_lane_destroy(fp_lane *l) {
   if (l->h) {
@@ -489,17 +537,24 @@ static int send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
   if (len > l->big_cap) return FP_E2BIG;
   uint64_t need = REC_HDR + 8;
   if ((rc = reserve(l, head, need, &pad)) != FP_OK) return rc;
-  /* [B6] pairs with [B5]: the consumer is done with the area. */
-  if (atomic_load_explicit(&h->big_busy, ACQ)) {
+  /* [B6] pairs with [B5]: the consumer is done with the area (or has
+   * trimmed it); claiming it keeps a trim out while we write. */
+  if (!claim_big(h, BIG_HELD)) {
     uint32_t s = atomic_load_explicit(&h->tail_seq, ACQ);  /* [B8] */
-    if (atomic_load_explicit(&h->big_busy, ACQ)) {         /* [B6] */
+    if (!claim_big(h, BIG_HELD)) {                         /* [B6] */
       l->space_seq = s;
       return FP_EFULL;
     }
   }
-  if ((rc = big_write(l, a, alen, b, blen)) != FP_OK) return rc;
-  /* Ordered before the record by [B1]. */
-  atomic_store_explicit(&h->big_busy, 1, RLX);
+  if (atomic_load_explicit(&h->big_trimmed, RLX)) {
+    /* The consumer punched the region: nothing of it is allocated. */
+    atomic_store_explicit(&h->big_trimmed, 0, RLX);
+    l->big_resv = 0;
+  }
+  if ((rc = big_write(l, a, alen, b, blen)) != FP_OK) {
+    atomic_store_explicit(&h->big_busy, BIG_FREE, REL);  /* nothing written */
+    return rc;
+  }
   unsigned char *p = l->ring + (head & (cap - 1));
   if (pad) {
     wr_hdr(p, (uint32_t)(pad - REC_HDR), FP_LANE_PAD);
@@ -580,7 +635,7 @@ int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
     if (rlen != 8) return FP_ECORRUPT;
     n = rd_u64(pl);
     if (n <= FP_LANE_INLINE_MAX(cap) || n > l->big_cap ||
-        atomic_load_explicit(&h->big_busy, RLX) != 1)
+        atomic_load_explicit(&h->big_busy, RLX) != BIG_HELD)
       return FP_ECORRUPT;
     if (n > l->big_size) {
       /* Past the end of the file a window faults with SIGBUS. */
@@ -616,7 +671,7 @@ int fp_lane_release(fp_lane *l) {
       big_unmap(l, l->peek_big);
     }
     /* [B5] pairs with [B6]: our reads of the area are done. */
-    atomic_store_explicit(&h->big_busy, 0, REL);
+    atomic_store_explicit(&h->big_busy, BIG_FREE, REL);
   }
   /* [B3] pairs with [B4]: our reads of the record are done. */
   atomic_store_explicit(&h->tail, l->peek_next, REL);

@@ -32,8 +32,9 @@
  *              maps a window of n bytes while it holds the record; on
  *              release it punches the region beyond KEEP
  *              (FALLOC_FL_PUNCH_HOLE) and shrinks its window back.
- * So an idle lane keeps at most KEEP bytes of memory and of address space
- * per side, whatever it carried.
+ * So a lane keeps at most KEEP bytes of memory and of address space per
+ * side, whatever it carried, and none once trimmed (fp_lane_trim_*: a
+ * worker trims both its lanes after a second without work).
  *
  * Visibility: a record becomes visible to the consumer only when head moves
  * past it (store-release of head after the payload is written), so a process
@@ -56,9 +57,17 @@
  *             sleeper waits on; the waker claims the wake-up by
  *             compare-exchanging it to 0, so one sleep costs at most one
  *             FUTEX_WAKE (fp_ring.c explains why no wake-up is lost).
- *   big_busy  producer sets 1 before publishing a big record; consumer sets
- *             0 when it releases it (after punching the region, if it does).
- *             While it is 1 only the consumer touches the lane's region.
+ *   big_busy  FREE (0), HELD (1) or TRIM (2).  The producer moves it FREE
+ *             -> HELD (compare-exchange) before writing a big record; the
+ *             consumer sets FREE when it releases that record (after
+ *             punching the region, if it does).  An idle lane's region is
+ *             given back by either side moving FREE -> TRIM, punching, and
+ *             setting FREE (fp_lane_trim_producer/_consumer).  While HELD
+ *             after the record's publication only the consumer touches the
+ *             region.
+ *   big_trimmed  consumer sets 1 when its trim punched the region; the
+ *             producer reads and clears it after its claim (big_busy's
+ *             acquire/release orders both), and allocates again.
  *   cap, big_cap: written once by fp_lane_create before fork, read-only
  *             after; each side bounds-checks against its private copies in
  *             fp_lane, never against these.
@@ -91,6 +100,7 @@ typedef struct fp_lane_hdr {
   _Atomic uint32_t tail_seq;
   _Atomic uint32_t prod_waiting;
   _Alignas(64) _Atomic uint32_t big_busy;
+  _Atomic uint32_t big_trimmed;
   uint64_t cap;       /* ring bytes, power of two */
   uint64_t big_cap;   /* big area bytes */
 } fp_lane_hdr;
@@ -150,6 +160,13 @@ int fp_lane_create_at(fp_lane *l, size_t ring_cap, size_t big_cap, int fd,
  * kernel.  Only once neither side uses the lane any more (the worker is
  * dead), from one process.  For lanes made by fp_lane_create_at. */
 void fp_lane_discard_big(fp_lane *l);
+/* Give back the memory of the lane's region while the lane is idle (a
+ * later big record allocates it again).  Call from the producer's or the
+ * consumer's side, from the thread that sends or receives.  Returns 1 when
+ * done (or there is no big area), 0 when a big record holds the area now
+ * (try again later).  The windows stay mapped, without pages. */
+int fp_lane_trim_producer(fp_lane *l);
+int fp_lane_trim_consumer(fp_lane *l);
 /* Unmap the ring and this process's windows, close the big area's fd if it
  * is the lane's own; the handle is zeroed with big_fd = -1.  Safe on a
  * zeroed or destroyed handle. */

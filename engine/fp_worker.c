@@ -690,6 +690,7 @@ static int w_body(lua_State *L) {
   w_send2(&w, FP_M_READY, NULL, 0, NULL, 0);
 
   uint64_t idle_since = fp_now_ns();
+  int trimmed = 0;  /* the lanes were trimmed since the last message */
   for (;;) {
     uint32_t type;
     const unsigned char *p;
@@ -699,6 +700,7 @@ static int w_body(lua_State *L) {
       /* Insights: time spent waiting for work. */
       uint64_t now = fp_now_ns();
       atomic_fetch_add(&io->st->wait_ns, now - idle_since);
+      trimmed = 0;
     }
     if (rc == FP_EEMPTY) {
       /* Going idle: let the worker's own output out now, not at exit. */
@@ -712,8 +714,15 @@ static int w_body(lua_State *L) {
         if (left <= 0) w_finish(&w, FP_BYE_STOP);
         if (left * 1000 < wait_ms) wait_ms = (int)(left * 1000) + 1;
       }
-      if (fp_lane_wait_data(&io->tasks, wait_ms) == FP_ETIMEOUT)
+      if (fp_lane_wait_data(&io->tasks, wait_ms) == FP_ETIMEOUT) {
         w_check_parent(&w);
+        /* A second without work: the lanes' big areas give their memory
+         * back (up to FP_LANE_BIG_KEEP each, on both sides), once per idle
+         * spell; a result still unread keeps its area until the next. */
+        if (!trimmed)
+          trimmed = fp_lane_trim_consumer(&io->tasks) &
+                    fp_lane_trim_producer(&io->results);
+      }
       continue;
     }
     if (rc != FP_OK) w_exit_now(72); /* the parent wrote garbage */

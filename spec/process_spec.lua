@@ -285,6 +285,40 @@ describe("pools' shared memory in other pools' workers", function()
   end)
 end)
 
+describe("an idle pool's big-record memory", function()
+  it("goes back within about two seconds, on both sides; the next big map still works", function()
+    local out = child(PRELUDE .. [[
+      local function shmem_kb(pid)
+        for l in io.lines("/proc/" .. pid .. "/status") do
+          local kb = l:match("^RssShmem:%s+(%d+)")
+          if kb then return tonumber(kb) end
+        end
+      end
+      local pool = forkpool.new{ n_jobs = 1, keep_alive = true }
+      local big = string.rep("y", 24 * 1024 * 1024)
+      local function once()
+        local r = pool:map(function(s) return s:upper() end, { big })
+        return #r[1] == #big and r[1]:sub(1, 3) == "YYY"
+      end
+      print("first", once() and once())
+      local me, wpid = "self", pool:worker_pids()[1]
+      local p0, w0 = shmem_kb(me), shmem_kb(wpid)
+      -- both 24 MiB records (item and result) are mapped on both sides now
+      print("held", p0 > 40 * 1024, w0 > 40 * 1024, p0, w0)
+      local freed = wait_for(function()
+        return shmem_kb(me) < p0 - 40 * 1024 and shmem_kb(wpid) < w0 - 40 * 1024
+      end, 5)
+      print("freed", freed, shmem_kb(me), shmem_kb(wpid))
+      print("again", once(), pool:worker_pids()[1] == wpid)
+      pool:close()
+    ]], 60)
+    assert.matches("first\ttrue", out)
+    assert.matches("held\ttrue\ttrue", out)
+    assert.matches("freed\ttrue", out)
+    assert.matches("again\ttrue\ttrue", out)
+  end)
+end)
+
 describe("the close_fds option", function()
   it("closes inherited descriptors in workers but 0-2, the engine's and the listed ones", function()
     local out = child(PRELUDE .. [[

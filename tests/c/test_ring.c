@@ -1547,15 +1547,19 @@ static int child_produce_big_forever(void *arg) {
   }
 }
 
-static int consume_big(fp_lane *l, uint64_t seq) {
+static int consume_big_any(fp_lane *l, uint64_t seq, size_t (*size_for_seq)(uint64_t)) {
   uint32_t t;
   const unsigned char *p;
   size_t len;
   int rc = fp_lane_peek(l, &t, &p, &len);
   if (rc != FP_OK) return rc;
-  int ok = t == (uint32_t)(seq & 0xffffff) && len == big_size_for(seq) && same(p, len, seq);
+  int ok = t == (uint32_t)(seq & 0xffffff) && len == size_for_seq(seq) && same(p, len, seq);
   if (fp_lane_release(l)) fp_lane_wake_producer(l);
   return ok ? FP_OK : FP_ECORRUPT;
+}
+
+static int consume_big(fp_lane *l, uint64_t seq) {
+  return consume_big_any(l, seq, big_size_for);
 }
 
 FP_TEST(test_xproc_killed_big_producer) {
@@ -1603,6 +1607,125 @@ FP_TEST(test_xproc_killed_big_producer) {
   FP_CHECK(no_children_left());
   FP_CHECK_EQ_INT(count_fds(), fds);
   fp_shm_unmap(m, sizeof(uint64_t));
+  free(buf);
+}
+
+/* Trimming an idle lane gives its region's memory back, from either side;
+ * the next records allocate again and arrive whole; a held record keeps
+ * the area (the trim says "later"). */
+FP_TEST(test_lane_trim) {
+  fp_lane l;
+  const size_t K = FP_LANE_BIG_KEEP;
+  FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 16, 2 * K), FP_OK);
+  unsigned char *buf = malloc(K + 4 * MIB);
+  FP_CHECK(buf != NULL);
+  if (!buf) return;
+  /* No big area used yet: nothing to give back, done. */
+  FP_CHECK_EQ_INT(fp_lane_trim_consumer(&l), 1);
+  FP_CHECK_EQ_INT(fp_lane_trim_producer(&l), 1);
+  const size_t sizes[] = {5 * MIB + 7, K, K + 3 * MIB, 300 * 1024, 20 * MIB};
+  for (int side = 0; side < 2; side++) {
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+      size_t n = sizes[i];
+      uint64_t seed = 100 * (uint64_t)side + i;
+      fill(buf, n, seed);
+      FP_CHECK_EQ_INT(send_now(&l, 4, buf, n), FP_OK);
+      /* Published and unread: the area is held, a trim must wait. */
+      uint64_t held = file_bytes(l.big_fd);
+      FP_CHECK(held >= n);
+      FP_CHECK_EQ_INT(side ? fp_lane_trim_producer(&l) : fp_lane_trim_consumer(&l), 0);
+      FP_CHECK_EQ_INT(file_bytes(l.big_fd), held);
+      FP_CHECK_EQ_INT(recv_check(&l, 4, n, seed), FP_OK);
+      FP_CHECK(file_bytes(l.big_fd) > 0);
+      FP_CHECK_EQ_INT(side ? fp_lane_trim_producer(&l) : fp_lane_trim_consumer(&l), 1);
+      FP_CHECK_EQ_INT(file_bytes(l.big_fd), 0);
+      FP_CHECK_EQ_INT(atomic_load(&l.h->big_busy), 0);
+      /* Twice in a row is harmless. */
+      FP_CHECK_EQ_INT(side ? fp_lane_trim_producer(&l) : fp_lane_trim_consumer(&l), 1);
+    }
+  }
+  /* A record sent after a trim allocates its pages again (no SIGBUS from
+   * the producer's window on a punched file) and arrives whole. */
+  fill(buf, 3 * MIB, 77);
+  FP_CHECK_EQ_INT(send_now(&l, 5, buf, 3 * MIB), FP_OK);
+  FP_CHECK(file_bytes(l.big_fd) >= 3 * MIB);
+  FP_CHECK_EQ_INT(recv_check(&l, 5, 3 * MIB, 77), FP_OK);
+  FP_CHECK_EQ_INT(atomic_load(&l.h->big_trimmed), 0);
+  FP_CHECK_EQ_INT(fp_lane_used(&l), 0);
+  free(buf);
+  fp_lane_destroy(&l);
+  /* No big area at all. */
+  FP_CHECK_EQ_INT(fp_lane_create(&l, 4096, 0), FP_OK);
+  FP_CHECK_EQ_INT(fp_lane_trim_consumer(&l), 1);
+  FP_CHECK_EQ_INT(fp_lane_trim_producer(&l), 1);
+  fp_lane_destroy(&l);
+}
+
+/* A consumer that trims whenever the lane looks empty, racing a producer
+ * in another process that sends big records (in its window and with
+ * pwrite) with random pauses: every record arrives whole, and a producer
+ * that found the area taken by a trim is woken (its waits are bounded: a
+ * lost wake-up fails it). */
+typedef struct trimprod {
+  fp_lane *l;
+  unsigned char *buf;
+  uint64_t count;
+} trimprod;
+
+static size_t trim_size_for(uint64_t seq) {
+  switch (seq % 4) {
+  case 0: return 2 * MIB + (size_t)(mix64(seq) % 100000);
+  case 1: return FP_LANE_BIG_KEEP + 2 * MIB + (size_t)(mix64(seq) % 5000);
+  case 2: return 100 * 1024 + (size_t)(mix64(seq) % 100);
+  default: return 64 * 1024 + 1 + (size_t)(mix64(seq) % 100);
+  }
+}
+
+static int child_produce_for_trims(void *arg) {
+  trimprod *t = arg;
+  for (uint64_t seq = 0; seq < t->count; seq++) {
+    size_t n = trim_size_for(seq);
+    fill(t->buf, n, seq);
+    int timeouts = 0;
+    for (;;) {
+      int rc = fp_lane_try_send(t->l, (uint32_t)(seq & 0xffffff), t->buf, n, NULL);
+      if (rc == FP_OK) break;
+      if (rc != FP_EFULL) return 2;
+      if (fp_lane_wait_space(t->l, WAIT_MS) == FP_ETIMEOUT && ++timeouts >= MAX_TIMEOUTS)
+        return 3;
+    }
+    if (mix64(seq) % 3 == 0) usleep((useconds_t)(mix64(seq + 7) % 2000));
+  }
+  return 0;
+}
+
+FP_TEST(test_xproc_trim_race) {
+  const uint64_t count = 300;
+  unsigned char *buf = malloc(FP_LANE_BIG_KEEP + 3 * MIB);
+  fp_lane l;
+  FP_CHECK_EQ_INT(fp_lane_create(&l, 1 << 16, 64 * MIB), FP_OK);
+  if (!buf || !l.h) return;
+  trimprod t = {&l, buf, count};
+  pid_t pid = spawn(child_produce_for_trims, &t);
+  uint64_t seq = 0, trims = 0, hard = now_ns() + 60000000000u;
+  int rc = FP_OK, timeouts = 0;
+  while (seq < count && now_ns() < hard && timeouts < MAX_TIMEOUTS) {
+    rc = consume_big_any(&l, seq, trim_size_for);
+    if (rc == FP_OK) { seq++; timeouts = 0; continue; }
+    if (rc != FP_EEMPTY) break;
+    trims += (uint64_t)fp_lane_trim_consumer(&l);
+    timeouts += fp_lane_wait_data(&l, WAIT_MS) == FP_ETIMEOUT;
+  }
+  FP_CHECK_EQ_INT(seq, count);
+  int st = reap(pid, 10000);
+  FP_CHECK(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  FP_CHECK(trims > 10);
+  fprintf(stderr, "  %llu records, %llu trims between them\n", (unsigned long long)seq,
+          (unsigned long long)trims);
+  FP_CHECK_EQ_INT(fp_lane_trim_consumer(&l), 1);
+  FP_CHECK_EQ_INT(file_bytes(l.big_fd), 0);
+  FP_CHECK(no_children_left());
+  fp_lane_destroy(&l);
   free(buf);
 }
 
@@ -1662,6 +1785,7 @@ int main(void) {
   FP_RUN(test_lane_wrap);
   FP_RUN(test_lane_big);
   FP_RUN(test_lane_big_keep);
+  FP_RUN(test_lane_trim);
   FP_RUN(test_lane_shared_file);
   FP_RUN(test_lane_big_fsize);
   FP_RUN(test_lane_big_nomem);
@@ -1675,6 +1799,7 @@ int main(void) {
   FP_RUN(test_xproc_parent_to_child);
   FP_RUN(test_xproc_killed_producer);
   FP_RUN(test_xproc_killed_big_producer);
+  FP_RUN(test_xproc_trim_race);
   FP_RUN(test_xproc_killed_consumer);
   return fp_test_summary();
 }
