@@ -103,17 +103,6 @@ function M.cpu_model()
   return "?"
 end
 
-function M.online_cpus()
-  local s = M.read_first_line("/sys/devices/system/cpu/online") or ""
-  local n = 0
-  for part in s:gmatch("[^,]+") do
-    local a, b = part:match("^(%d+)%-(%d+)$")
-    if a then n = n + tonumber(b) - tonumber(a) + 1
-    elseif part:match("^%d+$") then n = n + 1 end
-  end
-  return n
-end
-
 ------------------------------------------------------------------------
 -- Formatting
 ------------------------------------------------------------------------

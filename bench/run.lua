@@ -167,7 +167,8 @@ print("forkpool benchmarks" .. (opts.quick and " (QUICK: each workload once, sma
   .. "not a measurement)" or ""))
 local kernel = (sh("uname -srm") or "?"):gsub("%s+$", "")
 local nproc = tonumber((sh("nproc") or ""):match("%d+"))
-print(("machine:  nproc %s (%d CPUs online), %s, %s"):format(tostring(nproc or "?"), util.online_cpus(),
+local _, n_online = require("forkpool.cpus").online()
+print(("machine:  nproc %s (%d CPUs online), %s, %s"):format(tostring(nproc or "?"), n_online,
   util.cpu_model(), kernel))
 print(("luajit:   %s (%s, %s)"):format(jit.version, jit.arch, jit.status() and "JIT on" or "JIT off"))
 local rev = (sh("git rev-parse --short HEAD") or ""):match("%S+")

@@ -36,7 +36,7 @@ enum fp_msg {
 #define FP_CHUNK_STAR      0x4u /* each item is an array of arguments (starmap, apply) */
 #define FP_CHUNK_PACKED    0x8u /* CHUNK items / RESULTS values are packed by Lua (raw
                                    doubles, or a string.buffer encoding of an array of
-                                   scalars): lua/forkpool/worker.lua */
+                                   scalars): lua/forkpool/pack.lua */
 
 /* Header of CHUNK and of every chunk reply.  start/index are 1-based item
  * indexes of the job's input.  fn names the function to run: the job id

@@ -168,13 +168,13 @@ describe("results", function()
   end)
 
   it("snapshot copies sharing, cycles, table keys and metatables", function()
-    local worker = require "forkpool.worker"
+    local run = require "forkpool.run"
     local shared = { 1, 2 }
     local key = { "k" }
     local mt = { __metatable = "locked" }
     local t = setmetatable({ a = shared, b = shared, [key] = "v", 3 }, mt)
     t.me = t
-    local c = worker.snapshot(t)
+    local c = run.snapshot(t)
     assert.are_not.equal(t, c)
     assert.are.equal(c.a, c.b)
     assert.are_not.equal(shared, c.a)
@@ -187,7 +187,7 @@ describe("results", function()
       if type(k) == "table" then n = n + 1; assert.are.same({ "k" }, k); assert.are.equal("v", v) end
     end
     assert.are.equal(1, n)
-    local flat = worker.snapshot({ 1, 2, x = "y" })
+    local flat = run.snapshot({ 1, 2, x = "y" })
     assert.are.same({ 1, 2, x = "y" }, flat)
   end)
 end)
@@ -303,7 +303,7 @@ describe("values reachable from package.loaded", function()
   end)
 
   it("plain_data tells plain tables from the rest", function()
-    local plain = require("forkpool.scheduler")._plain_data
+    local plain = require("forkpool.modmap").plain_data
     assert.is_true(plain({ 1, "a", true, { x = { 2 } } }, {}))
     assert.is_false(plain({ 1, { f = print } }, {}))
     assert.is_false(plain({ setmetatable({}, {}) }, {}))
@@ -317,7 +317,7 @@ describe("worker_max_memory", function()
   it("replaces a worker whose resident memory exceeds it after a task; worker_exit runs", function()
     child([[
       local forkpool = require "forkpool"
-      local S = require "forkpool.scheduler"
+      local S = require "forkpool.deaths"
       local ffi = require "ffi"
       pcall(ffi.cdef, "int getpid(void);")
       -- a worker's resident memory with nothing of its own yet

@@ -469,20 +469,21 @@ describe("items", function()
   end)
 
   it("an error raised while building or sending a chunk leaves the books consistent", function()
-    -- faults injected into the sending path: worker.pack (items of a
+    -- faults injected into the sending path: forkpool.pack (items of a
     -- kept-alive map) and the codec's cdata helper (apply_async, starmap);
     -- each call raises a marshal error and nothing afterwards hangs
     local ok, out = child([[
-      local W = require "forkpool.worker"
-      local pack, cdata_kind = W.pack, W.cdata_kind
-      W.cdata_kind = function(v)
+      local P = require "forkpool.pack"
+      local C = require "forkpool.cdata"
+      local pack, cdata_kind = P.items, C.kind
+      C.kind = function(v)
         if tostring(v) == "77LL" then error("injected cdata fault") end
         return cdata_kind(v)
       end
       local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
       pool:map(function(x) return x end, { 1, 2 })
       local function check(name, okc, e)
-        W.pack = pack
+        P.items = pack
         print(("case %s -> %s %s %s"):format(name, tostring(okc), kind(e),
           tostring(forkpool.is_error(e) and e.message or e):match("injected %a+ fault") or "?"))
         pool:join()
@@ -490,9 +491,9 @@ describe("items", function()
         assert(pool:map(function(x) return x * 2 end, { 1, 2, 3 })[3] == 6)
       end
       local function broken_pack() error("injected pack fault") end
-      W.pack = broken_pack
+      P.items = broken_pack
       check("map", pcall(pool.map, pool, function(x) return x end, { 1, 2, 3 }))
-      W.pack = broken_pack
+      P.items = broken_pack
       check("imap", pcall(function()
         for _ in pool:imap(function(x) return x end, { 1, 2, 3 }) do end
       end))

@@ -162,10 +162,10 @@ describe("values", function()
     assert.are.equal(1, r[3][1]); assert.is_nil(r[3][2]); assert.are.equal(3, r[3][3])
     assert.are.same({ 1, "s" }, r[4])
     assert.are.same({ 5, 5 }, r[5])
-    -- which lane each shape takes (forkpool.worker's packers, called here)
-    local w = require "forkpool.worker"
+    -- which lane each shape takes (forkpool.pack's packers, called here)
+    local w = require "forkpool.pack"
     local function tag(out, n)
-      local addr = w.pack_results(out, n)
+      local addr = w.results(out, n)
       return addr and ffi.string(ffi.cast("const char *", addr), 8):gsub("%z", "") or "codec"
     end
     assert.are.equal("fp.f64", tag({ 1, 2.5 }, 2))
@@ -174,7 +174,7 @@ describe("values", function()
     assert.are.equal("codec", tag({ { 1, 2, name = "n" } }, 1))
     assert.are.equal("codec", tag({ { { 1 } } }, 1))
     local back = {}
-    local addr, len = w.pack_results({ { 1, 2 }, {}, { -0.0 } }, 3)
+    local addr, len = w.results({ { 1, 2 }, {}, { -0.0 } }, 3)
     w.unpack_into(back, 5, 3, addr, len)
     assert.are.same({ 1, 2 }, back[5]); assert.are.same({}, back[6]); assert.are.equal(-math.huge, 1 / back[7][1])
   end)

@@ -8,29 +8,41 @@ local M = {}
 
 local FIELDS = { "start_up", "init", "waiting", "working", "exit" }
 
--- Attach the hooks the scheduler calls (spawn, exit, new generation).
-function M.attach(pool)
-  pool._ins_done = {}   -- [wid] = sums of workers gone from slot wid
-  pool._ins_slow = {}   -- slowest items of workers gone
-  pool._ins_retired = {} -- [reason] = { [wid] = workers retired from slot wid }
-  pool._on_generation = function()
-    pool._ins_done, pool._ins_slow, pool._ins_retired = {}, {}, {}
-  end
-  pool._on_retire = function(w, reason)
-    local r = pool._ins_retired[reason] or {}
-    r[w] = (r[w] or 0) + 1
-    pool._ins_retired[reason] = r
-  end
-  pool._on_exit = function(w)
-    local s = pool._core:worker_insights(w)
-    local d = pool._ins_done[w] or { tasks = 0, start_up = 0, init = 0, waiting = 0, working = 0, exit = 0 }
-    for _, f in ipairs(FIELDS) do d[f] = d[f] + s[f] end
-    d.tasks = d.tasks + s.tasks
-    pool._ins_done[w] = d
-    for _, e in ipairs(s.slow) do
-      e.worker_id = w
-      pool._ins_slow[#pool._ins_slow + 1] = e
-    end
+local function zero() return { tasks = 0, start_up = 0, init = 0, waiting = 0, working = 0, exit = 0 } end
+
+-- A pool's recorder (pool._ins): the sums of the workers already gone, which
+-- the event loop reports to it.  Fields: done ([wid] = sums of the workers
+-- gone from slot wid), slow (their slowest items), retired ([reason] =
+-- { [wid] = workers retired from slot wid }).
+local Recorder = {}
+Recorder.__index = Recorder
+
+function M.new(pool)
+  return setmetatable({ pool = pool, done = {}, slow = {}, retired = {} }, Recorder)
+end
+
+-- A new generation of workers begins (no worker lives): start again.
+function Recorder:generation()
+  self.done, self.slow, self.retired = {}, {}, {}
+end
+
+-- Worker w was retired (reason: "memory", "idle").
+function Recorder:retire(w, reason)
+  local r = self.retired[reason] or {}
+  r[w] = (r[w] or 0) + 1
+  self.retired[reason] = r
+end
+
+-- Worker w's process is gone: keep its counters.
+function Recorder:exit(w)
+  local s = self.pool._core:worker_insights(w)
+  local d = self.done[w] or zero()
+  for _, f in ipairs(FIELDS) do d[f] = d[f] + s[f] end
+  d.tasks = d.tasks + s.tasks
+  self.done[w] = d
+  for _, e in ipairs(s.slow) do
+    e.worker_id = w
+    self.slow[#self.slow + 1] = e
   end
 end
 
@@ -42,9 +54,10 @@ function M.get(pool)
   for _, f in ipairs(FIELDS) do per[f] = {} end
   per.tasks = {}
   local slow = {}
-  for _, e in ipairs(pool._ins_slow) do slow[#slow + 1] = e end
+  local rec = pool._ins
+  for _, e in ipairs(rec.slow) do slow[#slow + 1] = e end
   for w = 1, pool._n do
-    local d = pool._ins_done[w] or { tasks = 0, start_up = 0, init = 0, waiting = 0, working = 0, exit = 0 }
+    local d = rec.done[w] or zero()
     local tasks, sums = d.tasks, {}
     for _, f in ipairs(FIELDS) do sums[f] = d[f] end
     if pool._workers[w].pid then
@@ -79,7 +92,7 @@ function M.get(pool)
     top_5_max_task_durations = top,
   }
   -- workers replaced for exceeding worker_max_memory, per worker and in all
-  local mem = pool._ins_retired.memory or {}
+  local mem = rec.retired.memory or {}
   r.n_memory_replacements, r.total_memory_replacements = {}, 0
   for w = 1, pool._n do
     r.n_memory_replacements[w] = mem[w] or 0

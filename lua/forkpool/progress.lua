@@ -36,7 +36,7 @@ local ffi = require "ffi"
 
 local floor, max, min, huge = math.floor, math.max, math.min, math.huge
 local byte, rep, sub, format = string.byte, string.rep, string.sub, string.format
-local type, tostring, tonumber, pairs, error = type, tostring, tonumber, pairs, error
+local type, tonumber, error = type, tonumber, error
 
 local M = {}
 
@@ -89,54 +89,10 @@ end
 -- Option checking
 ------------------------------------------------------------------------
 
-local CHECKS = {
-  string = function(v) return type(v) == "string" end,
-  boolean = function(v) return type(v) == "boolean" end,
-  ["function"] = function(v) return type(v) == "function" end,
-  ["file handle"] = function(v) return io.type(v) == "file" end,
-  ["positive number"] = function(v) return type(v) == "number" and v > 0 and v < huge end,
-  ["positive integer"] = function(v)
-    return type(v) == "number" and v >= 1 and v == floor(v) and v < 2^53
-  end,
-  ["non-negative number"] = function(v) return type(v) == "number" and v >= 0 and v < huge end,
-  -- new() takes any object with write and flush methods as a stream.
-  stream = function(v)
-    local t = io.type(v)
-    if t then return t == "file" end
-    return (type(v) == "table" or type(v) == "userdata")
-      and v.write ~= nil and v.flush ~= nil
-  end,
-}
+-- The option schemas and their checker live in forkpool.options.
+local options = require "forkpool.options"
 
--- What a value "got": its type, except that a number given where a number
--- is wanted (so its value is what is wrong) is shown by value, as
--- forkpool's own option errors do, and a closed file says so.
-local function got(v, want)
-  local numeric = want:find("number") or want:find("integer")
-  if type(v) == "number" and numeric then return tostring(v) end
-  return io.type(v) or type(v)
-end
-
--- check(t, spec, prefix, fname, level): raise for unknown keys and wrong
--- types: bad option '<prefix><key>' to '<fname>' (<what> expected, got <x>).
-local function check(t, spec, prefix, fname, level)
-  for k, v in pairs(t) do
-    local want = spec[k]
-    if not want then
-      error(format("bad option '%s%s' to '%s' (unknown option)", prefix, tostring(k), fname),
-        level + 1)
-    end
-    if not CHECKS[want](v) then
-      error(format("bad option '%s%s' to '%s' (%s expected, got %s)", prefix, k, fname, want,
-        got(v, want)), level + 1)
-    end
-  end
-end
-
-local USER_OPTS = {
-  desc = "string", stream = "file handle", min_interval = "positive number",
-  width = "positive integer",
-}
+local got = options.got
 
 -- check_options(t, fname [, level]) -> t: validates a progress_bar_options
 -- table given to the function named fname.  level is as for error(),
@@ -149,15 +105,9 @@ function M.check_options(t, fname, level)
     error(format("bad option 'progress_bar_options' to '%s' (table expected, got %s)",
       fname, got(t, "table")), level)
   end
-  check(t, USER_OPTS, "progress_bar_options.", fname, level)
+  options.check(t, options.PROGRESS, fname, level, "progress_bar_options.")
   return t
 end
-
-local NEW_OPTS = {
-  total = "non-negative number", desc = "string", stream = "stream",
-  min_interval = "positive number", tty = "boolean", now = "function",
-  width = "positive integer",
-}
 
 ------------------------------------------------------------------------
 -- Formatting
@@ -315,7 +265,7 @@ function M.new(opts)
     error(format("bad argument #1 to 'progress.new' (table expected, got %s)",
       got(opts, "table")), 2)
   end
-  check(opts, NEW_OPTS, "", "progress.new", 2)
+  options.check(opts, options.PROGRESS_NEW, "progress.new", 2)
   local stream = opts.stream or io.stderr
   local tty = opts.tty
   if tty == nil then tty = is_tty(stream) end
@@ -386,7 +336,7 @@ end
 -- next draw on.  n = nil goes back to an unknown total.
 function Bar:set_total(n)
   if self._closed then closed_error("set_total") end
-  if n ~= nil and not CHECKS["non-negative number"](n) then
+  if n ~= nil and not (type(n) == "number" and n >= 0 and n < huge) then
     error(format("bad argument #1 to 'set_total' (non-negative number expected, got %s)",
       got(n, "number")), 2)
   end

@@ -1,0 +1,351 @@
+-- forkpool.dispatch: handing work to workers.  The run queue of jobs that
+-- may have chunks to send, the choice of which worker gets which chunk,
+-- the setup-function cache (which task functions each worker holds), and
+-- starting worker processes.
+--
+-- pool._rq: a queue (rq.head .. rq.tail) of the jobs that may have chunks
+-- to send, oldest first.  Jobs whose work is all sent are popped from the
+-- front as dispatch meets them there; one found in the middle is skipped
+-- and popped when it reaches the front.  job.runnable: the job is in it.
+--
+-- A worker record (pool._workers[w], made by spawn here, emptied by
+-- forkpool.deaths when its process is gone) has: pid; born_job (the job it
+-- was forked for: it has that job's function and array items through
+-- fork); chunks (sent, not answered, oldest first); dispatched (items sent,
+-- for worker_lifespan); fns (setup cache: {bytes, id} most recently used
+-- last); init_timeout; and, set by the event loop: ready (worker_init
+-- done), bye (the reason it said it leaves), stopping / stop_pending /
+-- retired (a graceful stop asked: forkpool.deaths), killed ({reason, ...}:
+-- we killed it).
+
+local core = require "forkpool.core"
+local errors = require "forkpool.errors"
+local J = require "forkpool.job"
+local modmap = require "forkpool.modmap"
+local pack = require "forkpool.pack"
+local run = require "forkpool.run"
+local cdata = require "forkpool.cdata"
+
+local min, max, floor = math.min, math.max, math.floor
+
+local M = {}
+
+-- A worker keeps at most this many shipped functions.
+local MAX_FNS = 4
+-- Adaptive chunks (iterators of unknown length): grow while a chunk comes
+-- back faster than this, shrink when slower than SLOW_CHUNK.
+local FAST_CHUNK, SLOW_CHUNK, MAX_ADAPTIVE = 0.002, 0.05, 4096
+
+-- Put the job in the run queue (once).
+function M.make_runnable(job)
+  local pool = job.pool
+  if pool and not job.runnable and not job.finished then
+    job.runnable = true
+    local rq = pool._rq
+    rq.tail = rq.tail + 1
+    rq[rq.tail] = job
+  end
+end
+
+-- Put a chunk back for sending (after a worker gave it back or died).
+function M.requeue(job, ch, w)
+  J.requeue(job, ch, w)
+  M.make_runnable(job)
+end
+
+-- Pop the jobs with nothing left to send from the front of the queue.
+local function prune_runnable(pool)
+  local rq = pool._rq
+  while rq.head <= rq.tail and not J.has_work(rq[rq.head]) do
+    rq[rq.head].runnable = false
+    rq[rq.head] = nil
+    rq.head = rq.head + 1
+  end
+end
+
+-- The next chunk for worker w, within the worker's lifespan budget.
+local function next_chunk(pool, job, w, budget)
+  if job.wq then
+    -- ordered tasks: chunk i goes to worker ((i-1) mod n) + 1
+    local q = job.wq[w]
+    while #q == 0 do
+      local ch = J.build_chunk(job, math.huge)
+      if not ch then break end
+      local tq = job.wq[(ch.no - 1) % pool._n + 1]
+      tq[#tq + 1] = ch
+    end
+    if #q == 0 or q[1].count > budget then return nil end
+    return table.remove(q, 1)
+  end
+  local q = job.queue
+  if #q > 0 then
+    if q[1].count <= budget then return table.remove(q, 1) end
+    return nil
+  end
+  return J.build_chunk(job, budget)
+end
+
+------------------------------------------------------------------------
+-- The setup-function cache
+------------------------------------------------------------------------
+
+-- The wire encoding of the job's function and worker_exit, made once per
+-- job; equal bytes mean a worker already has exactly this function with
+-- these upvalue values.
+local function setup_bytes(pool, job)
+  if job.setup_bytes then return job.setup_bytes end
+  local v = { fn = job.fn, exit = job.exit }
+  local bytes, _, msg, path = pool._core:encode(v, modmap.get())
+  if not bytes then bytes, _, msg, path = pool._core:encode(v, modmap.get(true)) end
+  if not bytes then
+    msg = msg:gsub("^%.", "")
+    J.fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
+      .. "; pass such values through worker_init or shared_objects",
+      path = path and (path:gsub("^%.", "")) }))
+    return nil
+  end
+  job.setup_bytes = bytes
+  return bytes
+end
+
+-- The id under which worker w runs the job's function: the job itself for
+-- a worker forked for it, else a function shipped now or earlier.  Returns
+-- nil when it cannot be shipped now (lane full) or at all (job.err).
+local function setup_worker(pool, w, job)
+  local rec = pool._workers[w]
+  if rec.born_job == job.id then return job.id end
+  local bytes = setup_bytes(pool, job)
+  if not bytes then return nil end
+  local fns = rec.fns
+  for i, e in ipairs(fns) do
+    if e.bytes == bytes then
+      if i ~= #fns then table.remove(fns, i); fns[#fns + 1] = e end
+      return e.id
+    end
+  end
+  -- forget the least recently used function no queued chunk still needs
+  local drop_at
+  if #fns >= MAX_FNS then
+    for i, e in ipairs(fns) do
+      local used = false
+      for _, ch in ipairs(rec.chunks) do if ch.fn == e.id then used = true end end
+      if not used then drop_at = i; break end
+    end
+  end
+  local ok, _, msg = pool._core:send_setup(w, job.id, drop_at and fns[drop_at].id or 0, bytes)
+  if ok == nil then
+    J.fail(job, errors.new("marshal", { message = msg, worker_id = w }))
+    return nil
+  end
+  if not ok then return nil end
+  if drop_at then table.remove(fns, drop_at) end
+  fns[#fns + 1] = { bytes = bytes, id = job.id }
+  return job.id
+end
+
+------------------------------------------------------------------------
+-- Sending chunks
+------------------------------------------------------------------------
+
+-- Send one chunk to worker w.  Returns true when sent.
+local function send_chunk(pool, job, w, ch)
+  local rec = pool._workers[w]
+  local fn = setup_worker(pool, w, job)
+  if not fn then return false end
+  ch.fn = fn
+  local flags = (job.timed and "t" or "") .. (job.star and "s" or "")
+  local c = pool._core
+  local ok, _, msg, path
+  -- items the worker does not have in memory: packed when all are scalars
+  local addr, len
+  if not job.star and (ch.items or rec.born_job ~= job.id) then
+    if ch.items then addr, len = pack.items(ch.items, 1, ch.count)
+    else addr, len = pack.items(job.items, ch.start, ch.count) end
+  end
+  if addr then
+    ok, _, msg = c:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len, flags)
+  elseif ch.items then
+    ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, ch.items, modmap.get(), flags, 1)
+  elseif rec.born_job == job.id then
+    ok, _, msg = c:send_chunk(w, job.id, fn, ch.start, ch.count, nil, nil, flags)
+  else
+    ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, job.items, modmap.get(), flags)
+  end
+  if ok == nil then
+    -- (path nil: the lane refused the record, e.g. its header was corrupted)
+    J.fail(job, errors.new("marshal", { message = msg, path = path, worker_id = not path and w or nil,
+      index = tonumber((path or ""):match("^item%[(%d+)%]")) }))
+    return false
+  end
+  if ok then
+    rec.chunks[#rec.chunks + 1] = ch
+    rec.dispatched = rec.dispatched + ch.count
+    if job.adaptive then ch.sent_at = core.now() end
+  end
+  return ok
+end
+
+-- send_chunk, protected: an error raised while sending (a Lua error from
+-- the codec's helpers, out of memory, a fault injected by a test) puts the
+-- chunk back and fails the job with a marshal error, so the books stay
+-- true and whoever waits on the job raises it.
+local function try_send_chunk(pool, job, w, ch)
+  local ok, sent = pcall(send_chunk, pool, job, w, ch)
+  if ok then return sent end
+  local e = sent
+  if not errors.is_error(e) then
+    e = errors.new("marshal", { index = ch.start,
+      message = ("cannot send items %d..%d: %s"):format(ch.start, ch.start + ch.count - 1, tostring(e)) })
+  end
+  J.fail(job, e)
+  return false
+end
+
+-- Can worker slot w take chunks now?
+local function takes_work(rec)
+  return rec.pid and not rec.bye and not rec.killed and not rec.stopping
+end
+
+-- Send worker w one chunk of the oldest job that has one it may take.
+-- Returns true when one was sent.
+local function feed(pool, w)
+  local rec = pool._workers[w]
+  local budget = pool._lifespan and (pool._lifespan - rec.dispatched) or math.huge
+  local rq = pool._rq
+  prune_runnable(pool)
+  for i = rq.head, rq.tail do
+    local job = rq[i]
+    if J.has_work(job) then
+      local ch = next_chunk(pool, job, w, budget)
+      if ch then
+        if try_send_chunk(pool, job, w, ch) then return true end
+        M.requeue(job, ch, w)
+        return false
+      end
+      if job.err then return false end
+      -- an iterator found empty with every chunk answered: nothing
+      -- else would notice that the job is complete
+      if J.source_done(job) then J.check_complete(pool, job) end
+    end
+  end
+  return false
+end
+
+-- Send the stop records that found their lane full (forkpool.deaths).
+local function send_pending_stops(pool)
+  local left = false
+  for w = 1, pool._n do
+    local rec = pool._workers[w]
+    if rec.pid and rec.stop_pending then
+      rec.stop_pending = not pool._core:send_stop(w)
+      left = left or rec.stop_pending
+    end
+  end
+  pool._stops_pending = left
+end
+
+-- Give workers chunks of the jobs that have some, oldest job first, in two
+-- rounds.  First every idle worker (holding no chunk) gets one.  Then, only
+-- when no worker is idle, each gets its second (prefetched) chunk: work is
+-- never queued behind a busy worker while another could start it now (an
+-- apply_async that blocks does not hold up the next one; the tail of a map
+-- with uneven task times stays short).  A worker still idle after the
+-- first round found nothing it may take (ordered tasks pin chunks to
+-- workers, a lifespan budget may be too small), so it does not hold back
+-- the others; an empty slot does (fill is about to start a worker there).
+-- Returns true when a job failed or finished meanwhile (so the caller must
+-- not wait for an event that may never come: a job that failed while being
+-- dispatched, or one whose iterator turned out to be empty, has nothing to
+-- wait for).
+function M.dispatch(pool)
+  local ends = pool._job_ends
+  if pool._stops_pending then send_pending_stops(pool) end
+  prune_runnable(pool)
+  local rq = pool._rq
+  if rq.head > rq.tail then return false end
+  local workers, empty_slot_seen = pool._workers, false
+  for w = 1, pool._n do
+    local rec = workers[w]
+    if not rec.pid then
+      empty_slot_seen = true
+    elseif takes_work(rec) and #rec.chunks == 0 then
+      feed(pool, w)
+    end
+  end
+  if empty_slot_seen then return pool._job_ends ~= ends end
+  for w = 1, pool._n do
+    while takes_work(workers[w]) and #workers[w].chunks < J.INFLIGHT do
+      if not feed(pool, w) then break end
+    end
+  end
+  return pool._job_ends ~= ends
+end
+
+-- A chunk came back: adapt the chunk size of an iterator of unknown length.
+function M.adapt(pool, job, ch)
+  if job.adaptive and ch.sent_at then
+    local dt = core.now() - ch.sent_at
+    if dt < FAST_CHUNK then job.chunk_size = min(job.chunk_size * 2, MAX_ADAPTIVE)
+    elseif dt > SLOW_CHUNK then job.chunk_size = max(1, floor(job.chunk_size / 2)) end
+    job.max_active = max(job.max_active, job.chunk_size * pool._n * J.INFLIGHT)
+  end
+end
+
+------------------------------------------------------------------------
+-- Starting workers
+------------------------------------------------------------------------
+
+-- An empty worker record (a slot with no process).
+function M.empty_slot() return { chunks = {} } end
+
+-- Start a worker process in slot w for `job` (its function and, for array
+-- sources, its items reach the child through fork).  Returns nil or a
+-- spawn error object.  The ctx fields are what engine/fp_worker.c reads.
+local function spawn(pool, w, job)
+  local ctx = {
+    wid = w, job = job.id, fn = job.fn, items = job.items,
+    init = job.init, exit = job.exit,
+    shared = pool._shared, has_shared = pool._shared ~= nil,
+    use_state = pool._use_state, pass_id = pool._pass_id,
+    lifespan = pool._lifespan, cpus = pool._cpus and pool._cpus[w],
+    idle_timeout = pool._keep_alive and pool._idle_timeout or nil,
+    make_runner = run.make_runner,
+    cdata_kind = cdata.kind, cdata_new = cdata.new,
+    pack_results = pack.results, unpack = pack.unpack,
+  }
+  local pid, msg, errno = pool._core:spawn(w, ctx)
+  if not pid then
+    return errors.new("spawn", { message = msg, worker_id = w, errno = errno })
+  end
+  pool._workers[w] = {
+    pid = pid, born_job = job.id, chunks = {}, dispatched = 0, fns = {},
+    init_timeout = job.init_timeout,
+  }
+  return nil
+end
+
+-- Make sure every slot has a worker (spawning where empty) while some job
+-- has work.  Workers are born for the oldest job with work.
+function M.fill(pool)
+  local birth
+  local rq = pool._rq
+  for i = rq.head, rq.tail do
+    if J.has_work(rq[i]) then birth = rq[i]; break end
+  end
+  if not birth then return end
+  for w = 1, pool._n do
+    if not pool._workers[w].pid then
+      local err = spawn(pool, w, birth)
+      if err then
+        J.fail(birth, err)
+        return
+      end
+      -- give it work before forking the next one: the first result then
+      -- waits for one fork, not n_jobs of them (a fork of a big parent
+      -- costs milliseconds)
+      if w < pool._n then M.dispatch(pool) end
+    end
+  end
+end
+
+return M

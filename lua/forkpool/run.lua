@@ -1,0 +1,147 @@
+-- forkpool.run: the chunk runner, inside the workers (its C half is
+-- engine/fp_worker.c, which calls it once per chunk).
+--
+-- The runner calls the task function over a slice of items in one
+-- JIT-compilable loop.  Before each item it stores the item's index in the
+-- worker's shared status block (so a crash can be reported with the item it
+-- held) and checks the block's cancel word (so a cancelled job stops between
+-- items).  Both are plain 64-bit loads/stores through the FFI.
+--
+-- Items are read with raw access (rawget; unpack is raw too), here and in
+-- forkpool.pack: a worker forked during the map reads the parent's items
+-- table itself, a kept-alive one a decoded copy made with raw reads, and
+-- both must see the same items (no __index runs for a hole).
+
+local ffi = require "ffi"
+
+local M = {}
+
+local cur_ptr_t = ffi.typeof("volatile int64_t *")
+local cancel_ptr_t = ffi.typeof("volatile uint64_t *")
+
+local stamp_fn_t = ffi.typeof("void (*)(void)")
+
+local table_new = require "table.new"
+local getmt, setmt = debug.getmetatable, setmetatable
+
+-- A result is its value when its task returned: it is encoded only after
+-- the whole chunk ran, so a table a later task of the chunk changes (the
+-- same table returned again, worker state, a cache) is copied first, with
+-- its sub-tables (sharing and cycles kept) and metatables.  Functions,
+-- userdata and cdata are kept as they are.  The last result of a chunk is
+-- encoded before anything else runs and needs no copy.
+local function snap_deep(t, seen)
+  local c = seen[t]
+  if c then return c end
+  c = table_new(#t, 0)
+  seen[t] = c
+  for k, v in next, t do
+    if type(k) == "table" then k = snap_deep(k, seen) end
+    if type(v) == "table" then v = snap_deep(v, seen) end
+    c[k] = v
+  end
+  local mt = getmt(t)
+  if mt then setmt(c, mt) end
+  return c
+end
+
+local seen_map = {}
+local table_clear = require "table.clear"
+
+local function snapshot(t)
+  -- one level of scalars (the common case) without the identity map
+  local c = table_new(#t, 0)
+  for k, v in next, t do
+    if type(v) == "table" or type(k) == "table" then
+      -- (no metamethod runs while copying: the map is reused)
+      table_clear(seen_map)  -- (after an out-of-memory error midway)
+      c = snap_deep(t, seen_map)
+      table_clear(seen_map)
+      return c
+    end
+    c[k] = v
+  end
+  local mt = getmt(t)
+  if mt then setmt(c, mt) end
+  return c
+end
+M.snapshot = snapshot
+
+-- make_runner(cur, cancel, stamp): cur and cancel are light userdata
+-- pointing at the worker's status block, stamp a C function that records
+-- when an item begins (used only for timed chunks, when a task_timeout is
+-- set).  The runner returns true when every item ran, false when the job
+-- was cancelled; errors propagate (the C side catches them).  Every table
+-- result but the chunk's last is snapshot when its task returns.
+-- mode: 0 plain, 1 timed, 2 star (each item is an argument list), 3 both.
+function M.make_runner(cur_p, cancel_p, stamp_p)
+  local cur = ffi.cast(cur_ptr_t, cur_p)
+  local cancel = ffi.cast(cancel_ptr_t, cancel_p)
+  local stamp = ffi.cast(stamp_fn_t, stamp_p)
+  local unpack, rawget = unpack, rawget
+  return function(fn, items, first, last, off, job, out, mode, nlead, a1, a2, a3)
+    local k = 1 - first
+    local r
+    if mode ~= 0 then
+      local timed, star = mode % 2 == 1, mode >= 2
+      for i = first, last do
+        cur[0] = i + off
+        if timed then stamp() end
+        if cancel[0] == job then return false end
+        local it = rawget(items, i)
+        if star then
+          if type(it) ~= "table" then
+            error(("item %d is a %s, not a table of arguments"):format(i + off, type(it)), 0)
+          end
+          local n = rawget(it, "n") or #it
+          if nlead == 0 then r = fn(unpack(it, 1, n))
+          elseif nlead == 1 then r = fn(a1, unpack(it, 1, n))
+          elseif nlead == 2 then r = fn(a1, a2, unpack(it, 1, n))
+          else r = fn(a1, a2, a3, unpack(it, 1, n)) end
+        else
+          if nlead == 0 then r = fn(it)
+          elseif nlead == 1 then r = fn(a1, it)
+          elseif nlead == 2 then r = fn(a1, a2, it)
+          else r = fn(a1, a2, a3, it) end
+        end
+        if type(r) == "table" and i ~= last then r = snapshot(r) end
+        out[i + k] = r
+      end
+    elseif nlead == 0 then
+      for i = first, last do
+        cur[0] = i + off
+        if cancel[0] == job then return false end
+        r = fn(rawget(items, i))
+        if type(r) == "table" and i ~= last then r = snapshot(r) end
+        out[i + k] = r
+      end
+    elseif nlead == 1 then
+      for i = first, last do
+        cur[0] = i + off
+        if cancel[0] == job then return false end
+        r = fn(a1, rawget(items, i))
+        if type(r) == "table" and i ~= last then r = snapshot(r) end
+        out[i + k] = r
+      end
+    elseif nlead == 2 then
+      for i = first, last do
+        cur[0] = i + off
+        if cancel[0] == job then return false end
+        r = fn(a1, a2, rawget(items, i))
+        if type(r) == "table" and i ~= last then r = snapshot(r) end
+        out[i + k] = r
+      end
+    else
+      for i = first, last do
+        cur[0] = i + off
+        if cancel[0] == job then return false end
+        r = fn(a1, a2, a3, rawget(items, i))
+        if type(r) == "table" and i ~= last then r = snapshot(r) end
+        out[i + k] = r
+      end
+    end
+    return true
+  end
+end
+
+return M

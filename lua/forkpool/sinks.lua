@@ -1,0 +1,182 @@
+-- forkpool.sinks: where a job's results go, one object per kind of call.
+--
+--   kind              calls                          results
+--   "map"             map, starmap                   in input order, one table
+--   "unordered"       map_unordered, ...             in completion order, one table
+--   "imap"            imap, istarmap                 yielded in input order (lazy)
+--   "imap_unordered"  imap_unordered, ...            yielded in completion order (lazy)
+--   "apply"           apply, apply_async             one value
+--
+-- Every sink has the same small interface:
+--   sink:target()        what the engine decodes a chunk's results into
+--                        (pool:poll's jobs table): a table, written at the
+--                        items' indexes, or true: each chunk's results
+--                        arrive as a fresh array (indexes 1..count), handed
+--                        to deliver.  Asked once, when the job is submitted
+--                        (a map's big table is made then, while the first
+--                        chunks run).
+--   sink:deliver(start, count, chunk)   a chunk's results arrived
+--   sink:take(job) -> ok, value, index  (lazy sinks) the next result
+--                        ready (job.active drops by the items passed); the
+--                        caller gets the only reference (a result it drops
+--                        can be collected before the next call)
+--   sink:result(job) -> the call's return value (the others)
+-- sinks.lazy[kind]: results wait in the sink until taken, and count against
+-- the job's max_tasks_active until then.
+
+local ok_tnew, table_new = pcall(require, "table.new")
+if not ok_tnew then table_new = function() return {} end end
+
+local M = {}
+
+M.lazy = { imap = true, imap_unordered = true }
+
+-- The engine's per-chunk mode: see engine/fp_events.c (handle_record).
+local function PER_CHUNK() return { per_chunk = true } end  -- TEMP: old engine interface
+
+------------------------------------------------------------------------
+-- map: decoded in place into the results table
+------------------------------------------------------------------------
+
+local Ordered = {}
+Ordered.__index = Ordered
+
+function Ordered:target()
+  if not self.t then self.t = self.total and table_new(self.total, 1) or {} end
+  return self.t
+end
+
+function Ordered.deliver() end
+
+function Ordered:result(job)
+  local r = self.t
+  r.n = job.total or (job.next - 1)
+  return r
+end
+
+------------------------------------------------------------------------
+-- map_unordered: chunks appended as they come
+------------------------------------------------------------------------
+
+local Unordered = {}
+Unordered.__index = Unordered
+
+function Unordered.target() return PER_CHUNK() end
+
+function Unordered:deliver(_, count, chunk)
+  local out, n = self.out, self.n
+  for k = 1, count do out[n + k] = chunk[k] end
+  self.n = n + count
+end
+
+function Unordered:result()
+  self.out.n = self.n
+  return self.out
+end
+
+------------------------------------------------------------------------
+-- imap: chunks kept by start index, yielded in input order
+------------------------------------------------------------------------
+
+local Imap = { lazy = true }
+Imap.__index = Imap
+
+function Imap.target() return PER_CHUNK() end
+
+function Imap:deliver(start, count, chunk)
+  self.ready[start] = chunk
+  self.counts[start] = count
+end
+
+-- The chunk being read: cur (its results), cur_i (next item index),
+-- cur_end (its last index), cur_base (start - 1).
+local function take_from(self, next_chunk, job)
+  while true do
+    local i = self.cur_i
+    if not i or i > self.cur_end then
+      local start, cnt, chunk = next_chunk(self)
+      if not start then return false end
+      self.cur, self.cur_i, self.cur_end, self.cur_base = chunk, start, start + cnt - 1, start - 1
+      i = start
+    end
+    local cur, at = self.cur, i - self.cur_base
+    local v = cur[at]
+    cur[at] = nil
+    self.cur_i = i + 1
+    job.active = job.active - 1
+    if v ~= nil then return true, v, i end
+  end
+end
+
+local function next_in_order(self)
+  local start = self.yield_next
+  local cnt = self.counts[start]
+  if cnt == nil then return nil end
+  local chunk = self.ready[start]
+  self.ready[start], self.counts[start] = nil, nil
+  self.yield_next = start + cnt
+  return start, cnt, chunk
+end
+
+function Imap:take(job) return take_from(self, next_in_order, job) end
+
+------------------------------------------------------------------------
+-- imap_unordered: a queue of chunks in completion order
+------------------------------------------------------------------------
+
+local ImapUnordered = { lazy = true }
+ImapUnordered.__index = ImapUnordered
+
+ImapUnordered.target = Imap.target
+
+-- a queue of (start, count, chunk) triples; the reader clears what it
+-- took, so the length operator would be ambiguous: head and tail are kept
+function ImapUnordered:deliver(start, count, chunk)
+  local q, t = self.q, self.tail
+  q[t], q[t + 1], q[t + 2] = start, count, chunk
+  self.tail = t + 3
+end
+
+local function next_done(self)
+  local q, p = self.q, self.head
+  local start = q[p]
+  if start == nil then return nil end
+  local cnt, chunk = q[p + 1], q[p + 2]
+  q[p], q[p + 1], q[p + 2] = nil, nil, nil
+  self.head = p + 3
+  return start, cnt, chunk
+end
+
+function ImapUnordered:take(job) return take_from(self, next_done, job) end
+
+------------------------------------------------------------------------
+-- apply: one result, decoded in place
+------------------------------------------------------------------------
+
+local Single = {}
+Single.__index = Single
+
+function Single:target() return self.t end
+function Single.deliver() end
+function Single:result() return self.t[1] end
+
+------------------------------------------------------------------------
+
+-- new(kind, total) -> a sink for a job of that kind (total: its number of
+-- items when known).
+function M.new(kind, total)
+  if kind == "map" then
+    return setmetatable({ total = total, t = nil }, Ordered)
+  elseif kind == "unordered" then
+    return setmetatable({ out = table_new(total or 0, 1), n = 0 }, Unordered)
+  elseif kind == "imap" then
+    return setmetatable({ ready = {}, counts = {}, yield_next = 1 }, Imap)
+  elseif kind == "imap_unordered" then
+    return setmetatable({ q = {}, head = 1, tail = 1 }, ImapUnordered)
+  elseif kind == "apply" then
+    return setmetatable({ t = {} }, Single)
+  end
+  error("unknown sink kind " .. tostring(kind))
+end
+
+return M
