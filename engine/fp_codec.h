@@ -2,7 +2,7 @@
  * fp_codec.h - the value codec: Lua values <-> forkpool's wire format.
  *
  * The wire format itself (tags, layout, limits) is documented in
- * engine/fp_wire.h and docs/wire-format.md.  This file walks Lua values
+ * engine/fp_wire.h and docs/wire-format.md.  The codec walks Lua values
  * through the Lua C API; it never raises a Lua error on bad input (it returns
  * FP_EMARSHAL / FP_ECORRUPT with a message and a path), though the Lua API
  * calls it makes may raise "not enough memory" like any Lua allocation.
@@ -28,7 +28,8 @@ FP_HIDDEN_BEGIN
 
 /* Encoder flags. */
 #define FP_ENC_FUNCTIONS 0x1u  /* Lua functions may be sent (bytecode + upvalues
-                                  by value); otherwise "cannot send function" */
+                                  by value); otherwise "cannot send function"
+                                  (the parent sets it; workers send none) */
 
 /* Decoder flags. */
 #define FP_DEC_FUNCTIONS 0x1u  /* FUNC records may be loaded (workers only: the
@@ -44,6 +45,7 @@ typedef struct fp_codec_err {
 
 /*
  * Options of one encode call.  Stack indexes are absolute (or 0 = absent).
+ *  flags: FP_ENC_*.
  *  modmap_idx: a table mapping values (tables, functions, userdata) that are
  *     reachable from package.loaded to their name: "cjson" (the module
  *     itself) or "string\0format" (module name, NUL, field: module names may
@@ -53,10 +55,11 @@ typedef struct fp_codec_err {
  *     anything else; entries that are not strings are ignored.
  *  cdata_idx: a Lua function f(v) called for every cdata value: returns
  *     "i64" or "u64" for int64_t / uint64_t boxed integers (sent by value),
- *     or any other string (the ctype's name) to refuse the value with
- *     "cannot send cdata<...>".  Absent: every cdata is refused.  It must
- *     not modify the value being encoded.
- *  root: path prefix for errors ("result", "item", "upvalue 'f'").
+ *     "shptr:<ctype>" for a pointer into the shared arena (sent as its
+ *     address and ctype: SHPTR), or any other string (the ctype's name) to
+ *     refuse the value with "cannot send cdata<...>".  Absent: every cdata
+ *     is refused.  It must not modify the value being encoded.
+ * (The path prefix of errors is the encode call's root argument.)
  */
 typedef struct fp_enc_opts {
   unsigned flags;
@@ -65,12 +68,16 @@ typedef struct fp_enc_opts {
 } fp_enc_opts;
 
 /*
- * Options of one decode call.
- *  require_idx: function used to resolve MODREF names (normally the global
- *     `require`); absent: MODREF records are FP_ECORRUPT.
- *  cdata_new_idx: function f(kind) with kind "i64" / "u64" returning a fresh
- *     boxed integer cdata whose 8 payload bytes the decoder overwrites
- *     (through lua_topointer); absent: INT64/UINT64 records are FP_ECORRUPT.
+ * Options of one decode call.  Stack indexes are absolute (or 0 = absent).
+ *  flags: FP_DEC_*.
+ *  require_idx: function used to resolve MODREF / MODFIELD names (normally
+ *     the global `require`); absent: such records are FP_ECORRUPT.
+ *  cdata_new_idx: function returning a fresh cdata whose 8 payload bytes
+ *     the decoder overwrites (through lua_topointer): f(kind) with kind
+ *     "i64" / "u64" for a boxed integer; f("shptr", ctype, addr) with addr
+ *     the 8 address bytes as a string, for a NULL pointer of that ctype
+ *     (the helper raises for an address outside the shared arena).
+ *     Absent: INT64/UINT64/SHPTR records are FP_ECORRUPT.
  */
 typedef struct fp_dec_opts {
   unsigned flags;
@@ -80,7 +87,8 @@ typedef struct fp_dec_opts {
 
 /* Append the encoding of the value at stack index idx to out.  On error,
  * out->len is restored to its value at entry and err is filled (path starts
- * with `root`).  Returns FP_OK, FP_EMARSHAL or FP_ENOMEM. */
+ * with `root`: "result", "item", "upvalue 'f'").  Returns FP_OK,
+ * FP_EMARSHAL or FP_ENOMEM. */
 int fp_encode_value(lua_State *L, int idx, fp_buf *out, const fp_enc_opts *o,
                     const char *root, fp_codec_err *err);
 
@@ -94,9 +102,10 @@ int fp_encode_range(lua_State *L, int tidx, int64_t first, size_t n,
                     int64_t label_base, fp_codec_err *err);
 
 /* Decode one value from p[*pos .. len) and push it; *pos advances past it.
- * FP_OK, or FP_ECORRUPT (nothing pushed, err->msg says what is wrong; never
- * reads outside [p, p+len)), or FP_EMARSHAL (a module could not be required:
- * err says which). */
+ * FP_OK, or FP_ECORRUPT (err->msg says what is wrong; never reads outside
+ * [p, p+len)), or FP_EMARSHAL (a module could not be required, or the
+ * cdata_new_idx helper failed or refused an SHPTR address: err says
+ * which).  On error nothing is pushed and *pos is unchanged. */
 int fp_decode_value(lua_State *L, const unsigned char *p, size_t len,
                     size_t *pos, const fp_dec_opts *o, fp_codec_err *err);
 

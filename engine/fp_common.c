@@ -16,7 +16,6 @@ const char *fp_strerror(int code) {
   case FP_EFULL:    return "channel full";
   case FP_EEMPTY:   return "channel empty";
   case FP_ETIMEOUT: return "timed out";
-  case FP_EDEAD:    return "peer process died";
   case FP_EINTR:    return "interrupted";
   case FP_E2BIG:    return "record too large";
   default:          return "unknown error";

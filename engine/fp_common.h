@@ -38,7 +38,6 @@ enum {
   FP_EFULL    = -5,  /* no room now: try again after the peer has consumed */
   FP_EEMPTY   = -6,  /* nothing to read now */
   FP_ETIMEOUT = -7,  /* a bounded wait ran out */
-  FP_EDEAD    = -8,  /* the peer process is gone */
   FP_EINTR    = -9,  /* interrupted by a signal the caller must look at */
   FP_E2BIG    = -10  /* a record is larger than any channel can carry */
 };

@@ -1,27 +1,23 @@
 /*
  * fp_lua.c - the Lua binding: module forkpool.core, one userdata type (the
- * engine side of a pool).  The only file that turns engine error codes into
- * Lua errors; the scheduling policy lives in lua/forkpool/init.lua.
+ * engine side of a pool, fp_pool.h).  Only binds: each function checks its
+ * arguments, calls the engine, and turns its codes into Lua values or
+ * errors (the only file that does); poll's events are built in fp_events.c,
+ * a pool's processes handled in fp_proc.c, the scheduling policy lives in
+ * the Lua layer (lua/forkpool/).
  *
- * A core pool owns, in the parent:
- *   ctl        one shared page (fp_ctl) seen by every worker;
- *   stats      one shared array of fp_wstat, one per worker slot;
- *   doorbell   an eventfd workers write when they publish while the parent
- *              sleeps;
- *   bigfd      one memfd holding every lane's big area, each lane its own
- *              region (fp_lane_create_at): lane 2i + d of slot i, d = 0 for
- *              tasks and 1 for results, starts at (2i + d) * big_cap.  One
- *              fd for the pool, not one per lane (RLIMIT_NOFILE);
- *   slots[i]   per worker: pid, pidfd, and two lanes (tasks, results) that
- *              are created anew for every process spawned into the slot.
- * Invariant: a slot with pid != 0 has a live or not-yet-reaped process and
- * an open pidfd; its lanes are mapped.  Methods may only be called by the
- * process that created the pool (owner): a worker holds a copy of the
- * userdata and must never act on it (__gc in a worker does nothing).
+ * Errors: misuse (a bad argument, a closed pool, a dead worker addressed)
+ * is raised; what the environment or the data can cause at any time (no
+ * memory to map, fork refused, a value that cannot be sent) is returned in
+ * one shape, fail_result's.
+ *
+ * Invariant: methods may only be called by the process that created the
+ * pool (owner): a worker holds a copy of the userdata and must never act on
+ * it (__gc in a worker does nothing).
  */
 #include "fp_codec.h"
-#include "fp_packed.h"
-#include "fp_reply.h"
+#include "fp_events.h"
+#include "fp_pool.h"
 #include "fp_proc.h"
 #include "fp_proto.h"
 #include "fp_ring.h"
@@ -31,7 +27,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -39,75 +34,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define FP_POOL_MT "forkpool.core.pool"
 
-/* How long poll looks at the lanes before it sleeps (see l_poll). */
-#define FP_POLL_SPIN_NS 20000
-
 /* Default ring capacity per lane (records above a quarter of it go through
  * the lane's big area). */
 #define FP_DEFAULT_RING (1u << 20)
-
-typedef struct fp_slot {
-  pid_t pid;
-  int pidfd;
-  int dead;          /* pidfd became readable: report once its lane is drained */
-  int corrupt;       /* its result lane or a record was corrupted: the process
-                        was killed, its lane is never read again; poll
-                        reports only its exit */
-  fp_lane tasks, results;
-  fp_sentq sent;     /* chunks sent to the process, not answered yet
-                        (fp_reply.h); emptied when it is forgotten */
-} fp_slot;
-
-typedef struct fp_pool {
-  pid_t owner;
-  int closed;
-  int n;
-  fp_ctl *ctl;
-  fp_wstat *stats;
-  size_t stats_len;
-  int doorbell;
-  fp_slot *slots;
-  struct pollfd *pfds;
-  int *pfd_slot;
-  fp_buf enc;
-  size_t ring_cap, big_cap;  /* big_cap: also the stride of the regions */
-  int bigfd;
-  int rr;
-  fp_buf dec, dec_scratch;  /* private copies of packed result bodies (fp_packed.h) */
-  struct fp_pool *next_live; /* the registry of live pools (live_pools) */
-  int close_fds;             /* close_fds option: close inherited fds in workers */
-  int *keep_fds, nkeep_fds;  /* ... but these (the option's list) */
-} fp_pool;
-
-/* ---- the registry of this process's live pools ----
- *
- * A worker is forked with every mapping of its process: without this, a
- * worker of pool B would keep pool A's lanes, control page and stats mapped
- * (A's memory outlives A:close() while B lives, and B's workers could write
- * into A's lanes).  The child unmaps every pool but its own (pools_forget),
- * and the last pool closed closes the lifeline (fp_proc.c). */
-static fp_pool *live_pools;
-
-static void pools_add(fp_pool *p) {
-  p->next_live = live_pools;
-  live_pools = p;
-}
-
-static void pools_remove(fp_pool *p) {
-  for (fp_pool **pp = &live_pools; *pp; pp = &(*pp)->next_live) {
-    if (*pp == p) {
-      *pp = p->next_live;
-      p->next_live = NULL;
-      break;
-    }
-  }
-  if (!live_pools) fp_proc_lifeline_close();
-}
 
 #ifdef FP_TEST_HOOKS
 /* Test hook state (core._set_worker_fault): arm only this worker id. */
@@ -137,98 +70,24 @@ static int check_wid(lua_State *L, fp_pool *p, int arg) {
   return (int)w - 1;
 }
 
-/* Push the pool's helpers table (its userdata environment). */
-static void push_helpers(lua_State *L, int pool_idx) {
-  lua_getfenv(L, pool_idx);
-}
-
-static void slot_forget(fp_slot *s) {
-  if (s->pidfd >= 0) {
-    fp_proc_untrack_fd(s->pidfd);
-    close(s->pidfd);
-  }
-  s->pidfd = -1;
-  s->pid = 0;
-  s->dead = 0;
-  s->corrupt = 0;
-  fp_sentq_clear(&s->sent);
-}
-
-/* Unmap a slot's lanes.  discard: also give their big areas' memory back
- * (the owner, once the slot's process is gone; never a worker, for which
- * the other slots' lanes are live). */
-static void slot_unmap(fp_slot *s, int discard) {
-  if (discard) {
-    fp_lane_discard_big(&s->tasks);
-    fp_lane_discard_big(&s->results);
-  }
-  fp_lane_destroy(&s->tasks);
-  fp_lane_destroy(&s->results);
-}
-
-/* In a fresh worker of pool keep: unmap every other pool's shared memory
- * (their fds are closed with the fd registry) and forget the registry: the
- * pools are not this process's. */
-static void pools_forget(fp_pool *keep) {
-  for (fp_pool *q = live_pools; q; q = q->next_live) {
-    if (q == keep) continue;
-    if (q->slots)
-      for (int i = 0; i < q->n; i++) slot_unmap(&q->slots[i], 0);
-    fp_shm_unmap(q->ctl, sizeof(fp_ctl));
-    q->ctl = NULL;
-    fp_shm_unmap(q->stats, q->stats_len);
-    q->stats = NULL;
-    q->owner = 0;
-    q->closed = 1;
-  }
-  live_pools = NULL;
-}
-
-/* Kill and reap every live worker, unmap and close everything.  Idempotent;
- * safe on a half-built pool. */
-static void pool_release(fp_pool *p) {
-  if (p->slots) {
-    for (int i = 0; i < p->n; i++) {
-      fp_slot *s = &p->slots[i];
-      if (s->pid > 0) {
-        fp_proc_kill(s->pid, SIGKILL);
-        /* SIGKILL cannot be caught: the wait is short; bounded anyway. */
-        if (s->pidfd >= 0) fp_proc_wait_exit(s->pidfd, 5000);
-        int st, known;
-        fp_proc_try_reap(s->pid, &st, &known);
-      }
-      slot_forget(s);
-      slot_unmap(s, 1);
-      fp_sentq_free(&s->sent);
-    }
-    free(p->slots);
-    p->slots = NULL;
-  }
-  free(p->pfds);
-  p->pfds = NULL;
-  free(p->pfd_slot);
-  p->pfd_slot = NULL;
-  if (p->doorbell >= 0) {
-    fp_proc_untrack_fd(p->doorbell);
-    close(p->doorbell);
-    p->doorbell = -1;
-  }
-  if (p->bigfd >= 0) {
-    fp_proc_untrack_fd(p->bigfd);
-    close(p->bigfd);
-    p->bigfd = -1;
-  }
-  fp_shm_unmap(p->ctl, sizeof(fp_ctl));
-  p->ctl = NULL;
-  fp_shm_unmap(p->stats, p->stats_len);
-  p->stats = NULL;
-  fp_buf_free(&p->enc);
-  fp_buf_free(&p->dec);
-  fp_buf_free(&p->dec_scratch);
-  free(p->keep_fds);
-  p->keep_fds = NULL;
-  p->nkeep_fds = 0;
-  p->closed = 1;
+/*
+ * The one shape of a soft failure, after lauxlib's luaL_fileresult:
+ *   nil, [category,] message [, detail]
+ * category: NULL, or "marshal" (a value or a record cannot be sent, which
+ * the Lua layer reports as a marshal error of the job); detail: the stack
+ * index of one more value to return last (0: none), pushed by the caller
+ * beforehand (spawn's errno, an encoding error's path).  The message is
+ * lua_pushfstring's fmt and arguments.  Returns the number of values.
+ */
+static int fail_result(lua_State *L, const char *category, int detail, const char *fmt, ...) {
+  va_list ap;
+  lua_pushnil(L);
+  if (category) lua_pushstring(L, category);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  if (detail) lua_pushvalue(L, detail);
+  return 2 + (category != NULL) + (detail != 0);
 }
 
 /* close_fds (argument arg of core.new): nil/false, true, or a list of fds
@@ -275,7 +134,7 @@ static int l_new(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 2);
   lua_setfenv(L, -2);
-  pools_add(p); /* removed by close / __gc, however far l_new got */
+  fp_pools_add(p); /* removed by close / __gc, however far l_new got */
 
   p->n = (int)n;
   p->ring_cap = (size_t)ring;
@@ -312,127 +171,97 @@ static int l_new(lua_State *L) {
 
 /* ---- pool:spawn(wid, ctx) -> pid | nil, message, errno ---- */
 
-static int l_spawn(lua_State *L) {
-  fp_pool *p = check_pool(L);
-  int w = check_wid(L, p, 2);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  fp_slot *s = &p->slots[w];
-  if (s->pid > 0) return luaL_error(L, "forkpool: worker %d is still running", w + 1);
-  slot_unmap(s, 1);
-  uint64_t region = (uint64_t)p->big_cap * 2 * (uint64_t)w;
-  if (fp_lane_create_at(&s->tasks, p->ring_cap, p->big_cap, p->bigfd, region) != FP_OK ||
-      fp_lane_create_at(&s->results, p->ring_cap, p->big_cap, p->bigfd,
-                        region + p->big_cap) != FP_OK) {
-    int e = errno;
-    slot_unmap(s, 0);
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot map shared memory for worker %d: %s", w + 1, strerror(e));
-    lua_pushinteger(L, e);
-    return 3;
-  }
-  memset(&p->stats[w], 0, sizeof p->stats[w]);
-  atomic_store(&p->stats[w].exit_code, -1);
-  atomic_store(&p->stats[w].start_ns, fp_now_ns());
-  /* cpu_ids: the CPUs to pin this worker to (ids checked by the Lua layer). */
-  cpu_set_t cpus;
+/* ctx.cpus: the CPUs to pin the worker to (ids checked by the Lua layer).
+ * Returns whether there is such a list. */
+static int check_cpus(lua_State *L, int ctx_idx, cpu_set_t *cpus) {
   int pin = 0;
-  CPU_ZERO(&cpus);
-  lua_getfield(L, 3, "cpus");
+  CPU_ZERO(cpus);
+  lua_getfield(L, ctx_idx, "cpus");
   if (lua_istable(L, -1)) {
     pin = 1;
     for (int i = 1; i <= (int)lua_objlen(L, -1); i++) {
       lua_rawgeti(L, -1, i);
       int id = (int)lua_tointeger(L, -1);
-      if (id >= 0 && id < CPU_SETSIZE) CPU_SET(id, &cpus);
+      if (id >= 0 && id < CPU_SETSIZE) CPU_SET(id, cpus);
       lua_pop(L, 1);
     }
   }
   lua_pop(L, 1);
-  /* Buffered output would otherwise be copied into the child and printed
-   * twice. */
-  fflush(NULL);
-  pid_t parent = getpid(), pid;
-  int pidfd;
-  if (fp_proc_fork(&pid, &pidfd) != FP_OK) {
-    int e = errno;
-    slot_unmap(s, 0);
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot start worker %d: fork: %s", w + 1, strerror(e));
-    lua_pushinteger(L, e);
-    return 3;
-  }
-  if (pid == 0) {
-    /* Child: drop other workers' lanes; of forkpool's fds keep only our
-     * pool's doorbell and big-area file. */
-    for (int i = 0; i < p->n; i++)
-      if (i != w) slot_unmap(&p->slots[i], 0);
-    pools_forget(p);
-    int keep[2] = {p->doorbell, p->bigfd};
-    fp_proc_close_tracked_except(keep, 2);
-    if (p->close_fds) {
-      /* The option: nothing inherited from the host but 0-2, the listed
-       * fds and the engine's own (keep_fds has room for those 3). */
-      int k = p->nkeep_fds;
-      p->keep_fds[k++] = p->doorbell;
-      p->keep_fds[k++] = p->bigfd;
-      p->keep_fds[k++] = fp_proc_lifeline_fd();
-      fp_proc_close_fds_except(p->keep_fds, k);
-    }
-    fp_proc_child_init(parent);
-    fp_proc_child_last_words(&p->stats[w].fatal_signal);
+  return pin;
+}
+
+/* In the new worker (never returns): finish its setup, then the worker
+ * loop.  Nothing here may raise: the Lua frames below are the parent's. */
+static _Noreturn void run_worker(lua_State *L, fp_pool *p, int w, pid_t parent, const cpu_set_t *pin) {
+  fp_slot *s = &p->slots[w];
+  if (fp_pool_child_setup(p, w, parent, pin) != FP_OK) _exit(FP_EXIT_ORPHANED);
 #ifdef FP_TEST_HOOKS
-    if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
-    test_slot = s;
+  if (fault_wid && fault_wid != w + 1) fp_worker_set_fault(0, 0, 0);
+  test_slot = s;
 #endif
-    if (pin) sched_setaffinity(0, sizeof cpus, &cpus);
-    fp_worker_io io;
-    memset(&io, 0, sizeof io);
-    io.tasks = s->tasks;
-    io.results = s->results;
-    io.st = &p->stats[w];
-    io.ctl = p->ctl;
-    io.doorbell = p->doorbell;
-    io.parent = parent;
-    p->owner = 0; /* this copy of the pool is not ours to drive */
-    fp_worker_main(L, 3, &io);
+  fp_worker_io io;
+  memset(&io, 0, sizeof io);
+  io.tasks = s->tasks;
+  io.results = s->results;
+  io.st = &p->stats[w];
+  io.ctl = p->ctl;
+  io.doorbell = p->doorbell;
+  io.parent = parent;
+  fp_worker_main(L, 3, &io);
+}
+
+static int l_spawn(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (p->slots[w].pid > 0) return luaL_error(L, "forkpool: worker %d is still running", w + 1);
+  if (fp_pool_slot_open(p, w) != FP_OK) {
+    int e = errno;
+    lua_pushinteger(L, e);
+    return fail_result(L, NULL, lua_gettop(L), "cannot map shared memory for worker %d: %s",
+                       w + 1, strerror(e));
   }
-  /* Pin from this side too, so the worker is pinned by the time spawn
-   * returns, whatever the scheduler ran first (the child's own call alone
-   * left a window in which worker_pids() showed an unpinned worker). */
-  if (pin) sched_setaffinity(pid, sizeof cpus, &cpus);
-  s->pid = pid;
-  s->pidfd = pidfd;
-  s->dead = 0;
+  cpu_set_t cpus;
+  const cpu_set_t *pin = check_cpus(L, 3, &cpus) ? &cpus : NULL;
+  pid_t parent = getpid(), pid;
+  if (fp_pool_fork(p, w, pin, &pid) != FP_OK) {
+    int e = errno;
+    lua_pushinteger(L, e);
+    return fail_result(L, NULL, lua_gettop(L), "cannot start worker %d: fork: %s", w + 1,
+                       strerror(e));
+  }
+  if (pid == 0) run_worker(L, p, w, parent, pin);
   lua_pushinteger(L, pid);
   return 1;
 }
 
 /* ---- sending ---- */
 
-/* After an encode failure, push nil, "marshal", message, path. */
+/* After an encode failure: nil, "marshal", message, path (nil when the
+ * failure is not about one value, e.g. out of memory). */
 static int push_marshal(lua_State *L, int rc, const fp_codec_err *err) {
-  lua_pushnil(L);
-  lua_pushliteral(L, "marshal");
   if (rc == FP_EMARSHAL) {
-    lua_pushfstring(L, "%s: %s", err->path, err->msg);
     lua_pushstring(L, err->path);
-  } else {
-    lua_pushstring(L, fp_strerror(rc));
-    lua_pushnil(L);
+    return fail_result(L, "marshal", lua_gettop(L), "%s: %s", err->path, err->msg);
   }
-  return 4;
+  lua_pushnil(L);
+  return fail_result(L, "marshal", lua_gettop(L), "%s", fp_strerror(rc));
 }
 
+/* The codec's options for values sent to a worker: functions by value,
+ * modules by name through the module map at modmap_idx (if a table), cdata
+ * through the pool's helpers (its userdata environment). */
 static void enc_opts(lua_State *L, int pool_idx, int modmap_idx, fp_enc_opts *o) {
   o->flags = FP_ENC_FUNCTIONS;
   o->modmap_idx = lua_istable(L, modmap_idx) ? modmap_idx : 0;
-  push_helpers(L, pool_idx);
+  lua_getfenv(L, pool_idx);
   lua_getfield(L, -1, "cdata_kind");
   lua_remove(L, -2);
   o->cdata_idx = lua_gettop(L);
 }
 
-/* Returns true, or false when the lane is full now, or nil + error. */
+/* Returns true, or false when the lane is full now, or nil, "marshal",
+ * message. */
 static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
                        const void *a, size_t alen, const void *b, size_t blen) {
   fp_slot *s = &p->slots[w];
@@ -452,22 +281,18 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (rc == FP_E2BIG)
+    return fail_result(L, "marshal", 0, "record of %f bytes is too large to send",
+                       (double)(alen + blen));
   if (rc == FP_ECORRUPT) {
     /* The worker scribbled on its task lane's shared header: it gets
      * nothing more and is killed (poll reports its exit). */
     s->corrupt = 1;
     fp_proc_kill(s->pid, SIGKILL);
+    return fail_result(L, "marshal", 0, "cannot send to worker %d: it corrupted its task "
+                                        "lane's shared header (the worker was killed)", w + 1);
   }
-  lua_pushnil(L);
-  lua_pushliteral(L, "marshal");
-  if (rc == FP_E2BIG)
-    lua_pushfstring(L, "record of %f bytes is too large to send", (double)(alen + blen));
-  else if (rc == FP_ECORRUPT)
-    lua_pushfstring(L, "cannot send to worker %d: it corrupted its task lane's shared header "
-                       "(the worker was killed)", w + 1);
-  else
-    lua_pushfstring(L, "cannot send to worker %d: %s", w + 1, fp_strerror(rc));
-  return 3;
+  return fail_result(L, "marshal", 0, "cannot send to worker %d: %s", w + 1, fp_strerror(rc));
 }
 
 /* pool:encode(value [, modmap]) -> string | nil, "marshal", message, path:
@@ -501,13 +326,6 @@ static int l_send_setup(lua_State *L) {
   return send_record(L, p, w, FP_M_SETUP, &sh, sizeof sh, bytes, len);
 }
 
-/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [, flags
- * [, first]]]]): run function fn (see fp_chunk_hdr) over items
- * start..start+count-1 of job.  items nil means the worker has them in
- * memory (it was forked during this job); otherwise items[first ..
- * first+count-1] are sent (first defaults to start).  flags: a string with
- * "t" (timed: stamp each item's start, a task_timeout is set) and/or "s"
- * (star: each item is an array of arguments). */
 /* The arguments both chunk senders share: (pool, wid, job, fn, start,
  * count), and the flags string at flags_arg ("t" timed, "s" star). */
 static void check_chunk_args(lua_State *L, fp_chunk_hdr *h, int flags_arg) {
@@ -521,6 +339,13 @@ static void check_chunk_args(lua_State *L, fp_chunk_hdr *h, int flags_arg) {
   if (strchr(fl, 's')) h->flags |= FP_CHUNK_STAR;
 }
 
+/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [, flags
+ * [, first]]]]): run function fn (see fp_chunk_hdr) over items
+ * start..start+count-1 of job.  items nil means the worker has them in
+ * memory (it was forked during this job); otherwise items[first ..
+ * first+count-1] are sent (first defaults to start).  flags: a string with
+ * "t" (timed: stamp each item's start, a task_timeout is set) and/or "s"
+ * (star: each item is an array of arguments). */
 static int l_send_chunk(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
@@ -573,280 +398,11 @@ static int l_cancel(lua_State *L) {
 
 /* ---- receiving ---- */
 
-static const char *bye_reason(uint32_t r) {
-  switch (r) {
-  case FP_BYE_STOP: return "stop";
-  case FP_BYE_LIFESPAN: return "lifespan";
-  case FP_BYE_INIT_FAILED: return "init_failed";
-  default: return "unknown";
-  }
-}
-
-static const char *phase_name(uint32_t ph) {
-  switch (ph) {
-  case FP_PH_START: return "start";
-  case FP_PH_INIT: return "worker_init";
-  case FP_PH_IDLE: return "idle";
-  case FP_PH_DECODE: return "decode";
-  case FP_PH_TASK: return "task";
-  case FP_PH_ENCODE: return "encode";
-  case FP_PH_EXIT: return "worker_exit";
-  default: return "unknown";
-  }
-}
-
-/* Push a table describing how a dead worker ended. */
-static void push_death(lua_State *L, fp_pool *p, int w, pid_t pid, int status, int known) {
-  fp_wstat *st = &p->stats[w];
-  lua_createtable(L, 0, 6);
-  lua_pushinteger(L, pid);
-  lua_setfield(L, -2, "pid");
-  if (!known) {
-    /* The host reaped it: fall back on the worker's last words. */
-    int sig = atomic_load(&st->fatal_signal), code = atomic_load(&st->exit_code);
-    if (sig > 0) {
-      status = sig; /* the wait status of "killed by sig" */
-      known = 1;
-    } else if (code >= 0) {
-      status = (code & 0xff) << 8;
-      known = 1;
-    }
-  }
-  if (!known) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "status_unknown");
-  } else if (WIFSIGNALED(status)) {
-    lua_pushstring(L, fp_proc_signame(WTERMSIG(status)));
-    lua_setfield(L, -2, "signal");
-    lua_pushinteger(L, WTERMSIG(status));
-    lua_setfield(L, -2, "signo");
-  } else if (WIFEXITED(status)) {
-    lua_pushinteger(L, WEXITSTATUS(status));
-    lua_setfield(L, -2, "exit_code");
-  }
-  int64_t cur = atomic_load(&st->cur_index);
-  if (cur > 0) {
-    lua_pushnumber(L, (lua_Number)cur);
-    lua_setfield(L, -2, "index");
-    lua_pushnumber(L, (lua_Number)atomic_load(&st->cur_job));
-    lua_setfield(L, -2, "job");
-  }
-  lua_pushstring(L, phase_name(atomic_load(&st->phase)));
-  lua_setfield(L, -2, "phase");
-}
-
-/* Worker w wrote something the parent cannot trust: stop reading its lane
- * for good, kill its process (reported as "exit" once reaped) and push the
- * event: "corrupt", wid, message (a printf format and its arguments). */
-static int slot_corrupt(lua_State *L, fp_pool *p, int w, const char *fmt, ...) {
-  fp_slot *s = &p->slots[w];
-  va_list ap;
-  s->corrupt = 1;
-  if (s->pid > 0) fp_proc_kill(s->pid, SIGKILL);
-  lua_pushliteral(L, "corrupt");
-  lua_pushinteger(L, w + 1);
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  return 3;
-}
-
-/* Handle one record of worker w's result lane; pushes the event and returns
- * the number of values.  Event: kind, wid, job, start, count, index, value. */
-static int handle_record(lua_State *L, fp_pool *p, int w, int jobs_idx,
-                         uint32_t type, const unsigned char *d, size_t len) {
-  fp_slot *s = &p->slots[w];
-  fp_chunk_hdr h;
-  size_t pos;
-  const char *why;
-  /* The header, checked against what we sent (fp_reply.h): nothing after
-   * this trusts a count we did not choose. */
-  if (fp_reply_parse(&s->sent, type, d, len, &h, &pos, &why) != FP_OK)
-    return slot_corrupt(L, p, w, "worker %d sent a corrupted record (type %d, %d bytes): %s",
-                        w + 1, (int)type, (int)len, why);
-  fp_dec_opts o = {.flags = 0, .require_idx = 0, .cdata_new_idx = 0};
-  push_helpers(L, 1);
-  lua_getfield(L, -1, "cdata_new");
-  lua_remove(L, -2);
-  o.cdata_new_idx = lua_gettop(L);
-  int base = lua_gettop(L);
-  fp_codec_err err;
-  const char *kind;
-  int stale = 0;
-  switch (type) {
-  case FP_M_RESULTS: {
-    kind = "results";
-    /* Packed bodies (fp_packed.h): raw doubles are copied out of shared
-     * memory and checked, and Lua decodes only that copy; string.buffer
-     * bodies are decoded in C, straight from the worker's bytes. */
-    int sbuf = (h.flags & FP_CHUNK_PACKED) && len - pos >= FP_PACKED_TAG_LEN &&
-               memcmp(d + pos, "fp.sbuf\0", FP_PACKED_TAG_LEN) == 0;
-    if ((h.flags & FP_CHUNK_PACKED) && !sbuf) {
-      int rc = fp_packed_copy(&p->dec, d + pos, len - pos, h.count, &p->dec_scratch, &why);
-      if (rc != FP_OK) {
-        snprintf(err.msg, sizeof err.msg, "bad packed results: %s", why);
-        err.path[0] = 0;
-        goto corrupt_err;
-      }
-    }
-    lua_pushnumber(L, (lua_Number)h.job);
-    lua_rawget(L, jobs_idx);
-    int64_t at = h.start; /* where the chunk's first result goes */
-    if (lua_istable(L, -1)) {
-      /* A stage marked per_chunk (jobs consumed a chunk at a time: imap,
-       * unordered) gets each chunk's results as a fresh array stored at
-       * stage[start]: indexes far from 1 that come and go would otherwise
-       * live in the stage's hash part and rehash it over and over. */
-      lua_getfield(L, -1, "per_chunk");
-      int per_chunk = lua_toboolean(L, -1);
-      lua_pop(L, 1);
-      if (per_chunk) {
-        lua_createtable(L, h.count > INT_MAX ? INT_MAX : (int)h.count, 0);
-        lua_pushnumber(L, (lua_Number)h.start);
-        lua_pushvalue(L, -2);
-        lua_rawset(L, -4);
-        lua_remove(L, -2);
-        at = 1;
-      }
-    }
-    if (lua_istable(L, -1) && sbuf) {
-      int rc = fp_packed_decode_sbuf(L, lua_gettop(L), at, h.count, d + pos, len - pos, &why);
-      if (rc != FP_OK) {
-        snprintf(err.msg, sizeof err.msg, "bad packed results: %s", why);
-        err.path[0] = 0;
-        goto corrupt_err;
-      }
-    } else if (lua_istable(L, -1) && (h.flags & FP_CHUNK_PACKED)) {
-      /* helpers.unpack_into(results, at, count, addr, len) */
-      int t = lua_gettop(L);
-      push_helpers(L, 1);
-      lua_getfield(L, -1, "unpack_into");
-      lua_remove(L, -2);
-      lua_pushvalue(L, t);
-      lua_pushnumber(L, (lua_Number)at);
-      lua_pushinteger(L, (lua_Integer)h.count);
-      lua_pushnumber(L, (lua_Number)(uintptr_t)p->dec.p);
-      lua_pushnumber(L, (lua_Number)p->dec.len);
-      if (lua_pcall(L, 5, 0, 0) != 0) {
-        snprintf(err.msg, sizeof err.msg, "bad packed results: %s",
-                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
-        err.path[0] = 0;
-        goto corrupt_err;
-      }
-    } else if (lua_istable(L, -1)) {
-      int rc = fp_decode_range(L, lua_gettop(L), at, h.count, d, len, &pos, &o, &err);
-      if (rc != FP_OK) goto corrupt_err;
-    } else {
-      stale = 1;
-    }
-    lua_settop(L, base);
-    lua_pushboolean(L, stale); /* value: whether the job was unknown */
-    break;
-  }
-  case FP_M_TASK_ERROR: kind = "task_error"; goto with_value;
-  case FP_M_MARSHAL_ERROR: kind = "marshal_error"; goto with_value;
-  case FP_M_SETUP_ERROR: kind = "setup_error"; goto with_value;
-  case FP_M_INIT_ERROR: kind = "init_error"; goto with_value;
-  case FP_M_EXIT_ERROR: kind = "exit_error"; goto with_value;
-  case FP_M_EXIT_RESULT: kind = "exit_result"; goto with_value;
-  with_value: {
-    int rc = fp_decode_value(L, d, len, &pos, &o, &err);
-    if (rc != FP_OK) goto corrupt_err;
-    break;
-  }
-  case FP_M_CANCELLED:
-    kind = "cancelled";
-    lua_pushnil(L);
-    break;
-  case FP_M_READY:
-    kind = "ready";
-    lua_pushnil(L);
-    break;
-  case FP_M_BYE: {
-    fp_bye b;
-    if (len < sizeof b) goto corrupt;
-    memcpy(&b, d, sizeof b);
-    kind = "bye";
-    lua_pushstring(L, bye_reason(b.reason));
-    break;
-  }
-  default:
-    goto corrupt;
-  }
-  if (fp_lane_release(&s->results)) fp_lane_wake_producer(&s->results);
-  /* value is on top; build the event under it */
-  lua_pushstring(L, kind);
-  lua_pushinteger(L, w + 1);
-  lua_pushnumber(L, (lua_Number)h.job);
-  lua_pushnumber(L, (lua_Number)h.start);
-  lua_pushinteger(L, (lua_Integer)h.count);
-  lua_pushnumber(L, (lua_Number)h.index);
-  lua_pushvalue(L, base + 1);
-  return 7;
-
-corrupt_err:
-  lua_settop(L, base);
-  return slot_corrupt(L, p, w, "worker %d sent a corrupted record: %s%s%s", w + 1, err.path,
-                      err.path[0] ? ": " : "", err.msg);
-corrupt:
-  return slot_corrupt(L, p, w, "worker %d sent a corrupted record (type %d, %d bytes)", w + 1,
-                      (int)type, (int)len);
-}
-
-/* Worker w's process has exited and its lane holds nothing more for us:
- * reap it and push the "exit" event. */
-static int report_exit(lua_State *L, fp_pool *p, int w) {
-  fp_slot *s = &p->slots[w];
-  int status = 0, known = 0;
-  pid_t pid = s->pid;
-  fp_proc_try_reap(pid, &status, &known);
-  slot_forget(s);
-  p->rr = (w + 1) % p->n;
-  lua_pushliteral(L, "exit");
-  lua_pushinteger(L, w + 1);
-  push_death(L, p, w, pid, status, known);
-  return 3;
-}
-
-/* Look at every slot once, starting after the last one served.  Returns the
- * number of values pushed (an event), or 0 when there is nothing.  A slot
- * marked corrupt is not read again: only its death is looked at (reading
- * first used to report the same corruption for ever, and the death never). */
-static int scan_slots(lua_State *L, fp_pool *p, int jobs_idx) {
-  for (int k = 0; k < p->n; k++) {
-    int w = (p->rr + k) % p->n;
-    fp_slot *s = &p->slots[w];
-    if (!s->results.h) continue;
-    if (s->corrupt) {
-      if (s->dead && s->pid > 0) return report_exit(L, p, w);
-      continue;
-    }
-    uint32_t type;
-    const unsigned char *d;
-    size_t len;
-    int rc = fp_lane_peek(&s->results, &type, &d, &len);
-    if (rc == FP_OK) {
-      p->rr = (w + 1) % p->n;
-      return handle_record(L, p, w, jobs_idx, type, d, len);
-    }
-    if (rc == FP_ECORRUPT || rc == FP_ENOMEM) {
-      p->rr = (w + 1) % p->n;
-      if (rc == FP_ECORRUPT)
-        return slot_corrupt(L, p, w, "worker %d wrote a corrupted result lane header", w + 1);
-      return slot_corrupt(L, p, w, "cannot map a large record from worker %d: %s", w + 1,
-                          strerror(errno));
-    }
-    /* Its lane is drained: everything it published has been delivered. */
-    if (s->dead && s->pid > 0) return report_exit(L, p, w);
-  }
-  return 0;
-}
-
 /*
  * pool:poll(jobs, timeout) -> event
  *   jobs: table job id -> results table (RESULTS of other jobs are dropped)
  *   timeout: seconds (negative: no limit)
- * Events (kind, wid, ...):
+ * Events (kind, wid, ...), built in fp_events.c:
  *   "results", wid, job, start, count, 0, stale
  *   "task_error"|"marshal_error"|"setup_error", wid, job, start, count, index, err
  *   "cancelled", wid, job, start, count
@@ -863,74 +419,10 @@ static int l_poll(lua_State *L) {
   fp_pool *p = check_pool(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   double timeout = luaL_optnumber(L, 3, -1);
-  uint64_t deadline = timeout < 0 ? 0 : fp_now_ns() + (uint64_t)(timeout * 1e9);
   lua_settop(L, 3);
-  for (;;) {
-    if (fp_proc_sigint_take()) {
-      lua_pushliteral(L, "interrupted");
-      return 1;
-    }
-    int n = scan_slots(L, p, 2);
-    if (n) return n;
-    /* A worker usually answers within microseconds, while sleeping and being
-     * woken costs tens of them here: look again for a short while first. */
-    if (timeout != 0) {
-      uint64_t spin_end = fp_now_ns() + FP_POLL_SPIN_NS;
-      while (!n && fp_now_ns() < spin_end) {
-        for (int k = 0; k < 16 && !n; k++) n = scan_slots(L, p, 2);
-      }
-      if (n) return n;
-    }
-    /* Announce that we are about to sleep, then look once more: pairs with
-     * the fence in the worker's send (fp_worker.c, w_send2). */
-    atomic_store(&p->ctl->parent_sleeping, 1);
-    atomic_thread_fence(memory_order_seq_cst);
-    n = scan_slots(L, p, 2);
-    if (n) {
-      atomic_store(&p->ctl->parent_sleeping, 0);
-      return n;
-    }
-    int nfds = 0;
-    p->pfds[nfds].fd = p->doorbell;
-    p->pfds[nfds].events = POLLIN;
-    p->pfd_slot[nfds++] = -1;
-    for (int w = 0; w < p->n; w++) {
-      fp_slot *s = &p->slots[w];
-      if (s->pid > 0 && !s->dead) {
-        p->pfds[nfds].fd = s->pidfd;
-        p->pfds[nfds].events = POLLIN;
-        p->pfd_slot[nfds++] = w;
-      }
-    }
-    int ms = -1;
-    if (deadline) {
-      uint64_t now = fp_now_ns();
-      ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
-    }
-    int r = poll(p->pfds, (nfds_t)nfds, ms);
-    atomic_store(&p->ctl->parent_sleeping, 0);
-    if (r < 0) {
-      if (errno == EINTR) {
-        lua_pushliteral(L, "eintr");
-        return 1;
-      }
-      return luaL_error(L, "forkpool: poll: %s", strerror(errno));
-    }
-    if (r == 0) {
-      lua_pushliteral(L, "timeout");
-      return 1;
-    }
-    for (int i = 0; i < nfds; i++) {
-      if (!p->pfds[i].revents) continue;
-      if (p->pfd_slot[i] < 0) {
-        uint64_t v;
-        ssize_t rd = read(p->doorbell, &v, sizeof v);
-        (void)rd;
-      } else {
-        p->slots[p->pfd_slot[i]].dead = 1;
-      }
-    }
-  }
+  int n = fp_events_poll(L, p, 1, 2, timeout);
+  if (n < 0) return luaL_error(L, "forkpool: poll: %s", strerror(errno));
+  return n;
 }
 
 /* ---- process control ---- */
@@ -943,37 +435,6 @@ static int l_kill(lua_State *L) {
   int sig = (int)luaL_optinteger(L, 3, SIGKILL);
   if (p->slots[w].pid > 0) fp_proc_kill(p->slots[w].pid, sig);
   return 0;
-}
-
-/* pool:wait_exit(wid, timeout) -> true when the worker's process has exited
- * (it is reported by poll as "exit" later), false on timeout. */
-static int l_wait_exit(lua_State *L) {
-  fp_pool *p = check_pool(L);
-  int w = check_wid(L, p, 2);
-  double t = luaL_checknumber(L, 3);
-  fp_slot *s = &p->slots[w];
-  if (s->pid <= 0 || s->dead) {
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  uint64_t deadline = fp_now_ns() + (uint64_t)(t * 1e9);
-  for (;;) {
-    uint64_t now = fp_now_ns();
-    int ms = now >= deadline ? 0 : (int)((deadline - now) / 1000000);
-    int rc = fp_proc_wait_exit(s->pidfd, ms);
-    if (rc == FP_OK) { s->dead = 1; lua_pushboolean(L, 1); return 1; }
-    if (rc == FP_ETIMEOUT) { lua_pushboolean(L, 0); return 1; }
-    if (rc != FP_EINTR) return luaL_error(L, "forkpool: poll: %s", strerror(errno));
-  }
-}
-
-/* pool:pid(wid) -> pid or nil */
-static int l_pid(lua_State *L) {
-  fp_pool *p = check_pool(L);
-  int w = check_wid(L, p, 2);
-  if (p->slots[w].pid > 0) lua_pushinteger(L, p->slots[w].pid);
-  else lua_pushnil(L);
-  return 1;
 }
 
 /* pool:sigint_guard(on): while on, SIGINT only wakes poll, which then
@@ -1001,7 +462,7 @@ static int l_worker_status(lua_State *L) {
   lua_setfield(L, -2, "phase_since");
   lua_pushnumber(L, (lua_Number)atomic_load(&st->item_ns) * 1e-9);
   lua_setfield(L, -2, "item_since");
-  lua_pushstring(L, phase_name(atomic_load(&st->phase)));
+  lua_pushstring(L, fp_phase_name(atomic_load(&st->phase)));
   lua_setfield(L, -2, "phase");
   lua_pushnumber(L, (lua_Number)atomic_load(&st->cur_index));
   lua_setfield(L, -2, "index");
@@ -1058,10 +519,10 @@ static int l_close(lua_State *L) {
   /* Out of the registry first, whoever collects it: a process the host
    * forked holds its parent's pools in its copy of the list, and must not
    * keep pointers to userdata its own GC frees. */
-  pools_remove(p);
+  fp_pools_remove(p);
   if (p->owner != getpid()) return 0; /* a worker's copy: not ours */
-  if (!p->closed || p->slots) pool_release(p);
-  free(p->keep_fds); /* l_new may fail before anything pool_release frees */
+  if (!p->closed || p->slots) fp_pool_release(p);
+  free(p->keep_fds); /* l_new may fail before anything fp_pool_release frees */
   p->keep_fds = NULL;
   return 0;
 }
@@ -1080,15 +541,13 @@ static int l_shared_alloc(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= 9007199254740992.0, 1, "positive size expected");
   void *p;
   int rc = fp_arena_alloc((size_t)n, &p);
-  if (rc != FP_OK) {
-    lua_pushnil(L);
-    if (rc == FP_ESYS)
-      lua_pushstring(L, "shared arrays can only be made by the process that loaded forkpool");
-    else
-      lua_pushfstring(L, "out of shared memory (the arena holds %f MiB; set FORKPOOL_SHARED_MEMORY "
-                         "before loading forkpool for more)", (double)fp_arena_size() / 1048576.0);
-    return 2;
-  }
+  if (rc == FP_ESYS)
+    return fail_result(L, NULL, 0, "%s",
+                       "shared arrays can only be made by the process that loaded forkpool");
+  if (rc != FP_OK)
+    return fail_result(L, NULL, 0, "out of shared memory (the arena holds %f MiB; set "
+                                   "FORKPOOL_SHARED_MEMORY before loading forkpool for more)",
+                       (double)fp_arena_size() / 1048576.0);
   lua_pushnumber(L, (lua_Number)(uintptr_t)p);
   return 1;
 }
@@ -1175,8 +634,7 @@ static const luaL_Reg pool_methods[] = {
   {"encode", l_encode},           {"send_chunk_packed", l_send_chunk_packed},
   {"send_chunk", l_send_chunk}, {"send_stop", l_send_stop},
   {"cancel", l_cancel},         {"poll", l_poll},
-  {"kill", l_kill},             {"wait_exit", l_wait_exit},
-  {"pid", l_pid},               {"worker_status", l_worker_status},
+  {"kill", l_kill},             {"worker_status", l_worker_status},
   {"sigint_guard", l_sigint_guard}, {"worker_insights", l_worker_insights},
   {"close", l_close},           {NULL, NULL},
 };
@@ -1228,8 +686,6 @@ FP_EXPORT int luaopen_forkpool_core(lua_State *L) {
   luaL_setfuncs(L, funcs, 0);
   lua_pushinteger(L, SIGKILL);
   lua_setfield(L, -2, "SIGKILL");
-  lua_pushinteger(L, SIGTERM);
-  lua_setfield(L, -2, "SIGTERM");
   lua_pushinteger(L, SIGCONT);
   lua_setfield(L, -2, "SIGCONT");
   return 1;

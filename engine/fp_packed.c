@@ -1,9 +1,9 @@
 /*
- * fp_packed.c - copy a worker's packed result body out of shared memory and
- * check it before any Lua code decodes it (see fp_packed.h for the accepted
- * subset and why).
+ * fp_packed.c - packed result bodies a worker sent: raw doubles copied out
+ * of shared memory and checked before Lua reads them, string.buffer bodies
+ * decoded in C (see fp_packed.h for the accepted subset and why).
  *
- * The string.buffer checker follows LuaJIT 2.1's serialization format
+ * The string.buffer parser follows LuaJIT 2.1's serialization format
  * (lj_serialize.c): a value is a tag, a "U124" number: one byte below 0xe0;
  * 0xe0..0xfe and one more byte, ((b0 & 0x1f) << 8) + b1 + 0xe0; 0xff and a
  * little-endian u32.  Tags used here:
@@ -16,8 +16,11 @@
  * Everything else (tables with index 0, metatable and string dictionaries,
  * light userdata, cdata, the reserved tags) is refused.
  *
- * One linear pass; nothing is read twice, and every count is checked against
- * the bytes left before anything is sized by it.
+ * One parser, two modes: decoding (values go into Lua, read straight from
+ * memory the worker may still write) and checking only (no Lua state: what
+ * fp_packed_check does with a private copy).  One linear pass; nothing is
+ * read twice, and every count is checked against the bytes left before
+ * anything is sized by it.
  */
 #include "fp_packed.h"
 
@@ -41,64 +44,26 @@ typedef struct kset {
   size_t mask;
 } kset;
 
-typedef struct rd {
-  const unsigned char *p, *e;
+/* The parser's state.  Every structural byte (tags, counts, keys) is
+ * loaded once, through a volatile pointer, so the compiler cannot fetch it
+ * again after it was checked; string bytes go straight into Lua strings
+ * (one copy, as string.buffer's own decoder makes). */
+typedef struct sb {
+  const volatile unsigned char *p, *e;
+  lua_State *L;       /* decoding: values are pushed and stored; NULL: check only */
+  int ud;             /* decoding: stack slots ud, ud + 1 anchor the key sets */
+  fp_buf *scratch;    /* checking: the key sets' memory */
+  kset set[2];        /* 0: the top-level table's hash keys, 1: a flat
+                         array's (reused by each) */
+  size_t room[2];     /* slots allocated for each set */
+  int rc;             /* why the parse failed: FP_ECORRUPT or FP_ENOMEM */
   const char *why;
-  uint64_t *top, *nested;  /* room for the top-level table's set and for a
-                              nested table's (reused by each) */
-} rd;
+} sb;
 
-static int bad(rd *r, const char *why) {
+static int bad(sb *r, const char *why) {
   r->why = why;
+  r->rc = FP_ECORRUPT;
   return 0;
-}
-
-static int ru124(rd *r, uint32_t *v) {
-  if (r->p >= r->e) return bad(r, "sbuf body: truncated");
-  uint32_t x = *r->p++;
-  if (x >= 0xe0) {
-    if (x != 0xff) {
-      if (r->p >= r->e) return bad(r, "sbuf body: truncated");
-      x = ((x & 0x1f) << 8) + *r->p++ + 0xe0;
-    } else {
-      if (r->e - r->p < 4) return bad(r, "sbuf body: truncated");
-      memcpy(&x, r->p, 4);
-      r->p += 4;
-    }
-  }
-  *v = x;
-  return 1;
-}
-
-static int skip(rd *r, size_t n) {
-  if ((size_t)(r->e - r->p) < n) return bad(r, "sbuf body: truncated");
-  r->p += n;
-  return 1;
-}
-
-static int table(rd *r, uint32_t tp, int top, uint32_t count);
-
-/* One value.  top: inside the top-level table (a value may be a flat
- * array; nil is allowed when in_array). */
-static int value(rd *r, int top, int in_array) {
-  uint32_t tp;
-  if (!ru124(r, &tp)) return 0;
-  if (tp >= SB_STR) return skip(r, tp - SB_STR);
-  switch (tp) {
-  case SB_NIL:
-    return top && in_array ? 1 : bad(r, "sbuf body: nil inside an array of values");
-  case SB_FALSE:
-  case SB_TRUE: return 1;
-  case SB_INT: return skip(r, 4);
-  case SB_NUM: return skip(r, 8);
-  case SB_TAB:
-  case SB_TAB_H:
-  case SB_TAB_A:
-  case SB_TAB_AH:
-    if (!top) return bad(r, "sbuf body: tables nested too deep");
-    return table(r, tp, 0, 0);
-  default: return bad(r, "sbuf body: a kind of value forkpool does not pack");
-  }
 }
 
 /* Room for a set of n keys: a power of two above 2n. */
@@ -108,43 +73,155 @@ static size_t kset_size(uint64_t n) {
   return sz;
 }
 
-/* A hash key: a whole number in [lo, hi], not in ks before. */
-static int key(rd *r, uint64_t lo, uint64_t hi, kset *ks) {
+/* An empty set s for n keys.  Decoding, its memory is a userdata anchored
+ * on the stack (like luaL_Buffer's box: a Lua error raised by a later
+ * allocation leaks nothing).  Checking, it comes from scratch: set 0 first,
+ * set 1 after it (set 0 is made once, at the top-level table's header,
+ * before any set 1). */
+static int kset_start(sb *r, int s, uint32_t n) {
+  size_t want = kset_size(n);
+  if (want > r->room[s]) {
+    if (r->L) {
+      r->set[s].slot = lua_newuserdata(r->L, want * sizeof(uint64_t));
+      lua_replace(r->L, r->ud + s);
+    } else {
+      size_t at = s ? r->room[0] : 0;
+      if (fp_buf_reserve(r->scratch, (at + want) * sizeof(uint64_t)) != FP_OK) {
+        r->why = "out of memory";
+        r->rc = FP_ENOMEM;
+        return 0;
+      }
+      r->set[0].slot = (uint64_t *)(void *)r->scratch->p;
+      r->set[1].slot = r->set[0].slot + r->room[0];
+    }
+    r->room[s] = want;
+  }
+  r->set[s].mask = want - 1;
+  memset(r->set[s].slot, 0, want * sizeof(uint64_t));
+  return 1;
+}
+
+static int take(sb *r, void *out, size_t n) {
+  if ((size_t)(r->e - r->p) < n) return bad(r, "sbuf body: truncated");
+  unsigned char *o = out;
+  for (size_t i = 0; i < n; i++) o[i] = r->p[i];
+  r->p += n;
+  return 1;
+}
+
+static int u124(sb *r, uint32_t *v) {
+  unsigned char b;
+  if (!take(r, &b, 1)) return 0;
+  uint32_t x = b;
+  if (x >= 0xe0) {
+    if (x != 0xff) {
+      if (!take(r, &b, 1)) return 0;
+      x = ((x & 0x1f) << 8) + b + 0xe0;
+    } else if (!take(r, &x, 4)) {
+      return 0;
+    }
+  }
+  *v = x;
+  return 1;
+}
+
+/* A hash key: a whole number in [lo, hi], not in ks before (string.buffer
+ * refuses a key twice: "duplicate table key"). */
+static int key(sb *r, uint64_t lo, uint64_t hi, kset *ks, uint64_t *k) {
   uint32_t tp;
   double d;
-  if (!ru124(r, &tp)) return 0;
+  if (!u124(r, &tp)) return 0;
   if (tp == SB_INT) {
     int32_t i;
-    if ((size_t)(r->e - r->p) < 4) return bad(r, "sbuf body: truncated");
-    memcpy(&i, r->p, 4);
-    r->p += 4;
+    if (!take(r, &i, 4)) return 0;
     d = (double)i;
   } else if (tp == SB_NUM) {
-    if ((size_t)(r->e - r->p) < 8) return bad(r, "sbuf body: truncated");
-    memcpy(&d, r->p, 8);
-    r->p += 8;
+    if (!take(r, &d, 8)) return 0;
   } else {
     return bad(r, "sbuf body: a key that is not an index");
   }
   if (!(d >= (double)lo && d <= (double)hi) || d != floor(d))
     return bad(r, "sbuf body: an index out of range");
-  uint64_t k = (uint64_t)d + 1;
-  size_t i = (size_t)((k * UINT64_C(0x9e3779b97f4a7c15)) >> 20) & ks->mask;
+  *k = (uint64_t)d;
+  uint64_t v = *k + 1;
+  size_t i = (size_t)((v * UINT64_C(0x9e3779b97f4a7c15)) >> 20) & ks->mask;
   while (ks->slot[i]) {
-    if (ks->slot[i] == k) return bad(r, "sbuf body: an index twice");
+    if (ks->slot[i] == v) return bad(r, "sbuf body: an index twice");
     i = (i + 1) & ks->mask;
   }
-  ks->slot[i] = k;
+  ks->slot[i] = v;
   return 1;
 }
 
-/* A table with tag tp: the top-level one (count results) or a flat array. */
-static int table(rd *r, uint32_t tp, int top, uint32_t count) {
+/* Decoding: t[at + i - 1] = the value on top (popped).  Checking: nothing. */
+static void store(sb *r, int tidx, int64_t at, uint64_t i) {
+  lua_State *L = r->L;
+  if (!L) return;
+  int64_t k = at + (int64_t)i - 1;
+  if (k >= INT_MIN && k <= INT_MAX) {
+    lua_rawseti(L, tidx, (int)k);
+  } else {
+    lua_pushnumber(L, (lua_Number)k);
+    lua_insert(L, -2);
+    lua_rawset(L, tidx);
+  }
+}
+
+static int table(sb *r, uint32_t tp, int top, uint32_t count, int tidx, int64_t at);
+
+/* One value (decoding: pushed, nil too).  top: an element of the top-level
+ * table (it may be a flat array; nil only in its array part: in_array). */
+static int value(sb *r, int top, int in_array) {
+  lua_State *L = r->L;
+  uint32_t tp;
+  if (!u124(r, &tp)) return 0;
+  if (tp >= SB_STR) {
+    size_t n = tp - SB_STR;
+    if ((size_t)(r->e - r->p) < n) return bad(r, "sbuf body: truncated");
+    if (L) lua_pushlstring(L, (const char *)(uintptr_t)r->p, n);
+    r->p += n;
+    return 1;
+  }
+  switch (tp) {
+  case SB_NIL:
+    if (!(top && in_array)) return bad(r, "sbuf body: nil inside an array of values");
+    if (L) lua_pushnil(L);
+    return 1;
+  case SB_FALSE:
+  case SB_TRUE:
+    if (L) lua_pushboolean(L, tp == SB_TRUE);
+    return 1;
+  case SB_INT: {
+    int32_t i;
+    if (!take(r, &i, 4)) return 0;
+    if (L) lua_pushnumber(L, (lua_Number)i);
+    return 1;
+  }
+  case SB_NUM: {
+    double d;
+    if (!take(r, &d, 8)) return 0;
+    if (L) lua_pushnumber(L, d);  /* canonicalises NaNs */
+    return 1;
+  }
+  case SB_TAB:
+  case SB_TAB_H:
+  case SB_TAB_A:
+  case SB_TAB_AH:
+    if (!top) return bad(r, "sbuf body: tables nested too deep");
+    return table(r, tp, 0, 0, 0, 1);
+  default: return bad(r, "sbuf body: a kind of value forkpool does not pack");
+  }
+}
+
+/* A table with tag tp: the top-level one (count results, stored at
+ * t[at ..], t at stack index tidx) or, !top, a flat array of scalars
+ * (decoding: a fresh table, pushed). */
+static int table(sb *r, uint32_t tp, int top, uint32_t count, int tidx, int64_t at) {
   uint32_t narray = 0, nhash = 0;
   if (tp != SB_TAB && tp != SB_TAB_H && tp != SB_TAB_A && tp != SB_TAB_AH)
     return bad(r, "sbuf body: not an array");
-  if (tp >= SB_TAB_A && !ru124(r, &narray)) return 0;
-  if ((tp & 1) && !ru124(r, &nhash)) return 0;
+  if (tp >= SB_TAB_A && !u124(r, &narray)) return 0;
+  if ((tp & 1) && !u124(r, &nhash)) return 0;
   size_t left = (size_t)(r->e - r->p);
   /* An array entry takes a byte at least, a hash entry six (int key, value):
    * no count can make the decoder allocate more than the bytes justify. */
@@ -162,18 +239,41 @@ static int table(rd *r, uint32_t tp, int top, uint32_t count) {
   }
   if (nhash && (hi < lo || hi - lo + 1 < nhash))
     return bad(r, "sbuf body: more indexes than fit");
-  for (uint64_t i = 0; i < na; i++)
+  kset *ks = &r->set[top ? 0 : 1];
+  if (nhash && !kset_start(r, top ? 0 : 1, nhash)) return 0;
+  if (!top && r->L) {
+    /* na + nhash < 2^31: bounded by the bytes */
+    lua_createtable(r->L, (int)na, (int)nhash);
+    tidx = lua_gettop(r->L);
+  }
+  for (uint64_t i = 1; i <= na; i++) {
     if (!value(r, top, 1)) return 0;
-  if (nhash) {
-    kset ks = {.slot = top ? r->top : r->nested, .mask = kset_size(nhash) - 1};
-    memset(ks.slot, 0, (ks.mask + 1) * sizeof *ks.slot);
-    for (uint32_t i = 0; i < nhash; i++) {
-      if (!key(r, lo, hi, &ks)) return 0;
-      if (!value(r, top, 0)) return 0;
-    }
+    store(r, tidx, at, i);
+  }
+  for (uint32_t i = 0; i < nhash; i++) {
+    uint64_t k;
+    if (!key(r, lo, hi, ks, &k) || !value(r, top, 0)) return 0;
+    store(r, tidx, at, k);
   }
   return 1;
 }
+
+/* A whole "fp.sbuf" body after its tag: the top-level table, nothing
+ * after it.  FP_OK, or r->rc with *why. */
+static int sbuf_body(sb *r, uint32_t count, int tidx, int64_t at, const char **why) {
+  uint32_t tp;
+  if (!u124(r, &tp) || !table(r, tp, 1, count, tidx, at)) {
+    *why = r->why;
+    return r->rc;
+  }
+  if (r->p != r->e) {
+    *why = "sbuf body: trailing bytes";
+    return FP_ECORRUPT;
+  }
+  return FP_OK;
+}
+
+/* ---- raw doubles ---- */
 
 static void canon_nans(unsigned char *p, size_t n) {
   for (size_t i = 0; i < n; i++) {
@@ -233,24 +333,10 @@ int fp_packed_check(unsigned char *p, size_t len, uint32_t count, fp_buf *scratc
     return FP_OK;
   }
   if (memcmp(p, "fp.sbuf\0", 8) != 0) return FP_ECORRUPT;
-  /* Key sets: any table's nhash is at most len / 6 (checked before its
-   * set is used), the top level's and a nested one's side by side. */
-  size_t half = kset_size(len / 6) * sizeof(uint64_t);
+  /* The decoder without a Lua state: it only checks. */
   scratch->len = 0;
-  if (fp_buf_reserve(scratch, 2 * half) != FP_OK) return FP_ENOMEM;
-  rd r = {.p = p + FP_PACKED_TAG_LEN, .e = p + len, .why = NULL,
-          .top = (uint64_t *)(void *)scratch->p,
-          .nested = (uint64_t *)(void *)(scratch->p + half)};
-  uint32_t tp;
-  if (!ru124(&r, &tp) || !table(&r, tp, 1, count)) {
-    *why = r.why;
-    return FP_ECORRUPT;
-  }
-  if (r.p != r.e) {
-    *why = "sbuf body: trailing bytes";
-    return FP_ECORRUPT;
-  }
-  return FP_OK;
+  sb r = {.p = p + FP_PACKED_TAG_LEN, .e = p + len, .L = NULL, .scratch = scratch};
+  return sbuf_body(&r, count, 0, 0, why);
 }
 
 int fp_packed_copy(fp_buf *out, const unsigned char *src, size_t len, uint32_t count,
@@ -268,200 +354,23 @@ int fp_packed_copy(fp_buf *out, const unsigned char *src, size_t len, uint32_t c
   return rc;
 }
 
-/* ---- decoding a string.buffer body straight from the worker's memory ----
- *
- * The same grammar as the checker above, read in one pass from the shared
- * bytes themselves: every structural byte (tags, counts, keys) is loaded
- * once, through a volatile pointer, so the compiler cannot fetch it again
- * after it was checked; string bytes go straight into Lua strings (one
- * copy, as string.buffer's own decoder makes).  No copy of the body, and no
- * decoder that could crash: only the Lua C API. */
-
-typedef struct dd {
-  const volatile unsigned char *p, *e;
-  lua_State *L;
-  const char *why;
-} dd;
-
-static int dfail(dd *r, const char *why) {
-  r->why = why;
-  return 0;
-}
-
-static int d_take(dd *r, void *out, size_t n) {
-  if ((size_t)(r->e - r->p) < n) return dfail(r, "sbuf body: truncated");
-  unsigned char *o = out;
-  for (size_t i = 0; i < n; i++) o[i] = r->p[i];
-  r->p += n;
-  return 1;
-}
-
-static int d_u124(dd *r, uint32_t *v) {
-  unsigned char b;
-  if (!d_take(r, &b, 1)) return 0;
-  uint32_t x = b;
-  if (x >= 0xe0) {
-    if (x != 0xff) {
-      if (!d_take(r, &b, 1)) return 0;
-      x = ((x & 0x1f) << 8) + b + 0xe0;
-    } else if (!d_take(r, &x, 4)) {
-      return 0;
-    }
-  }
-  *v = x;
-  return 1;
-}
-
-/* Table header: narray, nhash, each bounded by the bytes left. */
-static int d_tab_hdr(dd *r, uint32_t tp, uint32_t *narray, uint32_t *nhash) {
-  *narray = *nhash = 0;
-  if (tp != SB_TAB && tp != SB_TAB_H && tp != SB_TAB_A && tp != SB_TAB_AH)
-    return dfail(r, "sbuf body: not an array");
-  if (tp >= SB_TAB_A && !d_u124(r, narray)) return 0;
-  if ((tp & 1) && !d_u124(r, nhash)) return 0;
-  size_t left = (size_t)(r->e - r->p);
-  if ((uint64_t)*narray > (uint64_t)left + 1 || *nhash > left / 6)
-    return dfail(r, "sbuf body: a table larger than its bytes");
-  return 1;
-}
-
-/* A hash key: a whole number in [lo, hi]. */
-static int d_key(dd *r, uint64_t lo, uint64_t hi, uint64_t *k) {
-  uint32_t tp;
-  double d;
-  if (!d_u124(r, &tp)) return 0;
-  if (tp == SB_INT) {
-    int32_t i;
-    if (!d_take(r, &i, 4)) return 0;
-    d = (double)i;
-  } else if (tp == SB_NUM) {
-    if (!d_take(r, &d, 8)) return 0;
-  } else {
-    return dfail(r, "sbuf body: a key that is not an index");
-  }
-  if (!(d >= (double)lo && d <= (double)hi) || d != floor(d))
-    return dfail(r, "sbuf body: an index out of range");
-  *k = (uint64_t)d;
-  return 1;
-}
-
-static int d_value(dd *r, int top, int in_array);
-
-/* A flat array of scalars (a value of the top-level table): pushes it. */
-static int d_flat(dd *r, uint32_t tp) {
-  lua_State *L = r->L;
-  uint32_t narray, nhash;
-  if (!d_tab_hdr(r, tp, &narray, &nhash)) return 0;
-  uint32_t na = narray ? narray - 1 : 0;
-  uint64_t lo = narray ? narray : 1, hi = (uint64_t)na + nhash;
-  lua_createtable(L, (int)na, (int)nhash);
-  for (uint32_t i = 1; i <= na; i++) {
-    if (!d_value(r, 0, 1)) goto fail;
-    lua_rawseti(L, -2, (int)i);
-  }
-  for (uint32_t i = 0; i < nhash; i++) {
-    uint64_t k;
-    if (!d_key(r, lo, hi, &k) || !d_value(r, 0, 0)) goto fail;
-    lua_rawseti(L, -2, (int)k);  /* k <= na + nhash < 2^31: bounded by the bytes */
-  }
-  return 1;
-fail:
-  lua_pop(L, 1);
-  return 0;
-}
-
-/* One value, pushed (nil too).  top: an element of the top-level table (it
- * may be a flat array; nil only in its array part: in_array). */
-static int d_value(dd *r, int top, int in_array) {
-  lua_State *L = r->L;
-  uint32_t tp;
-  if (!d_u124(r, &tp)) return 0;
-  if (tp >= SB_STR) {
-    size_t n = tp - SB_STR;
-    if ((size_t)(r->e - r->p) < n) return dfail(r, "sbuf body: truncated");
-    lua_pushlstring(L, (const char *)(uintptr_t)r->p, n);
-    r->p += n;
-    return 1;
-  }
-  switch (tp) {
-  case SB_NIL:
-    if (!(top && in_array)) return dfail(r, "sbuf body: nil inside an array of values");
-    lua_pushnil(L);
-    return 1;
-  case SB_FALSE:
-  case SB_TRUE: lua_pushboolean(L, tp == SB_TRUE); return 1;
-  case SB_INT: {
-    int32_t i;
-    if (!d_take(r, &i, 4)) return 0;
-    lua_pushnumber(L, (lua_Number)i);
-    return 1;
-  }
-  case SB_NUM: {
-    double d;
-    if (!d_take(r, &d, 8)) return 0;
-    lua_pushnumber(L, d);  /* canonicalises NaNs */
-    return 1;
-  }
-  case SB_TAB:
-  case SB_TAB_H:
-  case SB_TAB_A:
-  case SB_TAB_AH:
-    if (!top) return dfail(r, "sbuf body: tables nested too deep");
-    return d_flat(r, tp);
-  default: return dfail(r, "sbuf body: a kind of value forkpool does not pack");
-  }
-}
-
-/* dst[at + i - 1] = v (the value on top, popped). */
-static void d_store(lua_State *L, int tidx, int64_t at, uint64_t i) {
-  int64_t k = at + (int64_t)i - 1;
-  if (k >= INT_MIN && k <= INT_MAX) {
-    lua_rawseti(L, tidx, (int)k);
-  } else {
-    lua_pushnumber(L, (lua_Number)k);
-    lua_insert(L, -2);
-    lua_rawset(L, tidx);
-  }
-}
+/* ---- string.buffer bodies, decoded straight from the worker's memory ---- */
 
 int fp_packed_decode_sbuf(lua_State *L, int tidx, int64_t at, uint32_t count,
                           const unsigned char *p, size_t len, const char **why) {
   int top = lua_gettop(L);
+  if (tidx < 0 && tidx > LUA_REGISTRYINDEX) tidx = top + tidx + 1;
+  /* the key sets' two slots, a flat array, a value, a key */
   if (!lua_checkstack(L, 8)) {
     *why = "out of Lua stack";
     return FP_ENOMEM;
   }
   *why = "packed body: unknown tag";
   if (len < FP_PACKED_TAG_LEN || memcmp(p, "fp.sbuf\0", 8) != 0) return FP_ECORRUPT;
-  dd r = {.p = p + FP_PACKED_TAG_LEN, .e = p + len, .L = L, .why = NULL};
-  uint32_t tp, narray, nhash;
-  if (!d_u124(&r, &tp) || !d_tab_hdr(&r, tp, &narray, &nhash)) goto fail;
-  uint32_t na = narray ? narray - 1 : 0;
-  if (na > count) {
-    r.why = "sbuf body: more results than the chunk has";
-    goto fail;
-  }
-  uint64_t lo = narray ? narray : 1;
-  if (nhash && (count < lo || count - lo + 1 < nhash)) {
-    r.why = "sbuf body: more indexes than fit";
-    goto fail;
-  }
-  for (uint32_t i = 1; i <= na; i++) {
-    if (!d_value(&r, 1, 1)) goto fail;
-    d_store(L, tidx, at, i);
-  }
-  for (uint32_t i = 0; i < nhash; i++) {
-    uint64_t k;
-    if (!d_key(&r, lo, count, &k) || !d_value(&r, 1, 0)) goto fail;
-    d_store(L, tidx, at, k);
-  }
-  if (r.p != r.e) {
-    r.why = "sbuf body: trailing bytes";
-    goto fail;
-  }
-  return FP_OK;
-fail:
+  sb r = {.p = p + FP_PACKED_TAG_LEN, .e = p + len, .L = L, .ud = top + 1};
+  lua_pushnil(L);
+  lua_pushnil(L);
+  int rc = sbuf_body(&r, count, tidx, at, why);
   lua_settop(L, top);
-  *why = r.why;
-  return FP_ECORRUPT;
+  return rc;
 }

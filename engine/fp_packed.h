@@ -1,6 +1,6 @@
 /*
- * fp_packed.h - checking a packed result body a worker sent, before the
- * parent lets LuaJIT read it.
+ * fp_packed.h - packed result bodies a worker sent: checked (raw doubles)
+ * or decoded in C (string.buffer) before the parent lets Lua see them.
  *
  * Packed bodies (FP_CHUNK_PACKED; made by lua/forkpool/worker.lua) used to
  * be decoded by Lua straight from shared memory: raw doubles through the
@@ -12,8 +12,9 @@
  *     unchecked), then checks the private copy; only that copy reaches Lua;
  *   - string.buffer bodies (sbuf): fp_packed_decode_sbuf decodes them in C,
  *     in one pass over the worker's bytes, each structural byte read once;
- *     string.buffer never sees them.  fp_packed_check knows the same
- *     grammar (tests and the fuzzer hold the two against LuaJIT's decoder).
+ *     string.buffer never sees them.  fp_packed_check runs the same parser
+ *     without a Lua state, checking only (tests and the fuzzer hold it
+ *     against LuaJIT's decoder).
  *
  * Accepted bodies (an 8-byte tag, then):
  *   "fp.f64\0\0"  exactly count doubles;
@@ -21,7 +22,8 @@
  *   "fp.sbuf\0"  one string.buffer encoding of the subset worker.lua's
  *                pack_results emits: a table whose keys are whole numbers
  *                1..count (array part from index 1, hash part for the rest,
- *                no key twice) and whose values are nil (array part only),
+ *                no key twice: string.buffer itself refuses a duplicate
+ *                key) and whose values are nil (array part only),
  *                false, true, numbers, strings, or flat arrays of those but
  *                nil (keys 1..m, each once).  Nothing else: no index 0, no
  *                metatable or string dictionaries, no cdata or light
@@ -44,23 +46,27 @@ FP_HIDDEN_BEGIN
 
 /* Copy the len bytes at src (worker-writable memory) into out (out->len is
  * set to len) and check the copy as the body of a RESULTS record of count
- * results (scratch: working memory for fp_packed_check).  FP_OK, FP_ECORRUPT (*why says what is
- * wrong: a static string) or FP_ENOMEM. */
+ * results (scratch: working memory for fp_packed_check).  FP_OK,
+ * FP_ECORRUPT (*why says what is wrong: a static string) or FP_ENOMEM. */
 int fp_packed_copy(fp_buf *out, const unsigned char *src, size_t len, uint32_t count,
                    fp_buf *scratch, const char **why);
 
-/* Check a private body in place (fp_packed_copy's second half; scratch is
- * working memory).  Same results; f64 NaNs are canonicalised in p. */
+/* Check a private body in place (fp_packed_copy's second half).  Same
+ * results; f64 NaNs are canonicalised in p.  An sbuf body goes through
+ * fp_packed_decode_sbuf's parser with no Lua state, its key sets in
+ * scratch (at most about 11 bytes per body byte, and only for tables with
+ * a hash part). */
 int fp_packed_check(unsigned char *p, size_t len, uint32_t count, fp_buf *scratch,
                     const char **why);
 
 /* Decode a "fp.sbuf" body of count results straight from memory the worker
  * may still write (each structural byte is read once; no copy, no
  * string.buffer): t[at + i - 1] = result i, t at stack index tidx (rawset;
- * nils leave holes).  The same subset as fp_packed_check, except that a
- * key twice only overwrites (harmless here).  FP_OK, FP_ECORRUPT (*why;
- * some results may have been stored) or FP_ENOMEM; the stack is as it
- * was. */
+ * nils leave holes).  Accepts exactly what fp_packed_check accepts (one
+ * parser).  FP_OK, FP_ECORRUPT (*why; some results may have been stored)
+ * or FP_ENOMEM; the stack is as it was.  Like any Lua allocation, those
+ * made here (strings, flat arrays, the key sets' userdata) may raise "not
+ * enough memory". */
 int fp_packed_decode_sbuf(lua_State *L, int tidx, int64_t at, uint32_t count,
                           const unsigned char *p, size_t len, const char **why);
 

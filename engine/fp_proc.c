@@ -1,6 +1,10 @@
 /*
  * fp_proc.c - process control: fork with signals blocked, pidfds, reaping,
- * signal names, and the registry of forkpool's own file descriptors.
+ * signal names, and the registry of forkpool's own file descriptors; then
+ * (last section) a pool's worker processes: the registry of live pools,
+ * spawning into a slot, the child's setup between fork and the worker
+ * loop, and releasing a pool.  Errors are returned as FP_* codes: only the
+ * binding (fp_lua.c) turns them into Lua values or errors.
  *
  * Invariant: every fd forkpool opens in a process (doorbell eventfds,
  * pidfds) is O_CLOEXEC and listed in the registry, so a freshly forked
@@ -8,10 +12,13 @@
  * another worker's pidfd or another pool's doorbell.
  */
 #include "fp_proc.h"
+#include "fp_pool.h"
+#include "fp_shm.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -215,7 +222,7 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
   return FP_OK;
 }
 
-void fp_proc_child_init(pid_t parent) {
+int fp_proc_child_init(pid_t parent) {
   struct sigaction sa;
   for (int s = 1; s < NSIG; s++) {
     if (s == SIGKILL || s == SIGSTOP) continue;
@@ -242,7 +249,11 @@ void fp_proc_child_init(pid_t parent) {
    * set it here and then check that the parent did not die before it took
    * effect. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(70);
+  if (getppid() != parent) {
+    errno = ESRCH;
+    return FP_ESYS;
+  }
+  return FP_OK;
 }
 
 /* ---- last words of a dying worker ---- */
@@ -400,4 +411,177 @@ uint64_t fp_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- a pool's worker processes (fp_pool.h) ---- */
+
+static fp_pool *live_pools;
+
+void fp_pools_add(fp_pool *p) {
+  p->next_live = live_pools;
+  live_pools = p;
+}
+
+void fp_pools_remove(fp_pool *p) {
+  for (fp_pool **pp = &live_pools; *pp; pp = &(*pp)->next_live) {
+    if (*pp == p) {
+      *pp = p->next_live;
+      p->next_live = NULL;
+      break;
+    }
+  }
+  if (!live_pools) fp_proc_lifeline_close();
+}
+
+void fp_slot_forget(fp_slot *s) {
+  if (s->pidfd >= 0) {
+    fp_proc_untrack_fd(s->pidfd);
+    close(s->pidfd);
+  }
+  s->pidfd = -1;
+  s->pid = 0;
+  s->dead = 0;
+  s->corrupt = 0;
+  fp_sentq_clear(&s->sent);
+}
+
+void fp_slot_unmap(fp_slot *s, int discard) {
+  if (discard) {
+    fp_lane_discard_big(&s->tasks);
+    fp_lane_discard_big(&s->results);
+  }
+  fp_lane_destroy(&s->tasks);
+  fp_lane_destroy(&s->results);
+}
+
+int fp_pool_slot_open(fp_pool *p, int w) {
+  fp_slot *s = &p->slots[w];
+  fp_slot_unmap(s, 1);
+  uint64_t region = (uint64_t)p->big_cap * 2 * (uint64_t)w;
+  int rc = fp_lane_create_at(&s->tasks, p->ring_cap, p->big_cap, p->bigfd, region);
+  if (rc == FP_OK)
+    rc = fp_lane_create_at(&s->results, p->ring_cap, p->big_cap, p->bigfd, region + p->big_cap);
+  if (rc != FP_OK) {
+    int e = errno;
+    fp_slot_unmap(s, 0);
+    errno = e;
+    return rc;
+  }
+  memset(&p->stats[w], 0, sizeof p->stats[w]);
+  atomic_store(&p->stats[w].exit_code, -1);
+  atomic_store(&p->stats[w].start_ns, fp_now_ns());
+  return FP_OK;
+}
+
+int fp_pool_fork(fp_pool *p, int w, const cpu_set_t *pin, pid_t *pid) {
+  fp_slot *s = &p->slots[w];
+  int pidfd;
+  /* Buffered output would otherwise be copied into the child and printed
+   * twice. */
+  fflush(NULL);
+  int rc = fp_proc_fork(pid, &pidfd);
+  if (rc != FP_OK) {
+    int e = errno;
+    fp_slot_unmap(s, 0);
+    errno = e;
+    return rc;
+  }
+  if (*pid == 0) return FP_OK; /* the child: fp_pool_child_setup next */
+  /* Pin from this side too, so the worker is pinned by the time spawn
+   * returns, whatever the scheduler ran first (the child's own call alone
+   * left a window in which worker_pids() showed an unpinned worker). */
+  if (pin) sched_setaffinity(*pid, sizeof *pin, pin);
+  s->pid = *pid;
+  s->pidfd = pidfd;
+  s->dead = 0;
+  return FP_OK;
+}
+
+/* In a fresh worker of pool keep: unmap every other pool's shared memory
+ * (their fds are closed with the fd registry) and forget the registry: the
+ * pools are not this process's. */
+static void pools_forget(fp_pool *keep) {
+  for (fp_pool *q = live_pools; q; q = q->next_live) {
+    if (q == keep) continue;
+    if (q->slots)
+      for (int i = 0; i < q->n; i++) fp_slot_unmap(&q->slots[i], 0);
+    fp_shm_unmap(q->ctl, sizeof(fp_ctl));
+    q->ctl = NULL;
+    fp_shm_unmap(q->stats, q->stats_len);
+    q->stats = NULL;
+    q->owner = 0;
+    q->closed = 1;
+  }
+  live_pools = NULL;
+}
+
+int fp_pool_child_setup(fp_pool *p, int w, pid_t parent, const cpu_set_t *pin) {
+  /* Drop other workers' lanes; of forkpool's fds keep only our pool's
+   * doorbell and big-area file. */
+  for (int i = 0; i < p->n; i++)
+    if (i != w) fp_slot_unmap(&p->slots[i], 0);
+  pools_forget(p);
+  int keep[2] = {p->doorbell, p->bigfd};
+  fp_proc_close_tracked_except(keep, 2);
+  if (p->close_fds) {
+    /* The option: nothing inherited from the host but 0-2, the listed
+     * fds and the engine's own (keep_fds has room for those 3). */
+    int k = p->nkeep_fds;
+    p->keep_fds[k++] = p->doorbell;
+    p->keep_fds[k++] = p->bigfd;
+    p->keep_fds[k++] = fp_proc_lifeline_fd();
+    fp_proc_close_fds_except(p->keep_fds, k);
+  }
+  int rc = fp_proc_child_init(parent);
+  if (rc != FP_OK) return rc;
+  fp_proc_child_last_words(&p->stats[w].fatal_signal);
+  /* Failing to pin only costs speed (the parent pins us as well). */
+  if (pin) sched_setaffinity(0, sizeof *pin, pin);
+  p->owner = 0; /* this copy of the pool is not ours to drive */
+  return FP_OK;
+}
+
+void fp_pool_release(fp_pool *p) {
+  if (p->slots) {
+    for (int i = 0; i < p->n; i++) {
+      fp_slot *s = &p->slots[i];
+      if (s->pid > 0) {
+        fp_proc_kill(s->pid, SIGKILL);
+        /* SIGKILL cannot be caught: the wait is short; bounded anyway. */
+        if (s->pidfd >= 0) fp_proc_wait_exit(s->pidfd, 5000);
+        int st, known;
+        fp_proc_try_reap(s->pid, &st, &known);
+      }
+      fp_slot_forget(s);
+      fp_slot_unmap(s, 1);
+      fp_sentq_free(&s->sent);
+    }
+    free(p->slots);
+    p->slots = NULL;
+  }
+  free(p->pfds);
+  p->pfds = NULL;
+  free(p->pfd_slot);
+  p->pfd_slot = NULL;
+  if (p->doorbell >= 0) {
+    fp_proc_untrack_fd(p->doorbell);
+    close(p->doorbell);
+    p->doorbell = -1;
+  }
+  if (p->bigfd >= 0) {
+    fp_proc_untrack_fd(p->bigfd);
+    close(p->bigfd);
+    p->bigfd = -1;
+  }
+  fp_shm_unmap(p->ctl, sizeof(fp_ctl));
+  p->ctl = NULL;
+  fp_shm_unmap(p->stats, p->stats_len);
+  p->stats = NULL;
+  fp_buf_free(&p->enc);
+  fp_buf_free(&p->dec);
+  fp_buf_free(&p->dec_scratch);
+  free(p->keep_fds);
+  p->keep_fds = NULL;
+  p->nkeep_fds = 0;
+  p->closed = 1;
 }

@@ -2,6 +2,9 @@
  * fp_proc.h - process control: forking workers safely, pidfds for death
  * detection, reaping, signal names, and the registry of forkpool's own file
  * descriptors (closed in every child so that no worker holds another's).
+ * A pool's processes (spawning into a slot, setting the child up, killing
+ * and reaping them all) are declared in fp_pool.h and defined in fp_proc.c
+ * too.
  *
  * Deaths are detected through pidfds (poll()able, immune to hosts that
  * ignore or handle SIGCHLD), never through SIGCHLD.
@@ -34,15 +37,21 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep);
  */
 int fp_proc_fork(pid_t *pid, int *pidfd);
 
+/* The exit code of a fresh worker whose parent died before the worker was
+ * set up (fp_proc_child_init failed): nobody is left to read anything
+ * else. */
+#define FP_EXIT_ORPHANED 70
+
 /* Child setup: SIGINT, SIGHUP and SIGQUIT ignored (the terminal's group
  * signals are the parent's to handle; parent death is detected by
  * PDEATHSIG and the lifeline), SIGTTIN and SIGTTOU ignored (a worker leads
  * its own background process group: reading the terminal fails with EIO
  * instead of stopping it), every other
  * caught signal back to its default, signal mask cleared, PR_SET_PDEATHSIG
- * SIGKILL, and an exit if the parent is already gone.  parent = the pid of
- * the parent as seen before fork. */
-void fp_proc_child_init(pid_t parent);
+ * SIGKILL.  parent = the pid of the parent as seen before fork.  FP_OK, or
+ * FP_ESYS (errno ESRCH) when the parent is already gone (PDEATHSIG was set
+ * too late to fire): the caller leaves with _exit(FP_EXIT_ORPHANED). */
+int fp_proc_child_init(pid_t parent);
 
 /* In a worker: on SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTERM, SIGHUP,
  * SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2, SIGPIPE, SIGXCPU and SIGXFSZ (when

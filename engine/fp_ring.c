@@ -92,6 +92,8 @@
  * exchange only clears the exact tag it read, and a later sleep of the same
  * side has a different tag (its seq word has moved), so a late claim never
  * clears a newer sleep.  (Tags repeat after 2^31 bumps of the word.)
+ * Each side is one function: bump_and_claim is the waker's ([D1], [D3]),
+ * sleep_on the sleeper's from the flag store on ([D2], [D4] end in it).
  *
  * Before sleeping a waiter polls for up to FP_LANE_SPIN_NS: a peer that is
  * running answers within a microsecond, far below the cost of a futex sleep
@@ -101,6 +103,7 @@
  * as FP_ETIMEOUT, never as a hang.
  */
 #include "fp_ring.h"
+#include "fp_proc.h"  /* fp_now_ns */
 #include "fp_shm.h"
 
 #include <errno.h>
@@ -193,30 +196,24 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static uint64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Poll for up to FP_LANE_SPIN_NS until *word != val.  1 when it moved. */
 static int spin_while_eq64(_Atomic uint64_t *word, uint64_t val) {
   if (FP_LANE_SPIN_NS == 0) return 0;
-  uint64_t end = mono_ns() + FP_LANE_SPIN_NS;
+  uint64_t end = fp_now_ns() + FP_LANE_SPIN_NS;
   for (unsigned i = 1;; i++) {
     if (atomic_load_explicit(word, RLX) != val) return 1;
     cpu_relax();
-    if ((i & 15) == 0 && mono_ns() >= end) return 0;
+    if ((i & 15) == 0 && fp_now_ns() >= end) return 0;
   }
 }
 
 static int spin_while_eq32(_Atomic uint32_t *word, uint32_t val) {
   if (FP_LANE_SPIN_NS == 0) return 0;
-  uint64_t end = mono_ns() + FP_LANE_SPIN_NS;
+  uint64_t end = fp_now_ns() + FP_LANE_SPIN_NS;
   for (unsigned i = 1;; i++) {
     if (atomic_load_explicit(word, RLX) != val) return 1;
     cpu_relax();
-    if ((i & 15) == 0 && mono_ns() >= end) return 0;
+    if ((i & 15) == 0 && fp_now_ns() >= end) return 0;
   }
 }
 
@@ -239,6 +236,31 @@ static int futex_wait(_Atomic uint32_t *word, uint32_t val, int timeout_ms) {
 
 static void futex_wake(_Atomic uint32_t *word) {
   (void)syscall(SYS_futex, (void *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* The two halves of the sleeping protocol (see "Sleeping" above); the
+ * callers name the barrier pair each use belongs to. */
+
+/* Waker: bump the seq word, then read the sleeper's flag (both seq_cst)
+ * and claim the wake.  1: the caller must FUTEX_WAKE seq. */
+static inline int bump_and_claim(_Atomic uint32_t *seq, _Atomic uint32_t *flag) {
+  uint32_t s = atomic_fetch_add_explicit(seq, 1, SEQ) + 1;
+  uint32_t f = atomic_load_explicit(flag, SEQ);
+  return f ? claim(flag, f, s) : 0;
+}
+
+/* Sleeper, after it read the seq word as w and found its condition still
+ * unmet: store the flag TAG(w), read the word again (both seq_cst), sleep
+ * only if it still is w, then clear the flag (relaxed: a waker that still
+ * sees it only claims a wake that is no longer needed).  FP_OK (woken, or
+ * the word moved), FP_ETIMEOUT, FP_EINTR or FP_ESYS. */
+static int sleep_on(_Atomic uint32_t *seq, _Atomic uint32_t *flag, uint32_t w,
+                    int timeout_ms) {
+  atomic_store_explicit(flag, tag(w), SEQ);
+  int rc = FP_OK;
+  if (atomic_load_explicit(seq, SEQ) == w) rc = futex_wait(seq, w, timeout_ms);
+  atomic_store_explicit(flag, 0, RLX);
+  return rc;
 }
 
 /* ---- big area: the file and the windows ---- */
@@ -442,13 +464,10 @@ static int trim(fp_lane *l, int producer) {
   if (producer) l->big_resv = 0;
   else atomic_store_explicit(&h->big_trimmed, 1, RLX);
   atomic_store_explicit(&h->big_busy, BIG_FREE, REL);  /* [B5] */
-  if (!producer) {
-    /* [D3]/[B7] as in fp_lane_release: a producer that found the area
-     * taken sleeps on tail_seq. */
-    uint32_t s = atomic_fetch_add_explicit(&h->tail_seq, 1, SEQ) + 1;
-    uint32_t f = atomic_load_explicit(&h->prod_waiting, SEQ);
-    if (f && claim(&h->prod_waiting, f, s)) futex_wake(&h->tail_seq);
-  }
+  /* [D3]/[B7] as in fp_lane_release: a producer that found the area
+   * taken sleeps on tail_seq. */
+  if (!producer && bump_and_claim(&h->tail_seq, &h->prod_waiting))
+    futex_wake(&h->tail_seq);
   return 1;
 }
 
@@ -496,9 +515,7 @@ static inline void publish(fp_lane_hdr *h, uint64_t head, int *must_wake) {
   /* [B1] pairs with [B2]: the record bytes are written before head moves. */
   atomic_store_explicit(&h->head, head, REL);
   /* [D1] pairs with [D2]. */
-  uint32_t s = atomic_fetch_add_explicit(&h->head_seq, 1, SEQ) + 1;
-  uint32_t f = atomic_load_explicit(&h->cons_waiting, SEQ);
-  int w = f ? claim(&h->cons_waiting, f, s) : 0;
+  int w = bump_and_claim(&h->head_seq, &h->cons_waiting);
   if (must_wake) *must_wake = w;
   else if (w) futex_wake(&h->head_seq);
 }
@@ -582,13 +599,8 @@ int fp_lane_wait_space(fp_lane *l, int timeout_ms) {
   /* [B8] pairs with [B7]: anything released since the failed send? */
   if (atomic_load_explicit(&h->tail_seq, ACQ) != w) return FP_OK;
   if (timeout_ms != 0 && spin_while_eq32(&h->tail_seq, w)) return FP_OK;
-  /* [D4] pairs with [D3]. */
-  atomic_store_explicit(&h->prod_waiting, tag(w), SEQ);
-  int rc = FP_OK;
-  if (atomic_load_explicit(&h->tail_seq, SEQ) == w)
-    rc = futex_wait(&h->tail_seq, w, timeout_ms);
-  atomic_store_explicit(&h->prod_waiting, 0, RLX);
-  return rc;
+  /* [D4] pairs with [D3]: the flag, then the seq word again. */
+  return sleep_on(&h->tail_seq, &h->prod_waiting, w, timeout_ms);
 }
 
 void fp_lane_wake_consumer(fp_lane *l) {
@@ -676,25 +688,18 @@ int fp_lane_release(fp_lane *l) {
   /* [B3] pairs with [B4]: our reads of the record are done. */
   atomic_store_explicit(&h->tail, l->peek_next, REL);
   /* [D3] pairs with [D4]; also [B7] (release) pairs with [B8]. */
-  uint32_t s = atomic_fetch_add_explicit(&h->tail_seq, 1, SEQ) + 1;
-  uint32_t f = atomic_load_explicit(&h->prod_waiting, SEQ);
-  return f ? claim(&h->prod_waiting, f, s) : 0;
+  return bump_and_claim(&h->tail_seq, &h->prod_waiting);
 }
 
 int fp_lane_wait_data(fp_lane *l, int timeout_ms) {
   fp_lane_hdr *h = l->h;
   uint64_t tail = atomic_load_explicit(&h->tail, RLX);  /* ours */
   if (timeout_ms != 0 && spin_while_eq64(&h->head, tail)) return FP_OK;
-  /* [D2] pairs with [D1]: the seq word, then the re-check, then the flag,
-   * then the seq word again. */
+  /* [D2] pairs with [D1]: the seq word, then the re-check, then (in
+   * sleep_on) the flag, then the seq word again. */
   uint32_t w = atomic_load_explicit(&h->head_seq, ACQ);
   if (atomic_load_explicit(&h->head, ACQ) != tail) return FP_OK;  /* [B2] */
-  atomic_store_explicit(&h->cons_waiting, tag(w), SEQ);
-  int rc = FP_OK;
-  if (atomic_load_explicit(&h->head_seq, SEQ) == w)
-    rc = futex_wait(&h->head_seq, w, timeout_ms);
-  atomic_store_explicit(&h->cons_waiting, 0, RLX);
-  return rc;
+  return sleep_on(&h->head_seq, &h->cons_waiting, w, timeout_ms);
 }
 
 void fp_lane_wake_producer(fp_lane *l) {

@@ -48,8 +48,9 @@
  *             never overwrites bytes the consumer may still read).
  *   head_seq  producer; bumped after every publish: futex word the consumer
  *             sleeps on.
- *   tail_seq  consumer; bumped after every release: futex word the producer
- *             sleeps on when the ring or the big area is full.
+ *   tail_seq  consumer; bumped after every release and every trim of its
+ *             own: futex word the producer sleeps on when the ring or the
+ *             big area is full.
  *   cons_waiting / prod_waiting: set by a side before it sleeps, cleared
  *             after; seq_cst so that either the sleeper sees the new
  *             head/tail or the other side sees the flag and wakes it
@@ -195,7 +196,8 @@ int fp_lane_try_send2(fp_lane *l, uint32_t type, const void *a, size_t alen,
 
 /* Sleep until the consumer releases something (tail_seq moves) or
  * timeout_ms passes (-1: no limit).  FP_OK (woken or spurious: retry the
- * send), FP_ETIMEOUT, or FP_EINTR.  Call it after a send returned
+ * send), FP_ETIMEOUT, FP_EINTR, or FP_ESYS (the futex call failed
+ * otherwise).  Call it after a send returned
  * FP_EFULL: it returns at once if anything was released since then. */
 int fp_lane_wait_space(fp_lane *l, int timeout_ms);
 
@@ -219,7 +221,7 @@ int fp_lane_peek(fp_lane *l, uint32_t *type, const unsigned char **payload,
 int fp_lane_release(fp_lane *l);
 
 /* Sleep until a record is published (head_seq moves) or timeout_ms passes
- * (-1: no limit).  FP_OK, FP_ETIMEOUT or FP_EINTR.  Both waits poll for a
+ * (-1: no limit).  FP_OK, FP_ETIMEOUT, FP_EINTR or FP_ESYS.  Both waits poll for a
  * few microseconds before they sleep (FP_LANE_SPIN_NS in fp_ring.c). */
 int fp_lane_wait_data(fp_lane *l, int timeout_ms);
 

@@ -11,7 +11,12 @@
  * Loop: wait for a record on the task lane; SETUP installs a shipped
  * function for a job; CHUNK runs the job's function over a slice of items
  * through the Lua chunk runner (lua/forkpool/worker.lua) and replies with
- * exactly one record; STOP runs worker_exit and leaves.
+ * exactly one record; STOP runs worker_exit and leaves.  A chunk goes
+ * through one step per concern (w_chunk): function lookup, item decoding,
+ * running, replying, lifespan.
+ *
+ * A worker that cannot report in a record why it leaves exits with one of
+ * the FP_EXIT_* codes of fp_worker.h.
  */
 #include "fp_worker.h"
 
@@ -135,10 +140,15 @@ static void w_release_task(fp_worker_io *io) {
   if (fp_lane_release(&io->tasks)) fp_lane_wake_producer(&io->tasks);
 }
 
-/* ---- sending ---- */
 
-/* Leave when the parent is gone: died (reparented) or exec()ed another
- * program (its lifeline's write end closed on exec). */
+/* ---- leaving and sending ---- */
+
+static void w_exit_now(int code) __attribute__((noreturn));
+static void w_exit_now(int code) {
+  fflush(NULL);
+  _exit(code);
+}
+
 /* After user code: are the doorbell and the big-area file still ours? */
 static void w_check_fds(W *w) {
   if (w->fds_lost) return;
@@ -150,8 +160,11 @@ static void w_check_fds(W *w) {
                   "descriptors; the worker retires\n", (int)getpid());
 }
 
+/* Leave when the parent is gone: died (reparented) or exec()ed another
+ * program (its lifeline's write end closed on exec).  Without flushing:
+ * whoever reads our output may be gone with it. */
 static void w_check_parent(W *w) {
-  if (getppid() != w->io->parent || fp_proc_parent_gone()) _exit(71);
+  if (getppid() != w->io->parent || fp_proc_parent_gone()) _exit(FP_EXIT_PARENT_GONE);
 }
 
 /* Publish a record on the result lane, sleeping while it is full.  Returns
@@ -182,17 +195,11 @@ static int w_send2(W *w, uint32_t type, const void *a, size_t alen,
     /* Our own lane's shared header is garbage (user code scribbled on
      * it): nothing we send can reach the parent, which learns of it from
      * our exit (and, reading the lane, reports the corruption). */
-    if (rc == FP_ECORRUPT) { fflush(NULL); _exit(72); }
+    if (rc == FP_ECORRUPT) w_exit_now(FP_EXIT_CORRUPT);
     if (rc != FP_EFULL) return rc;
     w_check_parent(w);
     fp_lane_wait_space(&io->results, FP_WORKER_WAIT_MS);
   }
-}
-
-static void w_exit_now(int code) __attribute__((noreturn));
-static void w_exit_now(int code) {
-  fflush(NULL);
-  _exit(code);
 }
 
 /* ---- Lua helpers ---- */
@@ -228,6 +235,8 @@ static int w_os_exit(lua_State *L) {
   w_exit_now(code);
 }
 
+/* Workers send no functions (FP_ENC_FUNCTIONS unset) and no module
+ * references (no modmap); cdata go through the cdata_kind helper. */
 static void w_enc_opts(fp_enc_opts *o) {
   o->flags = 0;
   o->modmap_idx = 0;
@@ -258,7 +267,7 @@ static int w_encode_top(W *w, const char *root) {
   }
   w->enc.len = 0;
   if (fp_encode_value(L, lua_gettop(L), &w->enc, &o, "error", &err) != FP_OK)
-    w_exit_now(73); /* a table of two strings always encodes */
+    w_exit_now(FP_EXIT_ENCODE); /* a table of two strings always encodes */
   lua_pop(L, 1);
   return FP_EMARSHAL;
 }
@@ -282,7 +291,7 @@ static void w_encode_error(W *w) {
     lua_setfield(L, top, "value");
     w->enc.len = 0;
     if (fp_encode_value(L, top, &w->enc, &o, "error", &err) != FP_OK)
-      w_exit_now(73);
+      w_exit_now(FP_EXIT_ENCODE);
   }
   lua_settop(L, top - 1);
 }
@@ -296,6 +305,8 @@ static int w_push_lead(W *w) {
 
 /* ---- leaving ---- */
 
+/* Run worker_exit (if this worker ran anything and has one), send its
+ * result or error, say BYE with reason, exit 0. */
 static void w_finish(W *w, uint32_t reason) __attribute__((noreturn));
 static void w_finish(W *w, uint32_t reason) {
   lua_State *L = w->L;
@@ -321,8 +332,11 @@ static void w_finish(W *w, uint32_t reason) {
   w_exit_now(0);
 }
 
-/* ---- running a chunk ---- */
+/* ---- replying to a chunk ---- */
 
+/* Send the reply record of chunk h: its header with index and flags set,
+ * then body.  A body that cannot be sent becomes a MARSHAL_ERROR saying
+ * why. */
 static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index,
                         uint32_t flags, const void *body, size_t blen) {
   fp_chunk_hdr r = *h;
@@ -347,8 +361,22 @@ static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t inde
   }
 }
 
+/* Reply with what w->enc holds. */
 static void w_reply(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index) {
   w_reply_raw(w, type, h, index, 0, w->enc.p, w->enc.len);
+}
+
+/* A chunk that could not run: reply type with {message = <the string on
+ * top>}, at the chunk's first item; the stack goes back to base. */
+static void w_reply_failure(W *w, uint32_t type, const fp_chunk_hdr *h, int base) {
+  lua_State *L = w->L;
+  lua_createtable(L, 0, 1);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "message");
+  lua_replace(L, base + 1);
+  lua_settop(L, base + 1);
+  w_encode_error(w);
+  w_reply(w, type, h, h->start);
 }
 
 /* Results of a chunk that are all scalars: one string.buffer encoding made
@@ -369,11 +397,183 @@ static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx) {
   return 1;
 }
 
+/* The results out[1..count] of a chunk that ran to its end: packed when
+ * they all are scalars, else through the codec; a result that cannot be
+ * sent fails the chunk with a MARSHAL_ERROR naming it. */
+static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
+  lua_State *L = w->L;
+  fp_worker_io *io = w->io;
+  atomic_store(&io->st->cur_index, h->start);
+  w_phase(w, FP_PH_ENCODE);
+  fp_enc_opts o;
+  fp_codec_err err;
+  w_enc_opts(&o);
+  w->enc.len = 0;
+  if (w_reply_packed(w, h, out_idx)) return;
+  int rc = FP_OK;
+  int64_t bad = 0;
+  for (uint32_t k = 0; k < h->count && rc == FP_OK; k++) {
+    /* A death while encoding is reported against the item encoded. */
+    atomic_store_explicit(&io->st->cur_index, h->start + k, memory_order_relaxed);
+    lua_rawgeti(L, out_idx, (int)(k + 1));
+    rc = fp_encode_value(L, lua_gettop(L), &w->enc, &o, "", &err);
+    lua_pop(L, 1);
+    if (rc != FP_OK) bad = h->start + k;
+  }
+  if (rc == FP_OK) {
+    w_reply(w, FP_M_RESULTS, h, 0);
+    return;
+  }
+  lua_createtable(L, 0, 2);
+  if (rc == FP_EMARSHAL) {
+    lua_pushfstring(L, "result[%d]%s: %s", (int)bad, err.path, err.msg);
+    lua_setfield(L, -2, "message");
+    lua_pushfstring(L, "result[%d]%s", (int)bad, err.path);
+    lua_setfield(L, -2, "path");
+  } else {
+    lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
+    lua_setfield(L, -2, "message");
+  }
+  w_encode_error(w);
+  w_reply(w, FP_M_MARSHAL_ERROR, h, bad);
+}
+
+/* ---- a chunk, step by step ---- */
+
+/* Which items the runner walks: items[first..last], item index = i + off. */
+typedef struct w_range { int64_t first, last, off; } w_range;
+
+/* Function lookup: push the chunk's function, inherited for the job we
+ * were forked in, else shipped by SETUP (nil when neither).  Its
+ * worker_exit becomes the one this worker runs when it stops. */
+static void w_push_fn(W *w, uint64_t fn) {
+  lua_State *L = w->L;
+  if (fn == w->born_job) {
+    lua_pushvalue(L, S_FN);
+    lua_pushvalue(L, S_BEXIT);
+    lua_replace(L, S_EXIT);
+    return;
+  }
+  lua_pushnumber(L, (lua_Number)fn);
+  lua_rawget(L, S_JOBS);
+  if (lua_istable(L, -1)) {
+    lua_rawgeti(L, -1, 2);
+    lua_replace(L, S_EXIT);
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+}
+
+/* Item decoding: push the chunk's items table and say which of them to
+ * run: inherited through fork, or decoded from the task record (packed by
+ * forkpool.worker, or by the codec).  Releases the task record either way.
+ * FP_OK, or a failure with its message pushed instead. */
+static int w_push_items(W *w, const fp_chunk_hdr *h, const unsigned char *p, size_t len,
+                        w_range *rg) {
+  lua_State *L = w->L;
+  fp_worker_io *io = w->io;
+  if (h->flags & FP_CHUNK_INHERITED) {
+    lua_pushvalue(L, S_ITEMS);
+    rg->first = h->start;
+    rg->last = h->start + (int64_t)h->count - 1;
+    rg->off = 0;
+    w_release_task(io);
+    return FP_OK;
+  }
+  /* A death while decoding is reported against the chunk's first item. */
+  atomic_store(&io->st->cur_index, h->start);
+  w_phase(w, FP_PH_DECODE);
+  fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
+                   .cdata_new_idx = S_CNEW};
+  fp_codec_err err;
+  int rc;
+  if (h->flags & FP_CHUNK_PACKED) {
+    lua_pushvalue(L, S_UNPACK);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)(p + sizeof *h));
+    lua_pushnumber(L, (lua_Number)(len - sizeof *h));
+    rc = lua_pcall(L, 2, 1, 0) == 0 && lua_istable(L, -1) ? FP_OK : FP_ECORRUPT;
+    if (rc != FP_OK) {
+      snprintf(err.msg, sizeof err.msg, "bad packed chunk: %s",
+               lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a table");
+      err.path[0] = 0;
+    }
+  } else {
+    lua_createtable(L, (int)h->count, 0);
+    size_t pos = sizeof *h;
+    rc = fp_decode_range(L, lua_gettop(L), 1, h->count, p, len, &pos, &o, &err);
+  }
+  w_release_task(io);
+  if (rc != FP_OK) {
+    lua_pushfstring(L, "items of chunk at %d: %s%s%s", (int)h->start, err.path,
+                    err.path[0] ? ": " : "", err.msg);
+    return rc;
+  }
+  rg->first = 1;
+  rg->last = h->count;
+  rg->off = h->start - 1;
+  return FP_OK;
+}
+
+/* Running: call the runner on the function at base + 1 and the items at
+ * base + 2, results into a fresh table it pushes at base + 3, and count
+ * the items that ran.  Leaves the runner's result (true: all ran, false:
+ * cancelled) or its error table on top; returns the lua_pcall status and,
+ * in *cur, the index of the item it stopped at. */
+static int w_run(W *w, const fp_chunk_hdr *h, int base, const w_range *rg, int64_t *cur) {
+  lua_State *L = w->L;
+  fp_worker_io *io = w->io;
+  /* runner(fn, items, first, last, off, job, out, mode, nlead, lead...)
+   * mode: 0 plain, 1 timed, 2 star, 3 timed + star */
+  lua_createtable(L, (int)h->count, 0);
+  lua_pushvalue(L, S_RUNNER);
+  lua_pushvalue(L, base + 1);
+  lua_pushvalue(L, base + 2);
+  lua_pushnumber(L, (lua_Number)rg->first);
+  lua_pushnumber(L, (lua_Number)rg->last);
+  lua_pushnumber(L, (lua_Number)rg->off);
+  lua_pushnumber(L, (lua_Number)h->job);
+  lua_pushvalue(L, base + 3);
+  lua_pushinteger(L, ((h->flags & FP_CHUNK_TIMED) ? 1 : 0) | ((h->flags & FP_CHUNK_STAR) ? 2 : 0));
+  lua_pushinteger(L, w->nlead);
+  int n = 9 + w_push_lead(w);
+  atomic_store(&io->st->cur_job, h->job);
+  /* Until the runner stamps the first item, the chunk's start counts. */
+  atomic_store(&io->st->cur_index, h->start);
+  atomic_store(&io->st->item_ns, fp_now_ns());
+  w_phase(w, FP_PH_TASK);
+  uint64_t t_run = fp_now_ns();
+  int st = lua_pcall(L, n, 1, S_MSGH);
+  uint64_t t_end = fp_now_ns();
+  w_check_fds(w);
+  atomic_fetch_add(&io->st->work_ns, t_end - t_run);
+  w_stamp_close(t_end);
+  *cur = atomic_load(&io->st->cur_index);
+  atomic_store(&io->st->cur_index, 0);
+  /* Items that ran, success or not (the lifespan counts them). */
+  if (st != 0) {
+    w->items_done += (uint64_t)(*cur - h->start + 1);
+  } else if (!lua_toboolean(L, -1)) {
+    if (*cur > h->start) w->items_done += (uint64_t)(*cur - h->start);
+  } else {
+    w->items_done += h->count;
+    atomic_fetch_add(&io->st->items_done, h->count);
+  }
+  return st;
+}
+
+/* Lifespan: leave once this worker has run its share of items. */
+static void w_check_lifespan(W *w) {
+  if (w->lifespan > 0 && (double)w->items_done >= w->lifespan)
+    w_finish(w, FP_BYE_LIFESPAN);
+}
+
+/* CHUNK: fp_chunk_hdr, then the items (unless inherited).  Exactly one
+ * reply, whatever happens. */
 static void w_chunk(W *w, const unsigned char *p, size_t len) {
   lua_State *L = w->L;
   fp_worker_io *io = w->io;
   fp_chunk_hdr h;
-  if (len < sizeof h) w_exit_now(72);
+  if (len < sizeof h) w_exit_now(FP_EXIT_CORRUPT);
   memcpy(&h, p, sizeof h);
   w->enc.len = 0;
 
@@ -384,163 +584,42 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     w_reply(w, FP_M_CANCELLED, &h, 0);
     return;
   }
-  /* The function: inherited for the job we were forked in, else shipped.
-   * Its worker_exit becomes the one this worker runs when it stops. */
-  if (h.fn == w->born_job) {
-    lua_pushvalue(L, S_FN);
-    lua_pushvalue(L, S_BEXIT);
-    lua_replace(L, S_EXIT);
-  } else {
-    lua_pushnumber(L, (lua_Number)h.fn);
-    lua_rawget(L, S_JOBS);
-    if (lua_istable(L, -1)) {
-      lua_rawgeti(L, -1, 2);
-      lua_replace(L, S_EXIT);
-      lua_rawgeti(L, -1, 1);
-      lua_remove(L, -2);
-    }
+  const int base = lua_gettop(L);
+  uint32_t fail;
+  w_push_fn(w, h.fn);                                  /* base + 1 */
+  w_range rg;
+  if (w_push_items(w, &h, p, len, &rg) != FP_OK) {     /* base + 2 */
+    fail = FP_M_MARSHAL_ERROR;
+    goto failed;
   }
-  int fn_idx = lua_gettop(L);
-  int64_t first, last, off;
-  if (h.flags & FP_CHUNK_INHERITED) {
-    lua_pushvalue(L, S_ITEMS);
-    first = h.start;
-    last = h.start + (int64_t)h.count - 1;
-    off = 0;
-    w_release_task(io);
-  } else {
-    /* A death while decoding is reported against the chunk's first item. */
-    atomic_store(&io->st->cur_index, h.start);
-    w_phase(w, FP_PH_DECODE);
-    fp_dec_opts o = {.flags = FP_DEC_FUNCTIONS, .require_idx = S_REQUIRE,
-                     .cdata_new_idx = S_CNEW};
-    fp_codec_err err;
-    int rc;
-    if (h.flags & FP_CHUNK_PACKED) {
-      lua_pushvalue(L, S_UNPACK);
-      lua_pushnumber(L, (lua_Number)(uintptr_t)(p + sizeof h));
-      lua_pushnumber(L, (lua_Number)(len - sizeof h));
-      rc = lua_pcall(L, 2, 1, 0) == 0 && lua_istable(L, -1) ? FP_OK : FP_ECORRUPT;
-      if (rc != FP_OK) {
-        snprintf(err.msg, sizeof err.msg, "bad packed chunk: %s",
-                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a table");
-        err.path[0] = 0;
-      }
-    } else {
-      lua_createtable(L, (int)h.count, 0);
-      size_t pos = sizeof h;
-      rc = fp_decode_range(L, lua_gettop(L), 1, h.count, p, len, &pos, &o, &err);
-    }
-    w_release_task(io);
-    if (rc != FP_OK) {
-      lua_settop(L, fn_idx - 1);
-      lua_createtable(L, 0, 1);
-      lua_pushfstring(L, "items of chunk at %d: %s%s%s", (int)h.start, err.path,
-                      err.path[0] ? ": " : "", err.msg);
-      lua_setfield(L, -2, "message");
-      w_encode_error(w);
-      w_reply(w, FP_M_MARSHAL_ERROR, &h, h.start);
-      return;
-    }
-    first = 1;
-    last = h.count;
-    off = h.start - 1;
-  }
-  int items_idx = lua_gettop(L);
-  if (lua_isnil(L, fn_idx)) {
-    lua_settop(L, fn_idx - 1);
-    lua_createtable(L, 0, 1);
+  if (lua_isnil(L, base + 1)) {
     lua_pushfstring(L, "internal error: no function for job %d", (int)h.job);
-    lua_setfield(L, -2, "message");
-    w_encode_error(w);
-    w_reply(w, FP_M_TASK_ERROR, &h, h.start);
-    return;
+    fail = FP_M_TASK_ERROR;
+    goto failed;
   }
-
-  /* runner(fn, items, first, last, off, job, out, mode, nlead, lead...)
-   * mode: 0 plain, 1 timed, 2 star, 3 timed + star */
-  lua_createtable(L, (int)h.count, 0);
-  int out_idx = lua_gettop(L);
-  lua_pushvalue(L, S_RUNNER);
-  lua_pushvalue(L, fn_idx);
-  lua_pushvalue(L, items_idx);
-  lua_pushnumber(L, (lua_Number)first);
-  lua_pushnumber(L, (lua_Number)last);
-  lua_pushnumber(L, (lua_Number)off);
-  lua_pushnumber(L, (lua_Number)h.job);
-  lua_pushvalue(L, out_idx);
-  lua_pushinteger(L, ((h.flags & FP_CHUNK_TIMED) ? 1 : 0) | ((h.flags & FP_CHUNK_STAR) ? 2 : 0));
-  lua_pushinteger(L, w->nlead);
-  int n = 9 + w_push_lead(w);
-  atomic_store(&io->st->cur_job, h.job);
-  /* Until the runner stamps the first item, the chunk's start counts. */
-  atomic_store(&io->st->cur_index, h.start);
-  atomic_store(&io->st->item_ns, fp_now_ns());
-  w_phase(w, FP_PH_TASK);
-  uint64_t t_run = fp_now_ns();
-  int st = lua_pcall(L, n, 1, S_MSGH);
-  uint64_t t_end = fp_now_ns();
-  w_check_fds(w);
-  atomic_fetch_add(&io->st->work_ns, t_end - t_run);
-  w_stamp_close(t_end);
-  int64_t cur = atomic_load(&io->st->cur_index);
-  atomic_store(&io->st->cur_index, 0);
+  int64_t cur;
+  int st = w_run(w, &h, base, &rg, &cur);              /* out: base + 3 */
   if (st != 0) {
-    w->items_done += (uint64_t)(cur - h.start + 1);
     w_encode_error(w);
     w_reply(w, FP_M_TASK_ERROR, &h, cur);
   } else if (!lua_toboolean(L, -1)) {
     /* Cancelled between items. */
-    if (cur > h.start) w->items_done += (uint64_t)(cur - h.start);
     lua_pop(L, 1);
     w->enc.len = 0;
     w_reply(w, FP_M_CANCELLED, &h, 0);
   } else {
     lua_pop(L, 1);
-    w->items_done += h.count;
-    atomic_fetch_add(&io->st->items_done, h.count);
-    atomic_store(&io->st->cur_index, h.start);
-    w_phase(w, FP_PH_ENCODE);
-    fp_enc_opts o;
-    fp_codec_err err;
-    w_enc_opts(&o);
-    w->enc.len = 0;
-    int rc = FP_OK;
-    int64_t bad = 0;
-    int packed = w_reply_packed(w, &h, out_idx);
-    for (uint32_t k = 0; !packed && k < h.count && rc == FP_OK; k++) {
-      /* A death while encoding is reported against the item encoded. */
-      atomic_store_explicit(&io->st->cur_index, h.start + k, memory_order_relaxed);
-      lua_rawgeti(L, out_idx, (int)(k + 1));
-      rc = fp_encode_value(L, lua_gettop(L), &w->enc, &o, "", &err);
-      lua_pop(L, 1);
-      if (rc != FP_OK) bad = h.start + k;
-    }
-    if (packed) {
-      /* sent */
-    } else if (rc == FP_OK) {
-      w_reply(w, FP_M_RESULTS, &h, 0);
-    } else {
-      lua_createtable(L, 0, 2);
-      if (rc == FP_EMARSHAL) {
-        lua_pushfstring(L, "result[%d]%s: %s", (int)bad, err.path, err.msg);
-        lua_setfield(L, -2, "message");
-        lua_pushfstring(L, "result[%d]%s", (int)bad, err.path);
-        lua_setfield(L, -2, "path");
-      } else {
-        lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
-        lua_setfield(L, -2, "message");
-      }
-      w_encode_error(w);
-      w_reply(w, FP_M_MARSHAL_ERROR, &h, bad);
-    }
+    w_reply_results(w, &h, base + 3);
   }
   /* Only now, with the reply sent, does the worker hold no item. */
   atomic_store(&io->st->cur_index, 0);
-  lua_settop(L, fn_idx - 1);
+  lua_settop(L, base);
   w_phase(w, FP_PH_IDLE);
-  if (w->lifespan > 0 && (double)w->items_done >= w->lifespan)
-    w_finish(w, FP_BYE_LIFESPAN);
+  w_check_lifespan(w);
+  return;
+
+failed:
+  w_reply_failure(w, fail, &h, base);
 }
 
 /* SETUP: fp_setup_hdr, then {fn=, exit=} with functions shipped by value.
@@ -552,7 +631,7 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
                    .cdata_new_idx = S_CNEW};
   fp_codec_err err;
   size_t pos = sizeof sh;
-  if (len < sizeof sh) w_exit_now(72);
+  if (len < sizeof sh) w_exit_now(FP_EXIT_CORRUPT);
   memcpy(&sh, p, sizeof sh);
   w_phase(w, FP_PH_DECODE);
   int rc = fp_decode_value(L, p, len, &pos, &o, &err);
@@ -725,7 +804,7 @@ static int w_body(lua_State *L) {
       }
       continue;
     }
-    if (rc != FP_OK) w_exit_now(72); /* the parent wrote garbage */
+    if (rc != FP_OK) w_exit_now(FP_EXIT_CORRUPT); /* the parent wrote garbage */
     switch (type) {
     case FP_M_CHUNK:
       w_chunk(&w, p, len);
@@ -737,7 +816,7 @@ static int w_body(lua_State *L) {
     case FP_M_STOP:
       w_release_task(io);
       w_finish(&w, FP_BYE_STOP);
-    default: w_exit_now(72);
+    default: w_exit_now(FP_EXIT_CORRUPT);
     }
   }
 }
@@ -760,5 +839,5 @@ void fp_worker_main(lua_State *L, int ctx_idx, fp_worker_io *io) {
     const char *msg = lua_tostring(L1, -1);
     fprintf(stderr, "forkpool worker %d: %s\n", (int)getpid(), msg ? msg : "(error)");
   }
-  w_exit_now(74);
+  w_exit_now(FP_EXIT_INTERNAL);
 }

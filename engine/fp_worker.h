@@ -16,22 +16,61 @@
 
 FP_HIDDEN_BEGIN
 
+/*
+ * Exit codes of a worker that leaves without a BYE record, because no
+ * record can say why (one that says goodbye exits 0; os.exit in a task
+ * leaves with the task's own code).  The parent reports every exit code
+ * the same way ("exited with code N"): these only tell a reader of that
+ * message where to look.  70 is taken by fp_proc.h (FP_EXIT_ORPHANED: a
+ * child whose parent died before it became a worker).
+ */
+enum fp_worker_exit {
+  /* The parent is gone: this process was reparented, or the parent
+   * exec()ed another program (its lifeline closed).  Nobody would read a
+   * record. */
+  FP_EXIT_PARENT_GONE = 71,
+  /* A lane is unusable: a task record from the parent is malformed (short
+   * header, unknown type, a bad ring), or this worker's own result lane's
+   * shared header was scribbled on (by user code), so nothing it sends can
+   * reach the parent.  The parent learns the rest from the lane. */
+  FP_EXIT_CORRUPT = 72,
+  /* An error report could not be encoded even stripped down to strings:
+   * only a lack of memory does that. */
+  FP_EXIT_ENCODE = 73,
+  /* A Lua error escaped the worker loop outside any task (out of memory,
+   * or a bug in forkpool): its message went to stderr. */
+  FP_EXIT_INTERNAL = 74
+};
+
 typedef struct fp_worker_io {
   fp_lane tasks;     /* this worker consumes */
   fp_lane results;   /* this worker produces */
-  fp_wstat *st;
-  fp_ctl *ctl;
+  fp_wstat *st;      /* this worker's status block (fp_proto.h) */
+  fp_ctl *ctl;       /* the pool's control block (parent_sleeping) */
   int doorbell;      /* the pool's eventfd: rung after publishing when the
                         parent sleeps */
-  pid_t parent;
+  pid_t parent;      /* the parent's pid before fork: a different getppid()
+                        means it died */
 } fp_worker_io;
 
 /*
- * Run the worker.  ctx_idx is the stack index of the context table built by
- * the Lua layer (lua/forkpool/init.lua, spawn_worker):
- *   wid, job, fn, items, init, exit, shared (or nil), use_state, pass_id,
- *   lifespan (or nil), make_runner (forkpool.worker.make_runner),
- *   cdata_kind, cdata_new (codec helpers).
+ * Run the worker.  ctx_idx is the stack index of the context table the Lua
+ * layer builds when it spawns a worker.  The worker reads these fields (and
+ * no others), once, at start:
+ *   job          id of the job the worker is forked for (its fn, items and
+ *                exit need no shipping)
+ *   fn, items    that job's function and items table (array sources)
+ *   init, exit   worker_init / worker_exit of that job (or nil)
+ *   pass_id, wid         pass the worker id (wid) as the first argument
+ *   has_shared, shared   pass the shared objects next
+ *   use_state            pass the worker-state table next
+ *   lifespan     leave after this many items (or nil: never)
+ *   idle_timeout leave after this many idle seconds (or nil: never)
+ *   make_runner  builds the chunk runner (forkpool.worker.make_runner)
+ *   pack_results, unpack   the packed-chunk helpers (forkpool.worker)
+ *   cdata_kind, cdata_new  the codec's cdata helpers (fp_codec.h's
+ *                cdata_idx and cdata_new_idx)
+ * (The binding that forks reads others, such as cpus, itself.)
  */
 void fp_worker_main(lua_State *L, int ctx_idx, fp_worker_io *io)
     __attribute__((noreturn));

@@ -1,8 +1,11 @@
 /*
- * test_packed.c - fp_packed_check: every body forkpool.worker's packer makes
- * (string.buffer encodings of results, made here by LuaJIT itself) passes;
- * malformed ones, and bodies whose counts do not add up, are refused; NaNs
- * in f64 copies are made canonical.
+ * test_packed.c - packed result bodies: every body forkpool.worker's packer
+ * makes (string.buffer encodings of results, made here by LuaJIT itself)
+ * passes; malformed ones, and bodies whose counts do not add up, are
+ * refused; NaNs in f64 copies are made canonical.  Every sbuf body goes
+ * through the parser in both its modes (fp_packed_copy checking a copy,
+ * fp_packed_decode_sbuf decoding): same verdict, and what the decoder
+ * stores is what LuaJIT's own decoder makes of the bytes.
  */
 #include "fp_packed.h"
 #include "fp_test.h"
@@ -14,6 +17,39 @@
 
 static lua_State *L;
 static fp_buf body, scratch;
+static const char *last_why = ""; /* check_sbuf's reason for a refusal */
+
+/* An sbuf body s of len bytes (tag included), checked and decoded: both
+ * verdicts must agree, and an accepted body must decode as string.buffer
+ * decodes it.  Returns the verdict. */
+static int check_sbuf(const char *s, size_t len, uint32_t count, const char *what) {
+  const char *why = NULL, *dwhy = NULL;
+  int rc = fp_packed_copy(&body, (const unsigned char *)s, len, count, &scratch, &why);
+  /* The parent's decoder agrees: same verdict (and reason), and
+   * t[at + i - 1] equal to what string.buffer decodes. */
+  lua_newtable(L);
+  int top = lua_gettop(L);
+  int drc = fp_packed_decode_sbuf(L, top, 100, count, (const unsigned char *)s, len, &dwhy);
+  FP_CHECK_EQ_INT(lua_gettop(L), top);
+  FP_CHECK_EQ_INT(drc, rc);
+  if (rc != FP_OK) {
+    FP_CHECK_STR(why, dwhy);
+    last_why = why ? why : "";
+  }
+  if (drc == FP_OK) {
+    lua_getglobal(L, "fp_same");
+    lua_pushlstring(L, s + 8, len - 8);
+    lua_pushvalue(L, top);
+    lua_pushinteger(L, (lua_Integer)count);
+    if (lua_pcall(L, 3, 1, 0) != 0 || !lua_toboolean(L, -1)) {
+      fprintf(stderr, "  decoders differ on %s\n", what);
+      FP_CHECK(0);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return rc;
+}
 
 /* The body of results made by Lua expression expr (a table), packed as
  * pack_table does: the tag, then string.buffer's encoding. */
@@ -27,28 +63,19 @@ static int check_lua(const char *expr, uint32_t count) {
   }
   size_t len;
   const char *s = lua_tolstring(L, -1, &len);
-  const char *why = NULL;
-  int rc = fp_packed_copy(&body, (const unsigned char *)s, len, count, &scratch, &why);
-  /* The parent's decoder agrees: same verdict, and t[at + i - 1] equal to
-   * what string.buffer decodes. */
-  lua_newtable(L);
-  int top = lua_gettop(L);
-  int drc = fp_packed_decode_sbuf(L, top, 100, count, (const unsigned char *)s, len, &why);
-  FP_CHECK_EQ_INT(lua_gettop(L), top);
-  FP_CHECK_EQ_INT(drc, rc);
-  if (drc == FP_OK) {
-    lua_getglobal(L, "fp_same");
-    lua_pushlstring(L, s + 8, len - 8);
-    lua_pushvalue(L, top);
-    lua_pushinteger(L, (lua_Integer)count);
-    if (lua_pcall(L, 3, 1, 0) != 0 || !lua_toboolean(L, -1)) {
-      fprintf(stderr, "  decoders differ on %s\n", expr);
-      FP_CHECK(0);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 2);
+  int rc = check_sbuf(s, len, count, expr);
+  lua_pop(L, 1);
   return rc;
+}
+
+/* Whether LuaJIT's string.buffer decodes body s (tag included). */
+static int luajit_decodes(const char *s, size_t len) {
+  lua_getglobal(L, "fp_decodes");
+  lua_pushlstring(L, s + 8, len - 8);
+  if (lua_pcall(L, 1, 1, 0) != 0) return -1;
+  int ok = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return ok;
 }
 
 static int check_raw(const char *bytes, size_t len, uint32_t count) {
@@ -89,7 +116,7 @@ FP_TEST(test_sbuf_refuses) {
   FP_CHECK_EQ_INT(check_lua("{require('ffi').new('int64_t', 1)}", 1), FP_ECORRUPT);
   FP_CHECK_EQ_INT(check_lua("{{1, nil, 3}}", 1), FP_ECORRUPT);
   /* hand-made */
-#define RAW(s, n) check_raw("fp.sbuf\0" s, 8 + sizeof(s) - 1, n)
+#define RAW(s, n) check_sbuf("fp.sbuf\0" s, 8 + sizeof(s) - 1, n, #s)
   FP_CHECK_EQ_INT(RAW("", 1), FP_ECORRUPT);
   FP_CHECK_EQ_INT(RAW("\x0c\xff\xff\xff\xff\x7f", 1), FP_ECORRUPT);  /* narray 2^31-1 */
   FP_CHECK_EQ_INT(RAW("\x0d\x01\xff\xff\xff\xff\x7f", 1), FP_ECORRUPT);
@@ -100,6 +127,21 @@ FP_TEST(test_sbuf_refuses) {
   FP_CHECK_EQ_INT(RAW("\x09\x02\x06\x01\x00\x00\x00\x01\x06\x01\x00\x00\x00\x01", 1),
                   FP_ECORRUPT);                                       /* key 1 twice */
   FP_CHECK_EQ_INT(RAW("\x09\x01\x06\x01\x00\x00\x00\x01", 1), FP_OK);  /* key 1 once */
+  /* A key twice where two would fit: string.buffer refuses it ("duplicate
+   * table key"), and so does the parser, in both modes, at either level. */
+#define DUP_TOP "\x09\x02\x06\x01\x00\x00\x00\x01\x06\x01\x00\x00\x00\x02"
+#define DUP_FLAT "\x0c\x02\x09\x02\x06\x01\x00\x00\x00\x02\x06\x01\x00\x00\x00\x01"
+  FP_CHECK_EQ_INT(RAW(DUP_TOP, 2), FP_ECORRUPT);
+  FP_CHECK(strstr(last_why, "twice") != NULL);
+  FP_CHECK_EQ_INT(luajit_decodes("fp.sbuf\0" DUP_TOP, 8 + sizeof DUP_TOP - 1), 0);
+  FP_CHECK_EQ_INT(RAW(DUP_FLAT, 1), FP_ECORRUPT);
+  FP_CHECK(strstr(last_why, "twice") != NULL);
+  FP_CHECK_EQ_INT(luajit_decodes("fp.sbuf\0" DUP_FLAT, 8 + sizeof DUP_FLAT - 1), 0);
+  /* the same bodies with distinct keys pass */
+  FP_CHECK_EQ_INT(RAW("\x09\x02\x06\x02\x00\x00\x00\x01\x06\x01\x00\x00\x00\x02", 2),
+                  FP_OK);
+  FP_CHECK_EQ_INT(RAW("\x0c\x02\x09\x02\x06\x02\x00\x00\x00\x02\x06\x01\x00\x00\x00\x01",
+                      1), FP_OK);
   FP_CHECK_EQ_INT(RAW("\x0c\x02\x01", 1), FP_OK);
   FP_CHECK_EQ_INT(check_raw("fp.nope\0", 8, 0), FP_ECORRUPT);
   FP_CHECK_EQ_INT(check_raw("fp", 2, 0), FP_ECORRUPT);
@@ -146,6 +188,7 @@ int main(void) {
         "  for k in pairs(b) do if a[k] == nil then return false end end\n"
         "  return true\n"
         "end\n"
+        "function fp_decodes(s) return (pcall(buf.decode, s)) end\n"
         "function fp_same(s, mine, n)\n"
         "  local t = buf.decode(s)\n"
         "  for i = 1, n do if not same(t[i], mine[100 + i - 1]) then return false end end\n"

@@ -1,17 +1,19 @@
 /*
- * fuzz_packed.c - libFuzzer target for fp_packed_check, the parent's check
- * of packed result bodies (f64, f64a, sbuf) before Lua decodes them.
+ * fuzz_packed.c - libFuzzer target for the parent's handling of packed
+ * result bodies (f64, f64a, sbuf): fp_packed_check (raw doubles; sbuf
+ * bodies through the string.buffer parser in its check-only mode) and
+ * fp_packed_decode_sbuf (the same parser, decoding).
  *
  * Input: u32 count (taken modulo 4096), then the body.  Properties (an
  * abort() is a finding, like any sanitizer report):
- *  - the check never reads outside the body;
- *  - a string.buffer body it accepts decodes with LuaJIT's own decoder
- *    without an error, to a table (nothing the checker lets through makes
- *    the decoder complain, so nothing malformed reaches it);
- *  - fp_packed_decode_sbuf (the parent's decoder of such bodies) leaves the
- *    stack balanced whatever the bytes, accepts whatever the checker
- *    accepts, and then stores the same count results as LuaJIT's decoder
- *    (t[at + i - 1] for a base index at far from 1).
+ *  - neither mode reads outside the body;
+ *  - a string.buffer body the parser accepts decodes with LuaJIT's own
+ *    decoder without an error, to a table (nothing it lets through makes
+ *    that decoder complain: the parser's subset is string.buffer's);
+ *  - fp_packed_decode_sbuf leaves the stack balanced whatever the bytes,
+ *    gives the check's verdict (and reason) exactly, and on success stores
+ *    the same count results as LuaJIT's decoder (t[at + i - 1] for a base
+ *    index at far from 1);
  *
  *   make fuzz FUZZ_SECONDS=60
  */
@@ -58,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   count %= 4096;
   data += 4;
   size -= 4;
-  const char *why = NULL;
+  const char *why = NULL, *dwhy = NULL;
   /* An exact-size heap copy, so ASan sees any read past the end. */
   unsigned char *p = malloc(size ? size : 1);
   if (!p) return 0;
@@ -70,12 +72,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const int64_t at = 1000001;
   lua_newtable(L);
   int mine = lua_gettop(L);
-  int drc = fp_packed_decode_sbuf(L, mine, at, count, data, size, &why);
+  int drc = fp_packed_decode_sbuf(L, mine, at, count, data, size, &dwhy);
   if (lua_gettop(L) != mine) abort();
   if (drc != FP_OK && drc != FP_ECORRUPT) abort();
   int sbuf = size >= 8 && !memcmp(p, "fp.sbuf\0", 8);
+  /* One parser: the decoder's verdict is the check's (the decoder refuses
+   * every other tag). */
+  if (sbuf ? drc != rc : drc != FP_ECORRUPT) abort();
+  if (sbuf && rc != FP_OK && strcmp(why, dwhy) != 0) abort();
   if (rc == FP_OK && sbuf) {
-    if (drc != FP_OK) abort();
     lua_pushvalue(L, 1);
     lua_pushlstring(L, (const char *)p + 8, size - 8);
     lua_pushvalue(L, mine);
