@@ -111,6 +111,15 @@ static void push_death(lua_State *L, fp_pool *p, int w, pid_t pid, int status, i
   lua_setfield(L, -2, "phase");
 }
 
+/* The first six fields of an event about worker w that no chunk is part
+ * of: kind, wid, job = start = count = index = 0; the caller pushes the
+ * value. */
+static void push_worker_event(lua_State *L, const char *kind, int w) {
+  lua_pushstring(L, kind);
+  lua_pushinteger(L, w + 1);
+  for (int i = 0; i < 4; i++) lua_pushinteger(L, 0);
+}
+
 /* Worker w's process has exited and its lane holds nothing more for us:
  * reap it and push the "exit" event. */
 static int report_exit(lua_State *L, fp_pool *p, int w) {
@@ -120,10 +129,9 @@ static int report_exit(lua_State *L, fp_pool *p, int w) {
   fp_proc_try_reap(pid, &status, &known);
   fp_slot_forget(s);
   p->rr = (w + 1) % p->n;
-  lua_pushliteral(L, "exit");
-  lua_pushinteger(L, w + 1);
+  push_worker_event(L, "exit", w);
   push_death(L, p, w, pid, status, known);
-  return 3;
+  return FP_EVENT_VALUES;
 }
 
 /* Worker w wrote something the parent cannot trust: stop reading its lane
@@ -134,12 +142,11 @@ static int slot_corrupt(lua_State *L, fp_pool *p, int w, const char *fmt, ...) {
   va_list ap;
   s->corrupt = 1;
   if (s->pid > 0) fp_proc_kill(s->pid, SIGKILL);
-  lua_pushliteral(L, "corrupt");
-  lua_pushinteger(L, w + 1);
+  push_worker_event(L, "corrupt", w);
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
-  return 3;
+  return FP_EVENT_VALUES;
 }
 
 /* ---- records ---- */
@@ -152,10 +159,16 @@ static void push_helper(lua_State *L, int pool_idx, const char *name) {
   lua_remove(L, -2);
 }
 
-/* The body of a RESULTS record (header h, body from d + pos): store its
- * values in the job's results table, jobs[h->job], and push whether the job
- * was unknown (stale: the values are dropped).  FP_OK, or FP_ECORRUPT with
- * *err set and the stack as it was. */
+/* The body of a RESULTS record (header h, body from d + pos), by the job's
+ * entry in jobs, jobs[h->job]:
+ *   a table  the values are stored in it at indexes start .. start+count-1
+ *            (a map's results table); pushes true;
+ *   true     they go to a fresh array at 1 .. count, which is pushed (calls
+ *            consumed a chunk at a time: imap, unordered; indexes far from
+ *            1 that come and go would live in a table's hash part and
+ *            rehash it over and over);
+ *   else     the job is over (stale): the values are dropped; pushes nil.
+ * FP_OK, or FP_ECORRUPT with *err set and the stack as it was. */
 static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
                            const fp_chunk_hdr *h, const unsigned char *d, size_t len,
                            size_t pos, const fp_dec_opts *o, fp_codec_err *err) {
@@ -174,22 +187,11 @@ static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
   lua_pushnumber(L, (lua_Number)h->job);
   lua_rawget(L, jobs_idx);
   int64_t at = h->start; /* where the chunk's first result goes */
-  if (lua_istable(L, -1)) {
-    /* A stage marked per_chunk (jobs consumed a chunk at a time: imap,
-     * unordered) gets each chunk's results as a fresh array stored at
-     * stage[start]: indexes far from 1 that come and go would otherwise
-     * live in the stage's hash part and rehash it over and over. */
-    lua_getfield(L, -1, "per_chunk");
-    int per_chunk = lua_toboolean(L, -1);
+  int fresh = lua_isboolean(L, -1) && lua_toboolean(L, -1);
+  if (fresh) {
     lua_pop(L, 1);
-    if (per_chunk) {
-      lua_createtable(L, h->count > INT_MAX ? INT_MAX : (int)h->count, 0);
-      lua_pushnumber(L, (lua_Number)h->start);
-      lua_pushvalue(L, -2);
-      lua_rawset(L, -4);
-      lua_remove(L, -2);
-      at = 1;
-    }
+    lua_createtable(L, h->count > INT_MAX ? INT_MAX : (int)h->count, 0);
+    at = 1;
   }
   if (!lua_istable(L, -1)) {
     stale = 1;
@@ -212,8 +214,15 @@ static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
   } else if (fp_decode_range(L, lua_gettop(L), at, h->count, d, len, &pos, o, err) != FP_OK) {
     goto bad;
   }
-  lua_settop(L, base);
-  lua_pushboolean(L, stale);
+  if (stale) {
+    lua_settop(L, base);
+    lua_pushnil(L);
+  } else if (fresh) {
+    lua_settop(L, base + 1); /* the array (it took jobs[h->job]'s place) */
+  } else {
+    lua_settop(L, base);
+    lua_pushboolean(L, 1);
+  }
   return FP_OK;
 
 bad:
@@ -249,7 +258,7 @@ static int handle_record(lua_State *L, fp_pool *p, int pool_idx, int w, int jobs
   switch (type) {
   case FP_M_RESULTS:
     kind = "results";
-    /* value: whether the job was unknown */
+    /* value: the fresh array, true, or nil (see deliver_results) */
     if (deliver_results(L, p, pool_idx, jobs_idx, &h, d, len, pos, &o, &err) != FP_OK) {
       undecodable = 1;
       goto corrupt;
@@ -289,7 +298,7 @@ static int handle_record(lua_State *L, fp_pool *p, int pool_idx, int w, int jobs
   lua_pushinteger(L, (lua_Integer)h.count);
   lua_pushnumber(L, (lua_Number)h.index);
   lua_pushvalue(L, base + 1);
-  return 7;
+  return FP_EVENT_VALUES;
 
 corrupt:
   /* The record stays in the lane: the slot is never read again. */

@@ -12,11 +12,15 @@
 
 FP_HIDDEN_BEGIN
 
+/* Values pushed for an event about a worker: kind, wid, job, start, count,
+ * index, value (see l_poll in fp_lua.c for each kind's value). */
+#define FP_EVENT_VALUES 7
+
 /*
  * Wait up to timeout seconds (negative: no limit; 0: only look) for the
  * next event of pool p and push it.  pool_idx: the pool's userdata (its
  * environment holds the codec helpers); jobs_idx: the table job id ->
- * results table.  Returns the number of values pushed (>= 1; "timeout",
+ * a results table, or true for a fresh array per chunk.  Returns the number of values pushed (>= 1; "timeout",
  * "interrupted" and "eintr" are events too), or FP_ESYS (errno set) with
  * nothing pushed when poll() failed.
  */

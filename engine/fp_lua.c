@@ -399,21 +399,30 @@ static int l_cancel(lua_State *L) {
 /* ---- receiving ---- */
 
 /*
- * pool:poll(jobs, timeout) -> event
- *   jobs: table job id -> results table (RESULTS of other jobs are dropped)
+ * pool:poll(jobs, timeout) -> kind, wid, job, start, count, index, value
+ *   jobs: table job id -> where its results go: a table (decoded in place
+ *         at the items' indexes) or true (each chunk's results as a fresh
+ *         array, the event's value); RESULTS of other jobs are dropped
  *   timeout: seconds (negative: no limit)
- * Events (kind, wid, ...), built in fp_events.c:
- *   "results", wid, job, start, count, 0, stale
- *   "task_error"|"marshal_error"|"setup_error", wid, job, start, count, index, err
- *   "cancelled", wid, job, start, count
- *   "init_error"|"exit_error"|"exit_result", wid, 0, 0, 0, 0, value
- *   "ready", wid                worker_init finished
- *   "bye", wid, 0, 0, 0, 0, reason
- *   "exit", wid, {pid=, signal=|exit_code=|status_unknown=, index=, job=, phase=}
- *   "corrupt", wid, message
- *   "timeout"            nothing arrived in time
- *   "interrupted"        SIGINT arrived while the guard was armed
- *   "eintr"              a signal interrupted the wait (the caller decides)
+ * Every event about a worker has the same seven fields (job, start, count
+ * and index are 0 where no chunk is concerned); built in fp_events.c:
+ *   kind             value
+ *   "results"        true (decoded into jobs[job]), the fresh array, or nil
+ *                    (job unknown: dropped)
+ *   "task_error"     the task's error {message=, traceback=, value=}; index: the item
+ *   "marshal_error"  {message=, path=}; index: the item
+ *   "setup_error"    {message=}: the job's function could not be loaded
+ *   "cancelled"      nil: the chunk was not run (its job was cancelled)
+ *   "init_error", "exit_error", "exit_result"   the decoded value
+ *   "ready"          nil: worker_init finished
+ *   "bye"            the reason it leaves: "stop", "lifespan", "init_failed"
+ *   "exit"           {pid=, signal=, signo= | exit_code= | status_unknown=,
+ *                    index=, job=, phase=}: the process is gone and reaped
+ *   "corrupt"        a message: the worker was killed, its lane is not read again
+ * and, with no other field:
+ *   "timeout"        nothing arrived in time
+ *   "interrupted"    SIGINT arrived while the guard was armed
+ *   "eintr"          a signal interrupted the wait (the caller decides)
  */
 static int l_poll(lua_State *L) {
   fp_pool *p = check_pool(L);

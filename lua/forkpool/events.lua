@@ -108,15 +108,6 @@ end
 -- handle it.  Returns its kind ("timeout", "eintr" when nothing came).
 local function turn(pool, timeout)
   local kind, w, jobid, start, count, index, value = pool._core:poll(pool._stages, timeout)
-  if kind == "exit" or kind == "corrupt" then
-    jobid, value = nil, jobid
-  elseif kind == "results" then
-    if value then value = nil  -- stale
-    else
-      local t = pool._stages[jobid]
-      if t and t.per_chunk then value = t[start]; t[start] = nil else value = true end
-    end
-  end
   if kind ~= "timeout" and kind ~= "eintr" then handle(pool, kind, w, jobid, start, count, index, value) end
   return kind
 end

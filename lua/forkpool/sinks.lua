@@ -32,7 +32,7 @@ local M = {}
 M.lazy = { imap = true, imap_unordered = true }
 
 -- The engine's per-chunk mode: see engine/fp_events.c (handle_record).
-local function PER_CHUNK() return { per_chunk = true } end  -- TEMP: old engine interface
+local PER_CHUNK = true
 
 ------------------------------------------------------------------------
 -- map: decoded in place into the results table
@@ -61,7 +61,7 @@ end
 local Unordered = {}
 Unordered.__index = Unordered
 
-function Unordered.target() return PER_CHUNK() end
+function Unordered.target() return PER_CHUNK end
 
 function Unordered:deliver(_, count, chunk)
   local out, n = self.out, self.n
@@ -81,7 +81,7 @@ end
 local Imap = { lazy = true }
 Imap.__index = Imap
 
-function Imap.target() return PER_CHUNK() end
+function Imap.target() return PER_CHUNK end
 
 function Imap:deliver(start, count, chunk)
   self.ready[start] = chunk
