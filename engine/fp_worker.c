@@ -33,16 +33,16 @@
 
 /* Stack slots of the worker thread (W->L), fixed for the worker's life. */
 #define S_CTX      1  /* context table from the Lua layer */
-#define S_JOBS     2  /* job id -> function shipped with SETUP */
+#define S_JOBS     2  /* job id -> {fn, exit} shipped with SETUP */
 #define S_STATE    3  /* worker_state table */
 #define S_RUNNER   4  /* chunk runner made by forkpool.worker.make_runner */
 #define S_MSGH     5  /* error handler building {message, traceback, value} */
 #define S_CKIND    6  /* codec helper: cdata kind */
-#define S_CNEW     7  /* codec helper: new boxed integer */
+#define S_CNEW     7  /* codec helper: new boxed integer or shared pointer */
 #define S_REQUIRE  8  /* require, for module references */
 #define S_FN       9  /* the function of the job the worker was forked for */
 #define S_ITEMS   10  /* that job's items (inherited through fork) */
-#define S_INIT    11
+#define S_INIT    11  /* that job's worker_init */
 #define S_EXIT    12  /* the worker_exit that runs when this worker leaves */
 #define S_BEXIT   13  /* the worker_exit of the job we were forked for */
 #define S_PACK    14  /* forkpool.worker.pack_results (packed chunks) */
