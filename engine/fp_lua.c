@@ -368,7 +368,7 @@ static int l_send_chunk(lua_State *L) {
 
 /* pool:send_chunk_packed(wid, job, fn, start, count, addr, len [, flags]):
  * like send_chunk, the items being one string.buffer encoding of an array
- * of scalars at addr (a number), len bytes (forkpool.worker.pack). */
+ * of scalars at addr (a number), len bytes (forkpool.pack.items). */
 static int l_send_chunk_packed(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);

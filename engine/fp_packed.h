@@ -2,7 +2,7 @@
  * fp_packed.h - packed result bodies a worker sent: checked (raw doubles)
  * or decoded in C (string.buffer) before the parent lets Lua see them.
  *
- * Packed bodies (FP_CHUNK_PACKED; made by lua/forkpool/worker.lua) used to
+ * Packed bodies (FP_CHUNK_PACKED; made by lua/forkpool/pack.lua) used to
  * be decoded by Lua straight from shared memory: raw doubles through the
  * FFI, and LuaJIT's string.buffer, whose decoder can crash (SIGSEGV, when
  * JIT-compiled) on malformed input.  Now:
@@ -19,7 +19,7 @@
  * Accepted bodies (an 8-byte tag, then):
  *   "fp.f64\0\0"  exactly count doubles;
  *   "fp.f64a\0"  count, then count times (m, m doubles): m a whole number;
- *   "fp.sbuf\0"  one string.buffer encoding of the subset worker.lua's
+ *   "fp.sbuf\0"  one string.buffer encoding of the subset pack.lua's
  *                pack_results emits: a table whose keys are whole numbers
  *                1..count (array part from index 1, hash part for the rest,
  *                no key twice: string.buffer itself refuses a duplicate

@@ -10,7 +10,7 @@
  *
  * Loop: wait for a record on the task lane; SETUP installs a shipped
  * function for a job; CHUNK runs the job's function over a slice of items
- * through the Lua chunk runner (lua/forkpool/worker.lua) and replies with
+ * through the Lua chunk runner (lua/forkpool/run.lua) and replies with
  * exactly one record; STOP runs worker_exit and leaves.  A chunk goes
  * through one step per concern (w_chunk): function lookup, item decoding,
  * running, replying, lifespan.
@@ -35,7 +35,7 @@
 #define S_CTX      1  /* context table from the Lua layer */
 #define S_JOBS     2  /* job id -> {fn, exit} shipped with SETUP */
 #define S_STATE    3  /* worker_state table */
-#define S_RUNNER   4  /* chunk runner made by forkpool.worker.make_runner */
+#define S_RUNNER   4  /* chunk runner made by forkpool.run.make_runner */
 #define S_MSGH     5  /* error handler building {message, traceback, value} */
 #define S_CKIND    6  /* codec helper: cdata kind */
 #define S_CNEW     7  /* codec helper: new boxed integer or shared pointer */
@@ -45,8 +45,8 @@
 #define S_INIT    11  /* that job's worker_init */
 #define S_EXIT    12  /* the worker_exit that runs when this worker leaves */
 #define S_BEXIT   13  /* the worker_exit of the job we were forked for */
-#define S_PACK    14  /* forkpool.worker.pack_results (packed chunks) */
-#define S_UNPACK  15  /* forkpool.worker.unpack */
+#define S_PACK    14  /* forkpool.pack.results (packed chunks) */
+#define S_UNPACK  15  /* forkpool.pack.unpack */
 #define S_LEAD1   16  /* leading arguments: worker id, shared objects, state */
 #define S_NSLOTS  18
 
@@ -380,7 +380,7 @@ static void w_reply_failure(W *w, uint32_t type, const fp_chunk_hdr *h, int base
 }
 
 /* Results of a chunk that are all scalars: one string.buffer encoding made
- * by forkpool.worker.pack_results.  Returns 1 when sent that way. */
+ * by forkpool.pack.results.  Returns 1 when sent that way. */
 static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx) {
   lua_State *L = w->L;
   lua_pushvalue(L, S_PACK);
@@ -466,7 +466,7 @@ static void w_push_fn(W *w, uint64_t fn) {
 
 /* Item decoding: push the chunk's items table and say which of them to
  * run: inherited through fork, or decoded from the task record (packed by
- * forkpool.worker, or by the codec).  Releases the task record either way.
+ * forkpool.pack, or by the codec).  Releases the task record either way.
  * FP_OK, or a failure with its message pushed instead. */
 static int w_push_items(W *w, const fp_chunk_hdr *h, const unsigned char *p, size_t len,
                         w_range *rg) {

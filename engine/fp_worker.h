@@ -66,8 +66,8 @@ typedef struct fp_worker_io {
  *   use_state            pass the worker-state table next
  *   lifespan     leave after this many items (or nil: never)
  *   idle_timeout leave after this many idle seconds (or nil: never)
- *   make_runner  builds the chunk runner (forkpool.worker.make_runner)
- *   pack_results, unpack   the packed-chunk helpers (forkpool.worker)
+ *   make_runner  builds the chunk runner (forkpool.run.make_runner)
+ *   pack_results, unpack   the packed-chunk helpers (forkpool.pack)
  *   cdata_kind, cdata_new  the codec's cdata helpers (fp_codec.h's
  *                cdata_idx and cdata_new_idx)
  * (The binding that forks reads others, such as cpus, itself.)

@@ -1,5 +1,5 @@
 /*
- * test_packed.c - packed result bodies: every body forkpool.worker's packer
+ * test_packed.c - packed result bodies: every body forkpool.pack's packer
  * makes (string.buffer encodings of results, made here by LuaJIT itself)
  * passes; malformed ones, and bodies whose counts do not add up, are
  * refused; NaNs in f64 copies are made canonical.  Every sbuf body goes

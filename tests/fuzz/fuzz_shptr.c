@@ -1,7 +1,7 @@
 /*
  * fuzz_shptr.c - libFuzzer target for SHPTR values (pointers into the shared
  * arena) as the parent decodes them from what a worker sent, with the same
- * check forkpool.worker.cdata_new makes: the address must lie in the arena.
+ * check forkpool.cdata.new makes: the address must lie in the arena.
  *
  * Input: u64 address selector, then the rest of the record after the SHPTR
  * tag and address (the type name, STR8/STR32, and whatever follows).  The
