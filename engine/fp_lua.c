@@ -297,7 +297,7 @@ static int send_record(lua_State *L, fp_pool *p, int w, uint32_t type,
 
 /* pool:encode(value [, modmap]) -> string | nil, "marshal", message, path:
  * the wire encoding of a value as it would be shipped to a worker
- * (functions by value, modules by name).  The scheduler encodes a job's
+ * (functions by value, modules by name).  The Lua layer encodes a job's
  * function once and compares the bytes with what each worker already has. */
 static int l_encode(lua_State *L) {
   fp_pool *p = check_pool(L);
@@ -312,7 +312,7 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
-/* pool:send_setup(wid, id, drop, bytes): install the encoded {fn=, exit=}
+/* pool:send_setup(wid, id, drop, bytes): install the encoded {fn=, exit=, opts=}
  * (from pool:encode) in worker wid under id, forgetting id drop (0: none).
  * Returns true, or false when the lane is full now. */
 static int l_send_setup(lua_State *L) {
@@ -327,36 +327,31 @@ static int l_send_setup(lua_State *L) {
 }
 
 /* The arguments both chunk senders share: (pool, wid, job, fn, start,
- * count), and the flags string at flags_arg ("t" timed, "s" star). */
-static void check_chunk_args(lua_State *L, fp_chunk_hdr *h, int flags_arg) {
+ * count). */
+static void check_chunk_args(lua_State *L, fp_chunk_hdr *h) {
   memset(h, 0, sizeof *h);
   h->job = (uint64_t)luaL_checknumber(L, 3);
   h->fn = (uint64_t)luaL_checknumber(L, 4);
   h->start = (int64_t)luaL_checknumber(L, 5);
   h->count = (uint32_t)luaL_checkinteger(L, 6);
-  const char *fl = luaL_optstring(L, flags_arg, "");
-  if (strchr(fl, 't')) h->flags |= FP_CHUNK_TIMED;
-  if (strchr(fl, 's')) h->flags |= FP_CHUNK_STAR;
 }
 
-/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [, flags
- * [, first]]]]): run function fn (see fp_chunk_hdr) over items
+/* pool:send_chunk(wid, job, fn, start, count [, items [, modmap [,
+ * first]]]): run function fn (see fp_chunk_hdr) over items
  * start..start+count-1 of job.  items nil means the worker has them in
  * memory (it was forked during this job); otherwise items[first ..
- * first+count-1] are sent (first defaults to start).  flags: a string with
- * "t" (timed: stamp each item's start, a task_timeout is set) and/or "s"
- * (star: each item is an array of arguments). */
+ * first+count-1] are sent (first defaults to start). */
 static int l_send_chunk(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   fp_chunk_hdr h;
-  check_chunk_args(L, &h, 9);
+  check_chunk_args(L, &h);
   p->enc.len = 0;
   if (lua_isnoneornil(L, 7)) {
     h.flags |= FP_CHUNK_INHERITED;
   } else {
     luaL_checktype(L, 7, LUA_TTABLE);
-    int64_t first = (int64_t)luaL_optnumber(L, 10, (lua_Number)h.start);
+    int64_t first = (int64_t)luaL_optnumber(L, 9, (lua_Number)h.start);
     fp_enc_opts o;
     fp_codec_err err;
     enc_opts(L, 1, 8, &o);
@@ -366,14 +361,14 @@ static int l_send_chunk(lua_State *L) {
   return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, p->enc.p, p->enc.len);
 }
 
-/* pool:send_chunk_packed(wid, job, fn, start, count, addr, len [, flags]):
+/* pool:send_chunk_packed(wid, job, fn, start, count, addr, len):
  * like send_chunk, the items being one string.buffer encoding of an array
  * of scalars at addr (a number), len bytes (forkpool.pack.items). */
 static int l_send_chunk_packed(lua_State *L) {
   fp_pool *p = check_pool(L);
   int w = check_wid(L, p, 2);
   fp_chunk_hdr h;
-  check_chunk_args(L, &h, 9);
+  check_chunk_args(L, &h);
   h.flags |= FP_CHUNK_PACKED;
   const void *body = (const void *)(uintptr_t)luaL_checknumber(L, 7);
   size_t blen = (size_t)luaL_checknumber(L, 8);

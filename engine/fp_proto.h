@@ -14,7 +14,7 @@
 
 enum fp_msg {
   /* parent -> worker */
-  FP_M_SETUP   = 1,  /* fp_setup_hdr, then an encoded table {fn=, exit=} */
+  FP_M_SETUP   = 1,  /* fp_setup_hdr, then an encoded table {fn=, exit=, opts=} */
   FP_M_CHUNK   = 2,  /* fp_chunk_hdr, then count encoded items unless FP_CHUNK_INHERITED */
   FP_M_STOP    = 3,  /* leave: run worker_exit (if it ran a task), send BYE, exit */
 
@@ -32,8 +32,8 @@ enum fp_msg {
 };
 
 #define FP_CHUNK_INHERITED 0x1u /* items are in the worker's memory (forked during this job) */
-#define FP_CHUNK_TIMED     0x2u /* stamp item_ns before each item (a task_timeout is set) */
-#define FP_CHUNK_STAR      0x4u /* each item is an array of arguments (starmap, apply) */
+/* 0x2 and 0x4 were TIMED and STAR: per-job options now travel with the
+ * job's function (SETUP's opts, the fork context's opts). */
 #define FP_CHUNK_PACKED    0x8u /* CHUNK items / RESULTS values are packed by Lua (raw
                                    doubles, or a string.buffer encoding of an array of
                                    scalars): lua/forkpool/pack.lua */
@@ -87,7 +87,7 @@ typedef struct fp_ctl {
  *   phase_ns: monotonic time the current phase began (timeouts of
  *     worker_init / worker_exit).
  *   item_ns: monotonic time the current item began; stamped by the runner
- *     only for chunks flagged FP_CHUNK_TIMED (task_timeout).
+ *     only for jobs whose options say timed (task_timeout, insights).
  *   fatal_signal / exit_code: last words, for hosts that reap our children
  *     themselves (SIGCHLD ignored): the worker's fatal-signal handler stores
  *     the signal just before dying, os.exit stores its code just before

@@ -33,7 +33,7 @@
 
 /* Stack slots of the worker thread (W->L), fixed for the worker's life. */
 #define S_CTX      1  /* context table from the Lua layer */
-#define S_JOBS     2  /* job id -> {fn, exit} shipped with SETUP */
+#define S_JOBS     2  /* job id -> {fn, exit, opts} shipped with SETUP */
 #define S_STATE    3  /* worker_state table */
 #define S_RUNNER   4  /* chunk runner made by forkpool.run.make_runner */
 #define S_MSGH     5  /* error handler building {message, traceback, value} */
@@ -47,8 +47,9 @@
 #define S_BEXIT   13  /* the worker_exit of the job we were forked for */
 #define S_PACK    14  /* forkpool.pack.results (packed chunks) */
 #define S_UNPACK  15  /* forkpool.pack.unpack */
-#define S_LEAD1   16  /* leading arguments: worker id, shared objects, state */
-#define S_NSLOTS  18
+#define S_OPTS    16  /* the running job's options for the runner ({} when none) */
+#define S_LEAD1   17  /* leading arguments: worker id, shared objects, state */
+#define S_NSLOTS  19
 
 /* How long one wait sleeps before re-checking that the parent lives (the
  * parent-death signal normally kills us first). */
@@ -445,13 +446,17 @@ typedef struct w_range { int64_t first, last, off; } w_range;
 
 /* Function lookup: push the chunk's function, inherited for the job we
  * were forked in, else shipped by SETUP (nil when neither).  Its
- * worker_exit becomes the one this worker runs when it stops. */
+ * worker_exit becomes the one this worker runs when it stops, its job's
+ * options (the table the Lua layer ships with the function: forkpool.job's
+ * wopts) the ones the runner gets. */
 static void w_push_fn(W *w, uint64_t fn) {
   lua_State *L = w->L;
   if (fn == w->born_job) {
-    lua_pushvalue(L, S_FN);
     lua_pushvalue(L, S_BEXIT);
     lua_replace(L, S_EXIT);
+    lua_getfield(L, S_CTX, "opts");
+    lua_replace(L, S_OPTS);
+    lua_pushvalue(L, S_FN);
     return;
   }
   lua_pushnumber(L, (lua_Number)fn);
@@ -459,6 +464,8 @@ static void w_push_fn(W *w, uint64_t fn) {
   if (lua_istable(L, -1)) {
     lua_rawgeti(L, -1, 2);
     lua_replace(L, S_EXIT);
+    lua_rawgeti(L, -1, 3);
+    lua_replace(L, S_OPTS);
     lua_rawgeti(L, -1, 1);
     lua_remove(L, -2);
   }
@@ -522,8 +529,7 @@ static int w_push_items(W *w, const fp_chunk_hdr *h, const unsigned char *p, siz
 static int w_run(W *w, const fp_chunk_hdr *h, int base, const w_range *rg, int64_t *cur) {
   lua_State *L = w->L;
   fp_worker_io *io = w->io;
-  /* runner(fn, items, first, last, off, job, out, mode, nlead, lead...)
-   * mode: 0 plain, 1 timed, 2 star, 3 timed + star */
+  /* runner(fn, items, first, last, off, job, out, opts, nlead, lead...) */
   lua_createtable(L, (int)h->count, 0);
   lua_pushvalue(L, S_RUNNER);
   lua_pushvalue(L, base + 1);
@@ -533,7 +539,7 @@ static int w_run(W *w, const fp_chunk_hdr *h, int base, const w_range *rg, int64
   lua_pushnumber(L, (lua_Number)rg->off);
   lua_pushnumber(L, (lua_Number)h->job);
   lua_pushvalue(L, base + 3);
-  lua_pushinteger(L, ((h->flags & FP_CHUNK_TIMED) ? 1 : 0) | ((h->flags & FP_CHUNK_STAR) ? 2 : 0));
+  lua_pushvalue(L, S_OPTS);
   lua_pushinteger(L, w->nlead);
   int n = 9 + w_push_lead(w);
   atomic_store(&io->st->cur_job, h->job);
@@ -592,7 +598,7 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     fail = FP_M_MARSHAL_ERROR;
     goto failed;
   }
-  if (lua_isnil(L, base + 1)) {
+  if (lua_isnil(L, base + 1) || !lua_istable(L, S_OPTS)) {
     lua_pushfstring(L, "internal error: no function for job %d", (int)h.job);
     fail = FP_M_TASK_ERROR;
     goto failed;
@@ -622,8 +628,8 @@ failed:
   w_reply_failure(w, fail, &h, base);
 }
 
-/* SETUP: fp_setup_hdr, then {fn=, exit=} with functions shipped by value.
- * Stored as jobs[id] = {fn, exit}. */
+/* SETUP: fp_setup_hdr, then {fn=, exit=, opts=} with functions shipped by
+ * value.  Stored as jobs[id] = {fn, exit, opts}. */
 static void w_setup(W *w, const unsigned char *p, size_t len) {
   lua_State *L = w->L;
   fp_setup_hdr sh;
@@ -656,11 +662,13 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
   }
   int t = lua_gettop(L);
   lua_pushnumber(L, (lua_Number)sh.id);
-  lua_createtable(L, 2, 0);
+  lua_createtable(L, 3, 0);
   lua_getfield(L, t, "fn");
   lua_rawseti(L, -2, 1);
   lua_getfield(L, t, "exit");
   lua_rawseti(L, -2, 2);
+  lua_getfield(L, t, "opts");
+  lua_rawseti(L, -2, 3);
   lua_rawset(L, S_JOBS);
   lua_settop(L, t - 1);
 }

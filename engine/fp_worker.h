@@ -61,6 +61,8 @@ typedef struct fp_worker_io {
  *                exit need no shipping)
  *   fn, items    that job's function and items table (array sources)
  *   init, exit   worker_init / worker_exit of that job (or nil)
+ *   opts         that job's options for the runner (a table; shipped
+ *                jobs bring theirs in SETUP's {fn=, exit=, opts=})
  *   pass_id, wid         pass the worker id (wid) as the first argument
  *   has_shared, shared   pass the shared objects next
  *   use_state            pass the worker-state table next

@@ -89,12 +89,12 @@ end
 -- The setup-function cache
 ------------------------------------------------------------------------
 
--- The wire encoding of the job's function and worker_exit, made once per
--- job; equal bytes mean a worker already has exactly this function with
--- these upvalue values.
+-- The wire encoding of the job's function, worker_exit and worker options,
+-- made once per job; equal bytes mean a worker already has exactly this
+-- function with these upvalue values and options.
 local function setup_bytes(pool, job)
   if job.setup_bytes then return job.setup_bytes end
-  local v = { fn = job.fn, exit = job.exit }
+  local v = { fn = job.fn, exit = job.exit, opts = job.wopts }
   local bytes, _, msg, path = pool._core:encode(v, modmap.get())
   if not bytes then bytes, _, msg, path = pool._core:encode(v, modmap.get(true)) end
   if not bytes then
@@ -153,7 +153,6 @@ local function send_chunk(pool, job, w, ch)
   local fn = setup_worker(pool, w, job)
   if not fn then return false end
   ch.fn = fn
-  local flags = (job.timed and "t" or "") .. (job.star and "s" or "")
   local c = pool._core
   local ok, _, msg, path
   -- items the worker does not have in memory: packed when all are scalars
@@ -163,13 +162,13 @@ local function send_chunk(pool, job, w, ch)
     else addr, len = pack.items(job.items, ch.start, ch.count) end
   end
   if addr then
-    ok, _, msg = c:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len, flags)
+    ok, _, msg = c:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len)
   elseif ch.items then
-    ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, ch.items, modmap.get(), flags, 1)
+    ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, ch.items, modmap.get(), 1)
   elseif rec.born_job == job.id then
-    ok, _, msg = c:send_chunk(w, job.id, fn, ch.start, ch.count, nil, nil, flags)
+    ok, _, msg = c:send_chunk(w, job.id, fn, ch.start, ch.count)
   else
-    ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, job.items, modmap.get(), flags)
+    ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, job.items, modmap.get())
   end
   if ok == nil then
     -- (path nil: the lane refused the record, e.g. its header was corrupted)
@@ -304,7 +303,7 @@ function M.empty_slot() return { chunks = {} } end
 local function spawn(pool, w, job)
   local ctx = {
     wid = w, job = job.id, fn = job.fn, items = job.items,
-    init = job.init, exit = job.exit,
+    init = job.init, exit = job.exit, opts = job.wopts,
     shared = pool._shared, has_shared = pool._shared ~= nil,
     use_state = pool._use_state, pass_id = pool._pass_id,
     lifespan = pool._lifespan, cpus = pool._cpus and pool._cpus[w],

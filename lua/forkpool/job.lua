@@ -56,8 +56,14 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     deaths = {},            -- death infos of workers lost running this job's items
     max_retries = opts.max_retries or 0,
     task_timeout = opts.task_timeout,
-    timed = opts.task_timeout ~= nil or pool._insights,  -- workers stamp each item
     init_timeout = opts.worker_init_timeout,
+    -- What the workers' runner (forkpool.run) sees of the job: shipped once
+    -- with the function (dispatch), handed to the runner with every chunk.
+    -- A new option the workers must see goes here.
+    wopts = {
+      timed = opts.task_timeout ~= nil or pool._insights,  -- stamp each item's start
+      star = star or false,                                -- items are argument lists
+    },
     chunk_size = nil,       -- items per chunk (adaptive jobs change it: dispatch)
     adaptive = false,       -- chunk size follows chunk round-trip times
     max_active = nil,       -- cap on job.active (max_tasks_active, or lazy windows)

@@ -73,17 +73,18 @@ M.snapshot = snapshot
 -- set).  The runner returns true when every item ran, false when the job
 -- was cancelled; errors propagate (the C side catches them).  Every table
 -- result but the chunk's last is snapshot when its task returns.
--- mode: 0 plain, 1 timed, 2 star (each item is an argument list), 3 both.
+-- opts: the job's worker options (forkpool.job's wopts): timed (stamp each
+-- item's start), star (each item is an argument list).
 function M.make_runner(cur_p, cancel_p, stamp_p)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
   local stamp = ffi.cast(stamp_fn_t, stamp_p)
   local unpack, rawget = unpack, rawget
-  return function(fn, items, first, last, off, job, out, mode, nlead, a1, a2, a3)
+  return function(fn, items, first, last, off, job, out, opts, nlead, a1, a2, a3)
     local k = 1 - first
     local r
-    if mode ~= 0 then
-      local timed, star = mode % 2 == 1, mode >= 2
+    local timed, star = opts.timed, opts.star
+    if timed or star then
       for i = first, last do
         cur[0] = i + off
         if timed then stamp() end
