@@ -59,8 +59,7 @@ const char *fp_phase_name(uint32_t ph) {
 /* The event kind of a record whose body is one encoded value, or NULL. */
 static const char *value_kind(uint32_t type) {
   switch (type) {
-  case FP_M_TASK_ERROR: return "task_error";
-  case FP_M_MARSHAL_ERROR: return "marshal_error";
+  case FP_M_CHUNK_ERROR: return "chunk_error";
   case FP_M_SETUP_ERROR: return "setup_error";
   case FP_M_INIT_ERROR: return "init_error";
   case FP_M_EXIT_ERROR: return "exit_error";

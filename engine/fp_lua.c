@@ -404,8 +404,9 @@ static int l_cancel(lua_State *L) {
  *   kind             value
  *   "results"        true (decoded into jobs[job]), the fresh array, or nil
  *                    (job unknown: dropped)
- *   "task_error"     the task's error {message=, traceback=, value=}; index: the item
- *   "marshal_error"  {message=, path=}; index: the item
+ *   "chunk_error"    the chunk failed: {kind=, message=, ...}, kind the forkpool
+ *                    error kind ("task": traceback=, value=; "marshal": path=);
+ *                    index: the item
  *   "setup_error"    {message=}: the job's function could not be loaded
  *   "cancelled"      nil: the chunk was not run (its job was cancelled)
  *   "init_error", "exit_error", "exit_result"   the decoded value

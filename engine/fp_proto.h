@@ -2,8 +2,8 @@
  * fp_proto.h - what travels between the parent and a worker: message types,
  * their fixed headers, and the shared status blocks.
  *
- * Every CHUNK the parent sends gets exactly one reply (RESULTS, TASK_ERROR,
- * MARSHAL_ERROR or CANCELLED) carrying the same (job, start, count), so the
+ * Every CHUNK the parent sends gets exactly one reply (RESULTS, CHUNK_ERROR
+ * or CANCELLED) carrying the same (job, start, count), so the
  * parent always knows how many chunks each worker still holds.
  */
 #ifndef FP_PROTO_H
@@ -20,8 +20,11 @@ enum fp_msg {
 
   /* worker -> parent */
   FP_M_RESULTS       = 10, /* fp_chunk_hdr, then count encoded results */
-  FP_M_TASK_ERROR    = 11, /* fp_chunk_hdr (index = failing item), encoded error table */
-  FP_M_MARSHAL_ERROR = 12, /* fp_chunk_hdr (index = item), encoded {message=, path=} */
+  FP_M_CHUNK_ERROR   = 11, /* fp_chunk_hdr (index = the failing item), encoded error table
+                              {kind=, message=, ...}: kind names the forkpool error
+                              ("task": the task raised, with traceback= and value=;
+                              "marshal": an item or result cannot travel, with path=).
+                              (12 was MARSHAL_ERROR, now a kind.) */
   FP_M_CANCELLED     = 13, /* fp_chunk_hdr: chunk not run (its job was cancelled) */
   FP_M_INIT_ERROR    = 14, /* encoded error table from worker_init */
   FP_M_EXIT_RESULT   = 15, /* encoded value returned by worker_exit */

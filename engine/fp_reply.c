@@ -48,8 +48,7 @@ int fp_reply_parse(fp_sentq *q, uint32_t type, const unsigned char *d, size_t le
   *pos = 0;
   switch (type) {
   case FP_M_RESULTS:
-  case FP_M_TASK_ERROR:
-  case FP_M_MARSHAL_ERROR:
+  case FP_M_CHUNK_ERROR:
   case FP_M_CANCELLED:
   case FP_M_SETUP_ERROR:
     if (len < sizeof *h) return corrupt(why, "record shorter than its header");

@@ -42,7 +42,7 @@ void fp_sentq_free(fp_sentq *s);
 /* Read the fixed part of a record of the given type (d, len as peeked, in
  * memory the worker may still write: every field is read once, into *h).
  * Sets *h (zeroed for records without a chunk header) and *pos (where the
- * rest begins).  A chunk reply (RESULTS, TASK_ERROR, MARSHAL_ERROR,
+ * rest begins).  A chunk reply (RESULTS, CHUNK_ERROR,
  * CANCELLED) must answer the oldest chunk in q, which it then leaves; the
  * values of an unpacked RESULTS take a byte each at least, so its count
  * must fit in the bytes after the header (packed bodies: fp_packed.h).

@@ -273,9 +273,12 @@ static int w_encode_top(W *w, const char *root) {
   return FP_EMARSHAL;
 }
 
-/* Encode an error table (top of stack, from w_msgh) and pop it.  An error
- * value that cannot travel is replaced by its message. */
-static void w_encode_error(W *w) {
+/* Encode an error table (top of stack, from w_msgh, or a message string)
+ * and pop it; kind (a forkpool error kind, e.g. "task", "marshal"; NULL:
+ * none) is stored in it as kind=, which the parent raises for a
+ * CHUNK_ERROR.  An error value that cannot travel is replaced by its
+ * message. */
+static void w_encode_error(W *w, const char *kind) {
   lua_State *L = w->L;
   fp_enc_opts o;
   fp_codec_err err;
@@ -286,6 +289,10 @@ static void w_encode_error(W *w) {
     lua_createtable(L, 0, 1);
     lua_insert(L, top);
     lua_setfield(L, top, "message");
+  }
+  if (kind) {
+    lua_pushstring(L, kind);
+    lua_setfield(L, top, "kind");
   }
   if (fp_encode_value(L, top, &w->enc, &o, "error", &err) != FP_OK) {
     lua_pushnil(L);
@@ -324,7 +331,7 @@ static void w_finish(W *w, uint32_t reason) {
       w_send2(w, rc == FP_OK ? FP_M_EXIT_RESULT : FP_M_EXIT_ERROR, NULL, 0,
               w->enc.p, w->enc.len);
     } else {
-      w_encode_error(w);
+      w_encode_error(w, NULL);
       w_send2(w, FP_M_EXIT_ERROR, NULL, 0, w->enc.p, w->enc.len);
     }
   }
@@ -336,8 +343,8 @@ static void w_finish(W *w, uint32_t reason) {
 /* ---- replying to a chunk ---- */
 
 /* Send the reply record of chunk h: its header with index and flags set,
- * then body.  A body that cannot be sent becomes a MARSHAL_ERROR saying
- * why. */
+ * then body.  A body that cannot be sent becomes a "marshal" CHUNK_ERROR
+ * saying why. */
 static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index,
                         uint32_t flags, const void *body, size_t blen) {
   fp_chunk_hdr r = *h;
@@ -357,8 +364,8 @@ static void w_reply_raw(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t inde
                                       : "cannot be sent",
                     (double)blen);
     lua_setfield(w->L, -2, "message");
-    w_encode_error(w);
-    w_send2(w, FP_M_MARSHAL_ERROR, &r, sizeof r, w->enc.p, w->enc.len);
+    w_encode_error(w, "marshal");
+    w_send2(w, FP_M_CHUNK_ERROR, &r, sizeof r, w->enc.p, w->enc.len);
   }
 }
 
@@ -367,17 +374,18 @@ static void w_reply(W *w, uint32_t type, const fp_chunk_hdr *h, int64_t index) {
   w_reply_raw(w, type, h, index, 0, w->enc.p, w->enc.len);
 }
 
-/* A chunk that could not run: reply type with {message = <the string on
- * top>}, at the chunk's first item; the stack goes back to base. */
-static void w_reply_failure(W *w, uint32_t type, const fp_chunk_hdr *h, int base) {
+/* A chunk that could not run: a CHUNK_ERROR of that kind with {message =
+ * <the string on top>}, at the chunk's first item; the stack goes back to
+ * base. */
+static void w_reply_failure(W *w, const char *kind, const fp_chunk_hdr *h, int base) {
   lua_State *L = w->L;
   lua_createtable(L, 0, 1);
   lua_insert(L, -2);
   lua_setfield(L, -2, "message");
   lua_replace(L, base + 1);
   lua_settop(L, base + 1);
-  w_encode_error(w);
-  w_reply(w, type, h, h->start);
+  w_encode_error(w, kind);
+  w_reply(w, FP_M_CHUNK_ERROR, h, h->start);
 }
 
 /* Results of a chunk that are all scalars: one string.buffer encoding made
@@ -400,7 +408,7 @@ static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx) {
 
 /* The results out[1..count] of a chunk that ran to its end: packed when
  * they all are scalars, else through the codec; a result that cannot be
- * sent fails the chunk with a MARSHAL_ERROR naming it. */
+ * sent fails the chunk with a "marshal" CHUNK_ERROR naming it. */
 static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
   lua_State *L = w->L;
   fp_worker_io *io = w->io;
@@ -435,8 +443,8 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
     lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
     lua_setfield(L, -2, "message");
   }
-  w_encode_error(w);
-  w_reply(w, FP_M_MARSHAL_ERROR, h, bad);
+  w_encode_error(w, "marshal");
+  w_reply(w, FP_M_CHUNK_ERROR, h, bad);
 }
 
 /* ---- a chunk, step by step ---- */
@@ -591,23 +599,23 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     return;
   }
   const int base = lua_gettop(L);
-  uint32_t fail;
+  const char *fail; /* the error kind of a chunk that could not run */
   w_push_fn(w, h.fn);                                  /* base + 1 */
   w_range rg;
   if (w_push_items(w, &h, p, len, &rg) != FP_OK) {     /* base + 2 */
-    fail = FP_M_MARSHAL_ERROR;
+    fail = "marshal";
     goto failed;
   }
   if (lua_isnil(L, base + 1) || !lua_istable(L, S_OPTS)) {
     lua_pushfstring(L, "internal error: no function for job %d", (int)h.job);
-    fail = FP_M_TASK_ERROR;
+    fail = "task";
     goto failed;
   }
   int64_t cur;
   int st = w_run(w, &h, base, &rg, &cur);              /* out: base + 3 */
   if (st != 0) {
-    w_encode_error(w);
-    w_reply(w, FP_M_TASK_ERROR, &h, cur);
+    w_encode_error(w, "task");
+    w_reply(w, FP_M_CHUNK_ERROR, &h, cur);
   } else if (!lua_toboolean(L, -1)) {
     /* Cancelled between items. */
     lua_pop(L, 1);
@@ -656,7 +664,7 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
     lua_createtable(L, 0, 1);
     lua_pushfstring(L, "%s%s%s", err.path, err.path[0] ? ": " : "", err.msg);
     lua_setfield(L, -2, "message");
-    w_encode_error(w);
+    w_encode_error(w, NULL);
     w_send2(w, FP_M_SETUP_ERROR, &h, sizeof h, w->enc.p, w->enc.len);
     return;
   }
@@ -765,7 +773,7 @@ static int w_body(lua_State *L) {
       st = 1;
     }
     if (st != 0) {
-      w_encode_error(&w);
+      w_encode_error(&w, NULL);
       w_send2(&w, FP_M_INIT_ERROR, NULL, 0, w.enc.p, w.enc.len);
       fp_bye bye = {.reason = FP_BYE_INIT_FAILED, .pad = 0};
       w_send2(&w, FP_M_BYE, &bye, sizeof bye, NULL, 0);

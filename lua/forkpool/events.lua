@@ -58,10 +58,12 @@ local function handle(pool, kind, w, jobid, start, _, index, value)
     on_results(pool, w, rec, job, jobid, start, value)
   elseif kind == "cancelled" then
     take_chunk(rec, jobid, start)
-  elseif kind == "task_error" or kind == "marshal_error" then
+  elseif kind == "chunk_error" then
+    -- the worker names the error's kind (engine/fp_worker.c)
     local ch = take_chunk(rec, jobid, start)
     if ch and job and ch.job == job then
-      J.fail(job, deaths.worker_error(kind == "task_error" and "task" or "marshal", w, rec, index, value))
+      local ekind = type(value) == "table" and errors.KINDS[value.kind] and value.kind or "task"
+      J.fail(job, deaths.worker_error(ekind, w, rec, index, value))
     end
   elseif kind == "setup_error" then
     if job then

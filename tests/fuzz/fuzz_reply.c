@@ -59,8 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = fp_reply_parse(&q, type, rec, len, &h, &pos, &why);
     if (rc == FP_OK) {
       if (pos > len) abort();
-      int chunk = type == FP_M_RESULTS || type == FP_M_TASK_ERROR ||
-                  type == FP_M_MARSHAL_ERROR || type == FP_M_CANCELLED;
+      int chunk = type == FP_M_RESULTS || type == FP_M_CHUNK_ERROR || type == FP_M_CANCELLED;
       if (chunk) {
         if (before == 0 || q.n != before - 1) abort();
         if (h.job != oldest.job || h.start != oldest.start || h.count != oldest.count) abort();
