@@ -1,10 +1,11 @@
 /*
- * fp_common.c - error strings and the growable byte buffer.
+ * fp_common.c - error strings, the growable byte buffer, the clock.
  */
 #include "fp_common.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const char *fp_strerror(int code) {
   switch (code) {
@@ -48,4 +49,10 @@ void fp_buf_free(fp_buf *b) {
   free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
+}
+
+uint64_t fp_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }

@@ -45,6 +45,9 @@ enum {
 /* Static message for an FP_E* code ("out of memory", ...). */
 const char *fp_strerror(int code);
 
+/* Monotonic clock in nanoseconds (every engine file's one clock). */
+uint64_t fp_now_ns(void);
+
 /*
  * Growable heap byte buffer.  Owned by whoever holds the struct (a pool
  * userdata in the parent, the worker context in a worker), so a Lua error

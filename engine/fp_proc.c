@@ -407,12 +407,6 @@ const char *fp_proc_signame(int sig) {
   return buf;
 }
 
-uint64_t fp_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- a pool's worker processes (fp_pool.h) ---- */
 
 static fp_pool *live_pools;

@@ -119,9 +119,6 @@ const char *fp_proc_signame(int sig);
  * getpid() where a wrong answer would act on another process's workers. */
 pid_t fp_proc_self(void);
 
-/* Monotonic clock in nanoseconds. */
-uint64_t fp_now_ns(void);
-
 FP_HIDDEN_END
 
 #endif

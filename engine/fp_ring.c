@@ -103,7 +103,6 @@
  * as FP_ETIMEOUT, never as a hang.
  */
 #include "fp_ring.h"
-#include "fp_proc.h"  /* fp_now_ns */
 #include "fp_shm.h"
 
 #include <errno.h>
