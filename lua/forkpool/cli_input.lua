@@ -1,0 +1,205 @@
+-- forkpool.cli_input: the input of `forkpool map`, cut into blocks.
+--
+--   blocks(files, opts) -> iterator returning block, nil at the end
+--     files: names in order ("-" is stdin); opts.chunk_size: lines per
+--     block (nil: blocks of about opts.block_bytes); opts.skip: global
+--     lines to skip first (--resume).
+--   A block: { file = name as given, line = line number in that file of
+--   its first line, n = global line number of its first line (all inputs
+--   in order, from 1), text = whole lines, each ending in "\n" except
+--   perhaps the last line of a file, count = its number of lines }.
+--
+-- Invariants: a block never splits a line and never spans two files; a
+-- line longer than a block is a block of its own; memory is bounded by
+-- the block size plus the longest line.  Files are read with large reads
+-- (file:read(n)), cut after the last newline of each read; the rest is
+-- carried to the next.  A file is opened when its turn comes; one that
+-- cannot be opened or read raises { input = "message" }.
+
+local find, byte, sub, concat = string.find, string.byte, string.sub, table.concat
+
+local M = {}
+
+M.BLOCK_BYTES = 256 * 1024
+
+-- Lines in s (its "\n" count).
+local function count_lines(s)
+  local n, pos = 0, 1
+  while true do
+    local i = find(s, "\n", pos, true)
+    if not i then return n end
+    n, pos = n + 1, i + 1
+  end
+end
+M.count_lines = count_lines
+
+-- Position of the last "\n" in s, or nil.
+local function last_newline(s)
+  for i = #s, 1, -1 do
+    if byte(s, i) == 10 then return i end
+  end
+  return nil
+end
+
+-- Position just after the k-th "\n" of s from pos, or nil and the number
+-- of newlines found.
+local function after_lines(s, pos, k)
+  local found = 0
+  while found < k do
+    local i = find(s, "\n", pos, true)
+    if not i then return nil, found end
+    found, pos = found + 1, i + 1
+  end
+  return pos, found
+end
+
+local function input_error(fmt, ...)
+  error({ input = fmt:format(...) }, 0)
+end
+
+-- texts(f, name, read_bytes) -> iterator of strings of whole lines (the
+-- last piece of the file may lack its "\n"), about read_bytes each or one
+-- long line.
+local function texts(f, name, read_bytes)
+  local carry = {}   -- pieces of an unfinished line
+  local done = false
+  return function()
+    while not done do
+      local chunk, err = f:read(read_bytes)
+      if chunk == nil then
+        if err then input_error("%s: %s", name, err) end
+        done = true
+        if #carry > 0 then
+          local s = concat(carry)
+          carry = {}
+          return s
+        end
+        return nil
+      end
+      local cut = last_newline(chunk)
+      if cut then
+        carry[#carry + 1] = sub(chunk, 1, cut)
+        local s = concat(carry)
+        carry = { cut < #chunk and sub(chunk, cut + 1) or nil }
+        return s
+      end
+      carry[#carry + 1] = chunk
+    end
+    return nil
+  end
+end
+
+local function open(name)
+  if name == "-" then return io.stdin end
+  local f, err = io.open(name, "rb")
+  if not f then input_error("%s", err) end
+  return f
+end
+
+-- check_readable(files) -> nil, or a message naming the first input that
+-- cannot be opened (checked before the run starts; stdin is not opened).
+function M.check_readable(files)
+  for _, name in ipairs(files) do
+    if name ~= "-" then
+      local f, err = io.open(name, "rb")
+      if not f then return err end
+      -- a directory opens; reading it fails
+      local _, rerr = f:read(0)
+      f:close()
+      if rerr then return name .. ": " .. rerr end
+    end
+  end
+  return nil
+end
+
+function M.blocks(files, opts)
+  local per_block = opts.chunk_size
+  local read_bytes = opts.block_bytes or M.BLOCK_BYTES
+  local skip = opts.skip or 0
+  local fi = 0            -- index in files of the current file
+  local f, name           -- the current file
+  local next_text         -- its texts iterator
+  local line = 1          -- line number in the current file of the next line read
+  local n = 1             -- global line number of the next line read
+
+  -- take_text() -> s, file, line, n: the next text of whole lines (after
+  -- the lines to skip), the file it comes from and the numbers of its
+  -- first line, and its number of lines; nil when every input is read.
+  local function take_text()
+    while true do
+      if not f then
+        fi = fi + 1
+        name = files[fi]
+        if name == nil then return nil end
+        f = open(name)
+        next_text = texts(f, name, read_bytes)
+        line = 1
+      end
+      local s = next_text()
+      if s == nil then
+        if f ~= io.stdin then f:close() end
+        f = nil
+      else
+        if skip > 0 then
+          local pos, found = after_lines(s, 1, skip)
+          if not pos then found = found + (byte(s, #s) ~= 10 and 1 or 0) end
+          skip, line, n = skip - found, line + found, n + found
+          s = (pos and pos <= #s) and sub(s, pos) or nil
+        end
+        if s then
+          local count = count_lines(s)
+          if byte(s, #s) ~= 10 then count = count + 1 end
+          local l0, n0 = line, n
+          line, n = line + count, n + count
+          return s, name, l0, n0, count
+        end
+      end
+    end
+  end
+
+  if not per_block then
+    return function()
+      local s, file, l0, n0, count = take_text()
+      if s == nil then return nil end
+      return { file = file, line = l0, n = n0, text = s, count = count }
+    end
+  end
+
+  -- --chunk-size: per_block lines a block, never spanning two files.
+  -- pending: the text being cut; ppos where its uncut rest starts, pfile,
+  -- pline, pn its file and the numbers of the line at ppos.
+  local pending, ppos, pfile, pline, pn
+  return function()
+    if not pending or ppos > #pending then
+      local s, file, l0, n0 = take_text()
+      if s == nil then return nil end
+      pending, ppos, pfile, pline, pn = s, 1, file, l0, n0
+    end
+    local b = { file = pfile, line = pline, n = pn }
+    local pieces, got = {}, 0
+    while true do
+      local stop, found = after_lines(pending, ppos, per_block - got)
+      if stop then
+        pieces[#pieces + 1] = sub(pending, ppos, stop - 1)
+        got, ppos = got + found, stop
+      else
+        local rest = sub(pending, ppos)
+        pieces[#pieces + 1] = rest
+        if byte(rest, #rest) ~= 10 then found = found + 1 end
+        got, ppos = got + found, #pending + 1
+      end
+      pline, pn = pline + found, pn + found
+      if got >= per_block then break end
+      -- this text is used up: the block goes on with the next one, if it
+      -- is from the same file
+      local s, file, l0, n0 = take_text()
+      if s == nil then pending = nil; break end
+      pending, ppos, pfile, pline, pn = s, 1, file, l0, n0
+      if file ~= b.file or l0 ~= b.line + got then break end
+    end
+    b.text, b.count = concat(pieces), got
+    return b
+  end
+end
+
+return M
