@@ -12,7 +12,7 @@
 --                         in each worker (init, exit)
 --   forkpool.cli_output   the output and the reports of bad records
 --   forkpool.cli_resume   the --resume journal
---   forkpool.cli_signals  SIGPIPE ignored, SIGINT recorded between writes
+--   forkpool.cli_signals  SIGPIPE ignored; forkpool's SIGINT guard armed for the run
 --
 -- The parent checks everything it can before any input is read (options,
 -- the script loads and returns a function or a table with map, the inputs
@@ -20,8 +20,9 @@
 -- --unordered) over the blocks with use_worker_state: the item is a block
 -- { file, line, n, text, count }, the task jsonl.run_block(state, block),
 -- one block per chunk.  Each block's result { out, n_in, n_out, errors,
--- fail } is written with one write, then the journal is updated (--resume),
--- then SIGINT is checked.
+-- fail } is written with one write, then the journal is updated (--resume).
+-- A SIGINT anywhere in the run makes the next pool call raise
+-- "interrupted": the workers are killed, the output holds whole blocks.
 
 local args = require "forkpool.cli_args"
 local input = require "forkpool.cli_input"
@@ -31,36 +32,29 @@ local signals = require "forkpool.cli_signals"
 
 local M = {}
 
+local say = output.say
+
 -- A run's end: its exit status and what to say on stderr.
 local function usage_error(msg)
-  io.stderr:write("forkpool: ", msg, " (see 'forkpool map --help')\n")
+  say("forkpool: " .. msg .. " (see 'forkpool map --help')\n")
   return 2
 end
 
 local function fail(msg, status)
-  io.stderr:write("forkpool map: ", msg, "\n")
+  say("forkpool map: " .. msg .. "\n")
   return status or 1
 end
 
 -- Load the script in the parent once, so that a script that does not load
--- or does not return what it must is reported before any input is read.
--- The workers load it again, by path (forkpool.jsonl's init).
+-- or does not return what it must is reported before any input is read
+-- (forkpool.jsonl's load, which the workers use too, by path).
 local function check_script(path)
-  local chunk, err = loadfile(path)
-  if not chunk then return nil, "cannot load the script: " .. err end
-  local ok, v = pcall(chunk)
-  if not ok then return nil, ("the script %s raised an error while loading: %s"):format(path, tostring(v)) end
-  if type(v) == "function" then return true end
-  if type(v) == "table" and type(v.map) == "function" then
-    for _, k in ipairs { "worker_init", "worker_exit" } do
-      if v[k] ~= nil and type(v[k]) ~= "function" then
-        return nil, ("the script %s returned a table whose %s is a %s, not a function"):format(path, k, type(v[k]))
-      end
-    end
-    return true
-  end
-  return nil, ("the script %s must return a function, or a table with a 'map' function (it returned %s)")
-    :format(path, type(v) == "table" and "a table without 'map'" or type(v))
+  local f = io.open(path, "r")
+  if not f then return nil, "cannot open the script " .. path end
+  f:close()
+  local loaded, err = require("forkpool.jsonl").load(path)
+  if not loaded then return nil, "cannot use the script: " .. tostring(err) end
+  return true
 end
 
 -- The configuration jsonl.init receives in each worker.
@@ -90,8 +84,6 @@ local function run(ctx)
   local jsonl = require "forkpool.jsonl"
   local run_block, init, exit = jsonl.run_block, jsonl.init, jsonl.exit
   local config = worker_config(cmd)
-
-  local pool = forkpool.new{ n_jobs = cmd.jobs, use_worker_state = true }
   local journal = ctx.journal
   local lines_done = journal and journal.lines or 0
 
@@ -108,37 +100,28 @@ local function run(ctx)
     return b
   end
 
+  local pool = forkpool.new{ n_jobs = cmd.jobs, use_worker_state = true }
   local bar = cmd.progress and require("forkpool.progress").new{ desc = "forkpool map" }
-  local imap = cmd.unordered and pool.imap_unordered or pool.imap
-  local status
 
-  -- Stop the workers now and end with status.
+  -- End with status s, saying msg; the workers are killed once the guard
+  -- is off (terminating the pool releases what the guard points at).
+  local kill = false
   local function stop(s, msg)
     if bar then bar:close() end
-    pcall(pool.terminate, pool)
-    if msg then io.stderr:write("forkpool map: ", msg, "\n") end
+    kill = true
+    if msg then say("forkpool map: " .. msg .. "\n") end
     return s
   end
 
-  local ok, it = pcall(imap, pool, function(state, block) return run_block(state.w, block) end, source, {
-    chunk_size = 1,
-    worker_init = function(state) state.w = init(config) end,
-    worker_exit = function(state) exit(state.w) end,
-    max_retries = cmd.max_retries,
-    task_timeout = cmd.task_timeout,
-  })
-  if not ok then return stop(1, tostring(it)) end
+  -- A pool call failed with err: the status and message.
+  local function failed(err)
+    if forkpool.is_error(err, "interrupted") then return stop(130, "interrupted") end
+    if type(err) == "table" and err.input then return stop(2, err.input) end
+    return stop(1, where(blocks, err) .. tostring(err))
+  end
 
-  while true do
-    local got, res, idx = pcall(it)
-    if signals.interrupted() or (not got and forkpool.is_error(res, "interrupted")) then
-      return stop(130, "interrupted")
-    end
-    if not got then
-      if type(res) == "table" and res.input then return stop(2, res.input) end
-      return stop(1, where(blocks, res) .. tostring(res))
-    end
-    if res == nil then break end
+  -- One block's result, written: nil to go on, or the exit status.
+  local function deliver(res, idx)
     local b = blocks[idx]
     blocks[idx] = nil
     local w, err = out:write(res.out)
@@ -153,7 +136,7 @@ local function run(ctx)
     if res.fail then
       local e = res.fail
       if bar then bar:close() end
-      io.stderr:write(("%s:%s: %s\n"):format(e.file, e.line, tostring(e.message)))
+      say(("%s:%s: %s\n"):format(e.file, e.line, tostring(e.message)))
       return stop(1)
     end
     lines_done = cmd.unordered and lines_done + b.count or b.n + b.count - 1
@@ -164,17 +147,47 @@ local function run(ctx)
       if not jok then return stop(1, "cannot write the resume journal: " .. tostring(jerr)) end
     end
     if bar then bar:update(lines_done) end
-    if signals.interrupted() then return stop(130, "interrupted") end
+    return nil
   end
 
+  -- Map the blocks, write the results; returns the exit status, or nil
+  -- when every block was written.
+  local function drive()
+    local imap = cmd.unordered and pool.imap_unordered or pool.imap
+    local ok, it = pcall(imap, pool, function(state, block) return run_block(state.w, block) end, source, {
+      chunk_size = 1,
+      worker_init = function(state) state.w = init(config) end,
+      worker_exit = function(state) exit(state.w) end,
+      max_retries = cmd.max_retries,
+      task_timeout = cmd.task_timeout,
+    })
+    if not ok then return failed(it) end
+    while true do
+      local got, res, idx = pcall(it)
+      if not got then return failed(res) end
+      if res == nil then break end
+      local status = deliver(res, idx)
+      if status then return status end
+    end
+    return nil
+  end
+
+  local status = signals.with_sigint_guard(pool, drive)
+  if kill then pcall(pool.terminate, pool) end
+  if status then return status end
+
   if bar then bar:close() end
-  ok, status = pcall(pool.close, pool)
-  if not ok then return fail(tostring(status)) end
-  local cok, cerr = out:close()
+  local cok, cerr = pcall(pool.close, pool)
+  if not cok then
+    pcall(pool.terminate, pool)
+    if forkpool.is_error(cerr, "interrupted") then return fail("interrupted", 130) end
+    return fail(tostring(cerr))
+  end
+  cok, cerr = out:close()
   if not cok then return fail("cannot write the output: " .. tostring(cerr)) end
   if journal then resume.remove(cmd.output) end
   if log.count > 0 then
-    io.stderr:write(("forkpool map: %d record%s failed%s\n"):format(log.count, log.count == 1 and "" or "s",
+    say(("forkpool map: %d record%s failed%s\n"):format(log.count, log.count == 1 and "" or "s",
       cmd.error_log and (" (see " .. cmd.error_log .. ")") or ""))
   end
   return 0
@@ -213,9 +226,7 @@ local function map(cmd)
   ctx.out, ctx.log = out, log
 
   signals.ignore_sigpipe()
-  signals.watch_sigint()
   local status = run(ctx)
-  signals.restore()
   out:close()
   log:close()
   return status

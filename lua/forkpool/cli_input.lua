@@ -16,6 +16,8 @@
 -- carried to the next.  A file is opened when its turn comes; one that
 -- cannot be opened or read raises { input = "message" }.
 
+local ffi = require "ffi"
+
 local find, byte, sub, concat = string.find, string.byte, string.sub, table.concat
 
 local M = {}
@@ -57,17 +59,52 @@ local function input_error(fmt, ...)
   error({ input = fmt:format(...) }, 0)
 end
 
--- texts(f, name, read_bytes) -> iterator of strings of whole lines (the
+-- Reads go through read(2) on the file's descriptor: a SIGINT (the pool's
+-- guard is armed for the whole run, without SA_RESTART) can interrupt a
+-- read of a pipe, and C stdio's fread would then report an error and Lua
+-- drop the bytes it had read.  EINTR is retried here.
+pcall(ffi.cdef, [[
+long forkpool_cli_read(int fd, void *buf, size_t n) __asm__("read");
+int forkpool_cli_open(const char *path, int flags, ...) __asm__("open");
+int forkpool_cli_close(int fd) __asm__("close");
+char *forkpool_cli_strerror(int e) __asm__("strerror");
+]])
+local C = ffi.C
+local EINTR = 4
+local O_RDONLY, O_CLOEXEC = 0, 0x80000
+
+local function strerror(e) return ffi.string(C.forkpool_cli_strerror(e)) end
+
+-- read_full(fd, buf, n) -> bytes read into buf (< n only at the end of
+-- the input), or nil and errno.
+local function read_full(fd, buf, n)
+  local got = 0
+  while got < n do
+    local r = tonumber(C.forkpool_cli_read(fd, buf + got, n - got))
+    if r > 0 then
+      got = got + r
+    elseif r == 0 then
+      break
+    else
+      local e = ffi.errno()
+      if e ~= EINTR then return nil, e end
+    end
+  end
+  return got
+end
+
+-- texts(fd, name, read_bytes) -> iterator of strings of whole lines (the
 -- last piece of the file may lack its "\n"), about read_bytes each or one
 -- long line.
-local function texts(f, name, read_bytes)
+local function texts(fd, name, read_bytes)
   local carry = {}   -- pieces of an unfinished line
   local done = false
+  local buf = ffi.new("char[?]", read_bytes)
   return function()
     while not done do
-      local chunk, err = f:read(read_bytes)
-      if chunk == nil then
-        if err then input_error("%s: %s", name, err) end
+      local got, e = read_full(fd, buf, read_bytes)
+      if not got then input_error("%s: %s", name, strerror(e)) end
+      if got == 0 then
         done = true
         if #carry > 0 then
           local s = concat(carry)
@@ -76,6 +113,7 @@ local function texts(f, name, read_bytes)
         end
         return nil
       end
+      local chunk = ffi.string(buf, got)
       local cut = last_newline(chunk)
       if cut then
         carry[#carry + 1] = sub(chunk, 1, cut)
@@ -84,16 +122,27 @@ local function texts(f, name, read_bytes)
         return s
       end
       carry[#carry + 1] = chunk
+      if got < read_bytes then
+        done = true
+        local s = concat(carry)
+        carry = {}
+        return s
+      end
     end
     return nil
   end
 end
 
+-- open(name) -> fd (0 for "-")
 local function open(name)
-  if name == "-" then return io.stdin end
-  local f, err = io.open(name, "rb")
-  if not f then input_error("%s", err) end
-  return f
+  if name == "-" then return 0 end
+  local fd = C.forkpool_cli_open(name, O_RDONLY + O_CLOEXEC)
+  if fd < 0 then input_error("%s: %s", name, strerror(ffi.errno())) end
+  return fd
+end
+
+local function close(fd)
+  if fd ~= 0 then C.forkpool_cli_close(fd) end
 end
 
 -- check_readable(files) -> nil, or a message naming the first input that
@@ -137,7 +186,7 @@ function M.blocks(files, opts)
       end
       local s = next_text()
       if s == nil then
-        if f ~= io.stdin then f:close() end
+        close(f)
         f = nil
       else
         if skip > 0 then
