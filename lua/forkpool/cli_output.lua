@@ -97,8 +97,10 @@ end
 function Log:report(e)
   self.count = self.count + 1
   if self.out then
-    local ok, err = self.out:write(self.cjson.encode({ file = e.file, line = e.line, kind = e.kind,
-      message = tostring(e.message) }) .. "\n")
+    -- the keys in a fixed order (a Lua table's order varies between runs)
+    local enc = self.cjson.encode
+    local ok, err = self.out:write(('{"file":%s,"line":%s,"kind":%s,"message":%s}\n'):format(
+      enc(tostring(e.file)), enc(e.line), enc(tostring(e.kind)), enc(tostring(e.message))))
     if ok ~= true then return nil, err or "the error log was closed" end
     self.bytes = self.out.bytes
   else
