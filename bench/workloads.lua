@@ -110,6 +110,9 @@ end
 
 local function verdict(pass) return pass and "PASS" or "MISS" end
 
+-- for workloads kept in files of their own (bench/cli.lua)
+W.measure, W.protected, W.wrong, W.verdict = measure, protected, wrong, verdict
+
 local function range(n)
   local t = table_new(n, 0)
   for i = 1, n do t[i] = i end
