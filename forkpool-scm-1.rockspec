@@ -16,7 +16,9 @@ description = {
 forkpool runs a Lua function over the items of a table on forked LuaJIT
 worker processes and brings the results back through shared memory, with
 mpire's worker model: keep_alive, worker state, worker_init/worker_exit,
-lifespans, shared objects passed copy-on-write, and clear errors.
+lifespans, shared objects passed copy-on-write, and clear errors.  The
+`forkpool map SCRIPT.lua [FILE ...]` command runs a Lua function over JSON
+lines on every core.
 ]],
    homepage = "https://github.com/forkpool/forkpool",
    issues_url = "https://github.com/forkpool/forkpool/issues",
@@ -41,5 +43,10 @@ build = {
       INST_LIBDIR = "$(LIBDIR)",
       INST_LUADIR = "$(LUADIR)",
       INST_BINDIR = "$(BINDIR)",
+   },
+   -- the command line, `forkpool map SCRIPT.lua [FILE ...]`: LuaRocks puts
+   -- a wrapper in the tree's bin/ that runs it with the tree's paths
+   install = {
+      bin = { forkpool = "bin/forkpool" },
    },
 }

@@ -12,7 +12,8 @@
 #   5. `make install` (tools/luarocks-luajit.sh) installs from the checkout
 #      without any configuration;
 #   6. each installed module maps, exports only luaopen_*, has no test hooks,
-#      and the builds left nothing in the checkout outside build/.
+#      the tree's bin/forkpool command runs `forkpool map`, and the builds
+#      left nothing in the checkout outside build/.
 # Prints one line per check and ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -53,6 +54,25 @@ works_from_tree() {
     print("installed forkpool maps: " .. package.searchpath("forkpool", package.path))' || return 1
   exports=$(nm -D --defined-only "$so" | awk '{print $3}')
   [ "$exports" = "luaopen_forkpool_core" ] || { echo "$so exports: $exports"; return 1; }
+  works_command "$tree"
+}
+
+# The tree's bin/forkpool (LuaRocks' wrapper around bin/forkpool) runs
+# `forkpool map` with the tree's modules, from a directory that is not the
+# checkout and with no Lua paths in the environment.
+works_command() {
+  tree=$1
+  [ -x "$tree/bin/forkpool" ] || { echo "no $tree/bin/forkpool"; return 1; }
+  work=$SCRATCH/command-$$-$(date +%s%N)
+  mkdir -p "$work"
+  printf 'return function(r) return { r.i, r.i * r.i } end\n' >"$work/sq.lua"
+  printf '{"i":1}\n{"i":2}\n{"i":3}\n' >"$work/in.jsonl"
+  got=$(cd "$work" && env -u LUA_PATH -u LUA_CPATH "$tree/bin/forkpool" map -j 2 sq.lua in.jsonl) || {
+    echo "$tree/bin/forkpool map failed"; return 1; }
+  [ "$got" = "$(printf '[1,1]\n[2,4]\n[3,9]')" ] || { echo "$tree/bin/forkpool map wrote: $got"; return 1; }
+  version=$(env -u LUA_PATH -u LUA_CPATH "$tree/bin/forkpool" --version) &&
+    [ "$version" = "forkpool $VERSION" ] || { echo "--version: $version"; return 1; }
+  echo "installed command maps: $tree/bin/forkpool"
 }
 
 lint() { luarocks lint forkpool-$VERSION-1.rockspec && luarocks lint forkpool-scm-1.rockspec; }
