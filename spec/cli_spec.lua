@@ -477,14 +477,22 @@ describe("forkpool map", function()
         pcall(ffi.cdef, "int usleep(unsigned int);")
         return function(r) ffi.C.usleep(100); return { r.i, 2 * r.i } end
       ]])
-      for _, delay in ipairs { 0.3, 0.8, 1.5 } do
+      for _, delay in ipairs { 0, 0.2, 0.5 } do
         -- the status comes through a wrapper shell that waits for it
         local rcfile = path("int.rc")
         os.remove(rcfile)
+        os.remove(path("int.out"))
         local p = io.popen(("setsid sh -c '%s map --chunk-size 50 %s %s -o %s 2>%s; echo $? >%s' </dev/null "
           .. ">/dev/null 2>&1 & echo $!"):format(BIN, slow, input, path("int.out"), path("int.err"), rcfile))
         local pid = tonumber(p:read("*l"))
         p:close()
+        -- once it writes (a loaded machine may take a while to start it)
+        assert.is_true(util.wait_for(function()
+          local f = io.open(path("int.out"), "rb")
+          local size = f and f:seek("end") or 0
+          if f then f:close() end
+          return size > 0
+        end, 30))
         util.sleep(delay)
         util.kill(-pid, 2)
         local done = util.wait_for(function() return read(rcfile) ~= nil and read(rcfile):find("\n") end, 20)
