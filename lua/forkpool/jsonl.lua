@@ -1,0 +1,558 @@
+-- forkpool.jsonl: the worker side of `forkpool map` (issue 12).  It turns a
+-- block of input lines into a block of output lines, inside a worker.
+--
+-- The parent (forkpool.cli) cuts its input into blocks of whole lines and
+-- maps them with `use_worker_state = true`:
+--
+--   worker_init = function(state) jsonl.init(config, state) end
+--   fn          = jsonl.run_block          -- fn(state, block) -> result
+--   worker_exit = jsonl.exit               -- exit(state) -> the script's
+--                                             worker_exit result, or nil
+--
+-- config (built by the parent; these names are stable):
+--   script  string, the path of SCRIPT.lua (loaded in the worker, by path)
+--   raw     boolean, --raw: lines in as Lua strings, results out with tostring
+--   flat    boolean, --flat: an array result writes one line per element
+--   errors  "fail" (default) or "skip"
+--   shard   { k, n } (1 <= k <= n) or nil: keep only lines whose global line
+--           number g has (g - 1) % n == k - 1
+--   set     table of the --set key=value pairs (values are strings), or nil
+--           (then {}): what the script's worker_init receives
+--
+-- block (one item of the map):
+--   file    the input's name as given ("-" for stdin)
+--   line    line number, in that file, of the block's first line
+--   n       global input line number of the block's first line (all inputs,
+--           in order, counted from 1): the shard rule uses it
+--   text    the lines, each ending in "\n" except possibly a file's last
+--
+-- result of run_block:
+--   out     string: the output lines, each ending in "\n", in input order
+--   n_in    number of lines read (with errors = "fail": up to and including
+--           the failing line)
+--   n_out   number of lines in out
+--   errors  nil, or (errors = "skip") an array of { file, line, kind,
+--           message } in line order: the records that were left out
+--   fail    nil, or (errors = "fail") the first error { file, line, kind,
+--           message }; out then holds only the lines before it
+-- kind is "json" (the line is not JSON), "task" (the script raised), "encode"
+-- (the result cannot be written as JSON) or "utf8" (invalid UTF-8 in a line,
+-- or in a result); message never repeats file and line.
+--
+-- SCRIPT.lua returns fn (called fn(record)) or { map = fn, worker_init = f,
+-- worker_exit = g } (then fn(state, record); state is what worker_init(set)
+-- returned, or a fresh table when it returned nil or there is none; g(state)
+-- runs when the worker stops).
+--
+-- Decisions (README "forkpool map" says the same to users):
+-- * Lines: a block's lines are split at "\n".  In JSON mode a line that is
+--   empty or only JSON whitespace (space, tab, "\r") is skipped: counted in
+--   n_in, never a record.  "\r\n" endings need nothing (the "\r" is JSON
+--   whitespace).  In raw mode the line reaches fn without its "\n" and
+--   without one trailing "\r" (like Go's bufio.ScanLines); every line is a
+--   record, empty ones too.
+-- * Results: nil drops the record (a filter).  JSON mode writes
+--   cjson.encode(result); raw mode tostring(result).  With flat, a table
+--   whose keys are all positive integers (what lua-cjson calls an array)
+--   writes each element res[1..max] as its own line (nil holes are
+--   skipped); an empty table writes nothing; anything else is one line.  A
+--   record's lines are written all or none.
+-- * JSON, through our own lua-cjson instance (cjson.new(), so a script that
+--   changes `require "cjson"`'s settings does not change ours):
+--   - strict decoding: decode_invalid_numbers(false) (NaN, Infinity and hex
+--     are not JSON); nesting up to 1000 levels (cjson's default).
+--   - numbers are written with 14 significant digits, the most Debian's
+--     lua-cjson 2.1.0 accepts (encode_number_precision refuses 15-17), so
+--     the output equals a plain lua-cjson loop's.  Integers below 1e14 and
+--     decimals of up to 14 significant digits round-trip exactly; a
+--     decimal below 1e14 that needs 15-17 digits (0.1 + 0.2, a coordinate
+--     written by Python) is rounded to 14.  A number of magnitude >= 1e14
+--     that 14 digits would change (a microsecond timestamp, an id up to
+--     2^53) is written exactly instead, with the fewest digits (15-17)
+--     that give the same double back, as lua-cjson never does (it would
+--     write 1.7000000001235e+15).  Integers beyond 2^53 were already
+--     rounded when the line was decoded (Lua numbers are doubles).
+--   - NaN and infinities are an "encode" error (encode_invalid_numbers
+--     off), as are functions, userdata other than cjson.null, and sparse
+--     arrays (cjson's default rule: more than 10 elements and less than
+--     half of them set).
+--   - empty tables: lua-cjson 2.1.0 decodes [] and {} to the same empty
+--     table, and writes an empty table as {}.  So [] comes out as {}.
+--   - strings: "\u00e9" escapes decode to UTF-8 and are written as the
+--     UTF-8 bytes; "/" is written "\/" (lua-cjson's habit; still JSON).
+-- * UTF-8: a line of invalid UTF-8 (overlong forms, surrogates, bytes that
+--   are never UTF-8, truncated sequences) is a "utf8" error naming the byte;
+--   so is a result whose JSON text is not valid UTF-8 (a script that cut a
+--   string inside a character).  Raw mode passes bytes and checks nothing.
+--   The check is one FFI pass over the block (eight bytes at a time while
+--   they are ASCII) and over the block's output: nothing per line.
+-- * Speed: the lines of a block run in one loop inside one pcall; after a
+--   failure the loop is entered again at the next line.  The loop's
+--   progress lives in this module's upvalues (so run_block is not
+--   re-entrant: a script must not call it).
+
+local ffi = require "ffi"
+local cjson_mod = require "cjson"
+
+local find, sub, byte, format = string.find, string.sub, string.byte, string.format
+local concat, sort = table.concat, table.sort
+local type, tostring, tonumber, pcall, next = type, tostring, tonumber, pcall, next
+local table_clear = require "table.clear"
+
+local M = {}
+
+------------------------------------------------------------------------
+-- Our lua-cjson instance
+------------------------------------------------------------------------
+local cjson = cjson_mod.new()
+cjson.encode_number_precision(14)  -- the maximum of lua-cjson 2.1.0
+cjson.encode_invalid_numbers(false)
+cjson.decode_invalid_numbers(false)
+cjson.encode_sparse_array(false, 2, 10)
+local decode, encode = cjson.decode, cjson.encode
+
+------------------------------------------------------------------------
+-- UTF-8 validation (RFC 3629) over a byte range, through the FFI
+------------------------------------------------------------------------
+local u8p_t = ffi.typeof("const uint8_t *")
+local u64p_t = ffi.typeof("const uint64_t *")
+local HIGH = 0x8080808080808080ULL
+local band = bit.band
+
+-- utf8_bad(p, i, n) -> the 0-based offset of the first byte of the first
+-- invalid sequence in p[i .. n-1], or nil when the range is valid UTF-8.
+-- A sequence cut by n is invalid.
+local function utf8_bad(p, i, n)
+  while i < n do
+    -- ASCII fast path: eight bytes at a time (unaligned loads are fine on
+    -- the targets LuaJIT runs on)
+    while i + 8 <= n and band(ffi.cast(u64p_t, p + i)[0], HIGH) == 0ULL do i = i + 8 end
+    if i >= n then return nil end
+    local c = p[i]
+    if c < 0x80 then
+      i = i + 1
+    else
+      local need, lo, hi  -- continuation bytes, range of the first one
+      if c >= 0xC2 and c <= 0xDF then need, lo, hi = 1, 0x80, 0xBF
+      elseif c == 0xE0 then need, lo, hi = 2, 0xA0, 0xBF
+      elseif c == 0xED then need, lo, hi = 2, 0x80, 0x9F   -- no surrogates
+      elseif c >= 0xE1 and c <= 0xEF then need, lo, hi = 2, 0x80, 0xBF
+      elseif c == 0xF0 then need, lo, hi = 3, 0x90, 0xBF
+      elseif c >= 0xF1 and c <= 0xF3 then need, lo, hi = 3, 0x80, 0xBF
+      elseif c == 0xF4 then need, lo, hi = 3, 0x80, 0x8F   -- <= U+10FFFF
+      else return i end                                    -- 80-C1, F5-FF
+      if i + need >= n then return i end
+      local c1 = p[i + 1]
+      if c1 < lo or c1 > hi then return i end
+      for k = 2, need do
+        local ck = p[i + k]
+        if ck < 0x80 or ck > 0xBF then return i end
+      end
+      i = i + need + 1
+    end
+  end
+  return nil
+end
+
+-- first_bad(s, from) -> the 1-based position of the first invalid UTF-8
+-- byte of s at or after position from, or nil.
+local function first_bad(s, from)
+  local off = utf8_bad(ffi.cast(u8p_t, s), from - 1, #s)
+  return off and off + 1
+end
+M._first_bad_utf8 = first_bad  -- (for the spec)
+
+------------------------------------------------------------------------
+-- Exact numbers of magnitude >= 1e14 (see "numbers" above)
+------------------------------------------------------------------------
+local BIG = 1e14
+
+-- exact(v) -> the shortest %.Ng (14 <= N <= 17) that reads back as v.
+local function exact(v)
+  for prec = 14, 16 do
+    local s = format("%." .. prec .. "g", v)
+    if tonumber(s) == v then return s end
+  end
+  return format("%.17g", v)
+end
+
+-- Placeholders: a number to fix is replaced by a string that cjson writes
+-- as "\u0000fpN<nonce>\u0000" and that nothing else can produce (a string
+-- of the record could hold NUL bytes, but not this nonce, made from an
+-- address and the clock when the module loads).
+local NONCE = "z" .. (tostring({}):match("0x(%x+)") or "0") .. format("%x", os.time())
+local PH_PAT = '"\\u0000fp(%d+)' .. NONCE .. '\\u0000"'
+local fix_nums = {}
+
+-- with_placeholders(v, depth) -> v, or a copy of v in which every number of
+-- magnitude >= 1e14 that 14 digits would not round-trip is a placeholder;
+-- the exact texts go to fix_nums.  Tables are copied only on the path to
+-- such a number; the result's own tables are never changed.
+local function with_placeholders(v, depth)
+  local tv = type(v)
+  if tv == "number" then
+    if (v >= BIG or v <= -BIG) and v == v and v ~= 1 / 0 and v ~= -1 / 0 then
+      local s = format("%.14g", v)
+      if tonumber(s) ~= v then
+        local k = #fix_nums + 1
+        fix_nums[k] = exact(v)
+        return "\0fp" .. k .. NONCE .. "\0"
+      end
+    end
+    return v
+  elseif tv == "table" and depth < 1000 then  -- (deeper: cjson refuses it)
+    local copy
+    for key, x in next, v do
+      local y = with_placeholders(x, depth + 1)
+      if y ~= x then
+        if not copy then
+          copy = {}
+          for k2, x2 in next, v do copy[k2] = x2 end
+        end
+        copy[key] = y
+      end
+    end
+    return copy or v
+  end
+  return v
+end
+
+-- encode_exact(res) -> the JSON text of res with big numbers exact; called
+-- when cjson's text holds a digit, "e+" and a digit (an exponent: a number
+-- >= 1e14, or those characters in a string; checked with a plain find
+-- first, which costs nothing measurable).
+local function encode_exact(res)
+  table_clear(fix_nums)
+  local v = with_placeholders(res, 0)
+  if #fix_nums == 0 then return encode(res) end
+  local s = encode(v)
+  s = s:gsub(PH_PAT, function(k) return fix_nums[tonumber(k)] end)
+  table_clear(fix_nums)
+  return s
+end
+
+------------------------------------------------------------------------
+-- Loading the script
+------------------------------------------------------------------------
+
+-- load(path) -> { map = fn, worker_init = f|nil, worker_exit = g|nil,
+-- table_script = boolean }, or nil and a message naming the path.  The
+-- parent can call it to check a script before starting workers (it runs the
+-- script's top level, in the parent).
+function M.load(path)
+  if type(path) ~= "string" then return nil, "no script given" end
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, tostring(err) end
+  local ok, v = pcall(chunk)
+  if not ok then return nil, path .. ": the script raised: " .. tostring(v) end
+  if type(v) == "function" then
+    return { map = v, table_script = false }
+  elseif type(v) == "table" then
+    local map, init, exit = v.map, v.worker_init, v.worker_exit
+    if type(map) ~= "function" then
+      return nil, path .. ": the returned table has no 'map' function"
+    end
+    if init ~= nil and type(init) ~= "function" then
+      return nil, path .. ": 'worker_init' is not a function"
+    end
+    if exit ~= nil and type(exit) ~= "function" then
+      return nil, path .. ": 'worker_exit' is not a function"
+    end
+    return { map = map, worker_init = init, worker_exit = exit, table_script = true }
+  end
+  return nil, path .. ": the script must return a function or a table " ..
+    "{ map = fn, worker_init = f, worker_exit = g } (it returned " .. type(v) .. ")"
+end
+
+-- init(config [, state]) -> state: loads the script, runs its worker_init
+-- and fills state (the pool's worker_state table, or a new one).  Raises
+-- when the configuration or the script is bad.
+--
+-- state's fields (written here only, read by run_block and exit):
+--   call      function(ustate, record): the script's fn
+--   ustate    the script's state (table scripts), or nil
+--   script    the loaded script (see load)
+--   raw, flat, fail (errors == "fail"), shard_k, shard_n (1, 1 unsharded)
+function M.init(config, state)
+  if type(config) ~= "table" then error("jsonl.init: config table expected", 2) end
+  local errors = config.errors or "fail"
+  if errors ~= "fail" and errors ~= "skip" then
+    error("jsonl.init: config.errors must be \"fail\" or \"skip\"", 2)
+  end
+  local k, n = 1, 1
+  if config.shard ~= nil then
+    local sh = config.shard
+    k, n = type(sh) == "table" and sh[1], type(sh) == "table" and sh[2]
+    if type(k) ~= "number" or type(n) ~= "number" or k % 1 ~= 0 or n % 1 ~= 0
+      or k < 1 or k > n then
+      error("jsonl.init: config.shard must be { k, n } with 1 <= k <= n", 2)
+    end
+  end
+  local script, err = M.load(config.script)
+  if not script then error(err, 0) end
+  state = state or {}
+  local map = script.map
+  local ustate
+  if script.table_script then
+    if script.worker_init then ustate = script.worker_init(config.set or {}) end
+    if ustate == nil then ustate = {} end
+    state.call = map
+  else
+    state.call = function(_, record) return map(record) end
+  end
+  state.ustate = ustate
+  state.script = script
+  state.raw = not not config.raw
+  state.flat = not not config.flat
+  state.fail = errors == "fail"
+  state.shard_k, state.shard_n = k, n
+  return state
+end
+
+-- exit(state) -> what the script's worker_exit(ustate) returned, or nil.
+function M.exit(state)
+  local script = state and state.script
+  if script and script.worker_exit then return (script.worker_exit(state.ustate)) end
+  return nil
+end
+
+------------------------------------------------------------------------
+-- The loop over a block's lines
+------------------------------------------------------------------------
+-- The registers of the loop, for one run_block at a time: the handler reads
+-- them after a failure to know where it happened.
+local T, LEN       -- the block's text and its length
+local P            -- start of the current line
+local LN           -- index of the current line in the block (0-based)
+local CD, SKIP     -- shard countdown: a line runs when CD is 0, then CD = SKIP
+local BAD          -- position of the next invalid UTF-8 byte (or LEN + 1)
+local STAGE        -- 0 utf8 check, 1 decode, 2 fn, 3 encode
+local OUT, SRC, NOUT = {}, {}, 0  -- output lines (no "\n"), their line index
+local CALL, US, FLAT
+
+local UTF8 = {}  -- the error value of an invalid line (a marker)
+
+-- next_bad() -> position of the first invalid UTF-8 byte at or after P, or
+-- LEN + 1.
+local function next_bad()
+  return first_bad(T, P) or LEN + 1
+end
+
+-- flat_len(t) -> the largest key when every key of t is a positive
+-- integer (0 for an empty table), or nil.
+local function flat_len(t)
+  local max = 0
+  for k in next, t do
+    if type(k) ~= "number" or k < 1 or k % 1 ~= 0 then return nil end
+    if k > max then max = k end
+  end
+  return max
+end
+
+local function json_loop()
+  while P <= LEN do
+    local nl = find(T, "\n", P, true) or LEN + 1
+    if CD == 0 then
+      CD = SKIP
+      if BAD < nl then
+        if BAD < P then BAD = next_bad() end  -- it was in a line the shard skipped
+        if BAD < nl then STAGE = 0; error(UTF8) end
+      end
+      STAGE = 1
+      local rec = decode(sub(T, P, nl - 1))
+      STAGE = 2
+      local res = CALL(US, rec)
+      if res ~= nil then
+        STAGE = 3
+        local m = FLAT and type(res) == "table" and flat_len(res)
+        if m then
+          local k = NOUT
+          for i = 1, m do
+            local x = res[i]
+            if x ~= nil then
+              local s = encode(x)
+              if find(s, "e+", 1, true) and find(s, "%de%+%d") then s = encode_exact(x) end
+              k = k + 1
+              OUT[k] = s
+              SRC[k] = LN
+            end
+          end
+          NOUT = k
+        else
+          local s = encode(res)
+          if find(s, "e+", 1, true) and find(s, "%de%+%d") then s = encode_exact(res) end
+          local k = NOUT + 1
+          OUT[k] = s
+          SRC[k] = LN
+          NOUT = k
+        end
+      end
+    else
+      CD = CD - 1
+    end
+    P = nl + 1
+    LN = LN + 1
+  end
+end
+
+local function raw_loop()
+  while P <= LEN do
+    local nl = find(T, "\n", P, true) or LEN + 1
+    if CD == 0 then
+      CD = SKIP
+      STAGE = 2
+      local e = nl - 1
+      if e >= P and byte(T, e) == 13 then e = e - 1 end
+      local res = CALL(US, sub(T, P, e))
+      if res ~= nil then
+        local m = FLAT and type(res) == "table" and flat_len(res)
+        if m then
+          local k = NOUT
+          for i = 1, m do
+            local x = res[i]
+            if x ~= nil then
+              k = k + 1
+              OUT[k] = tostring(x)
+              SRC[k] = LN
+            end
+          end
+          NOUT = k
+        else
+          local k = NOUT + 1
+          OUT[k] = tostring(res)
+          SRC[k] = LN
+          NOUT = k
+        end
+      end
+    else
+      CD = CD - 1
+    end
+    P = nl + 1
+    LN = LN + 1
+  end
+end
+
+-- The message of an error value (a string, a table with a message, or
+-- anything tostring can show).
+local function message_of(err)
+  if type(err) == "string" then return err end
+  if type(err) == "table" and type(err.message) == "string" then return err.message end
+  local ok, s = pcall(tostring, err)
+  return ok and s or "(an error value that tostring cannot show)"
+end
+
+-- lua-cjson's message without the "file:line: " that luaL_error put in
+-- front (the place in this module that called cjson, of no use to users).
+local function cjson_message(err)
+  return (message_of(err):gsub("^[^\n]-:%d+: ", "", 1))
+end
+
+-- What went wrong at the current line: kind and message, or nil for a
+-- blank line (JSON mode: skipped, not an error).
+local function classify(err, nl)
+  if STAGE == 0 then
+    return "utf8", format("invalid UTF-8 at byte %d of the line", BAD - P + 1)
+  elseif STAGE == 1 then
+    if find(T, "^[ \t\r]*\n", P) or (nl > LEN and not find(T, "[^ \t\r]", P)) then
+      return nil
+    end
+    return "json", "invalid JSON: " .. cjson_message(err)
+  elseif STAGE == 2 then
+    return "task", message_of(err)
+  end
+  return "encode", "cannot write the result as JSON: " .. cjson_message(err)
+end
+
+-- Output UTF-8: lines whose JSON text is invalid become "utf8" errors
+-- (rare: the input was checked, so a script made them).  Removes their
+-- lines from OUT/SRC.  In fail mode every output line comes before the
+-- failing line, so the first bad one becomes the failure and the lines from
+-- it on go; in skip mode each bad record gets an error, in line order.
+-- Returns fail, errors.
+local function drop_bad_output(block, failmode, fail, errors)
+  local bad, first = {}, nil  -- line index -> message; the smallest index
+  for k = 1, NOUT do
+    local at = first_bad(OUT[k], 1)
+    local ln = SRC[k]
+    if at and not bad[ln] then
+      bad[ln] = format("the result is not valid UTF-8 (byte %d of its JSON text)", at)
+      if not first or ln < first then first = ln end
+    end
+  end
+  if not first then return fail, errors end
+  local keep  -- keep(ln) -> keep the output of line index ln
+  if failmode then
+    fail = { file = block.file, line = block.line + first, kind = "utf8", message = bad[first] }
+    LN = first + 1
+    keep = function(ln) return ln < first end
+  else
+    errors = errors or {}
+    for ln, msg in pairs(bad) do
+      errors[#errors + 1] = { file = block.file, line = block.line + ln, kind = "utf8", message = msg }
+    end
+    sort(errors, function(x, y) return x.line < y.line end)
+    keep = function(ln) return not bad[ln] end
+  end
+  local j = 0
+  for k = 1, NOUT do
+    if keep(SRC[k]) then
+      j = j + 1
+      OUT[j], SRC[j] = OUT[k], SRC[k]
+    end
+  end
+  NOUT = j
+  return fail, errors
+end
+
+-- run_block(state, block) -> { out, n_in, n_out, errors, fail } (see the
+-- header).
+function M.run_block(state, block)
+  local text = block.text
+  T, LEN, P, LN = text, #text, 1, 0
+  SKIP = state.shard_n - 1
+  -- lines to skip before the first kept one: the block's first line has
+  -- global number block.n
+  CD = ((state.shard_k - 1) - (block.n - 1)) % state.shard_n
+  CALL, US, FLAT = state.call, state.ustate, state.flat
+  NOUT = 0
+  local raw, failmode = state.raw, state.fail
+  local loop = raw and raw_loop or json_loop
+  BAD = (not raw and first_bad(text, 1)) or LEN + 1
+  local fail, errors
+  while true do
+    local ok, err = pcall(loop)
+    if ok then break end
+    local nl = find(T, "\n", P, true) or LEN + 1
+    local kind, msg = classify(err, nl)
+    if kind then
+      local e = { file = block.file, line = block.line + LN, kind = kind, message = msg }
+      if failmode then
+        fail = e
+        LN = LN + 1
+        break
+      end
+      errors = errors or {}
+      errors[#errors + 1] = e
+    end
+    if STAGE == 0 then BAD = first_bad(T, nl + 1) or LEN + 1 end
+    P, LN = nl + 1, LN + 1
+  end
+  local out = ""
+  if NOUT > 0 then
+    OUT[NOUT + 1] = ""
+    out = concat(OUT, "\n", 1, NOUT + 1)
+    if not raw and first_bad(out, 1) then
+      fail, errors = drop_bad_output(block, failmode, fail, errors)
+      OUT[NOUT + 1] = ""
+      out = NOUT > 0 and concat(OUT, "\n", 1, NOUT + 1) or ""
+    end
+  end
+  local n_out = NOUT
+  -- let the block's strings go (OUT and SRC are reused)
+  table_clear(OUT)
+  table_clear(SRC)
+  T, CALL, US = nil, nil, nil
+  return { out = out, n_in = LN, n_out = n_out, errors = errors, fail = fail }
+end
+
+return M
