@@ -37,7 +37,7 @@ Options:
                         tostring; no JSON
       --flat            an array result writes each element as its own line
       --chunk-size N    N lines per block sent to a worker (default: blocks
-                        of about 256 KiB of whole lines)
+                        of about 64 KiB of whole lines)
       --task-timeout S  seconds one block may run; past it the run fails
       --max-retries K   re-run a block whose worker died, up to K times
       --progress        a progress bar (lines read) on stderr
