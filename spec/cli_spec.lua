@@ -132,6 +132,7 @@ describe("forkpool map", function()
         { "map " .. DOUBLE .. " " .. path("missing.jsonl"), "cannot read the input: .*missing.jsonl" },
         { "map " .. DOUBLE .. " " .. input .. " " .. dir, "cannot read the input: .*Is a directory" },
         { "map -o " .. dir .. "/no/such/dir/out " .. DOUBLE .. " " .. input, "cannot open the output" },
+        { "map -o " .. dir .. "/./in.jsonl " .. DOUBLE .. " " .. input, "the output .* is also an input" },
       }
       for _, c in ipairs(cases) do
         local rc, out, err = fp(c[1])

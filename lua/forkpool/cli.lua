@@ -193,12 +193,36 @@ local function run(ctx)
   return 0
 end
 
+-- The file path names once symlinks and ".." are resolved, or nil when
+-- it does not exist.
+local function realpath(p)
+  local ffi = require "ffi"
+  pcall(ffi.cdef, [[
+    char *forkpool_cli_realpath(const char *path, char *resolved) __asm__("realpath");
+    void forkpool_cli_free(void *p) __asm__("free");
+  ]])
+  local r = ffi.C.forkpool_cli_realpath(p, nil)
+  if r == nil then return nil end
+  local s = ffi.string(r)
+  ffi.C.forkpool_cli_free(r)
+  return s
+end
+
 -- Check and open everything, then run.
 local function map(cmd)
   local ok, err = check_script(cmd.script)
   if not ok then return fail(err, 2) end
   err = input.check_readable(cmd.files)
   if err then return usage_error("cannot read the input: " .. err) end
+  -- -o truncates its file: never one of the inputs
+  local out_real = cmd.output and realpath(cmd.output)
+  if out_real then
+    for _, f in ipairs(cmd.files) do
+      if f ~= "-" and realpath(f) == out_real then
+        return usage_error(("the output %s is also an input"):format(cmd.output))
+      end
+    end
+  end
 
   local ctx = { cmd = cmd }
   if cmd.resume then
