@@ -11,8 +11,11 @@ cd "$(dirname "$0")"
 
 PKGS="make gcc luajit libluajit-5.1-dev lua-cjson lua-busted luarocks pkg-config git"
 # lua5.1 .. lua5.4: spec/install_spec.lua checks that PUC Lua gets a clear
-# refusal; zip/unzip: the src rock; lua-check: luacheck.
-TEST_PKGS="clang libclang-rt-14-dev procps coreutils util-linux binutils zip unzip lua-check lua5.1 lua5.2 lua5.3 lua5.4"
+# refusal; zip/unzip: the src rock; lua-check: luacheck; parallel and
+# openssh-server (which brings the client and ssh-keygen):
+# tools/test-distributed.sh runs `forkpool map` under GNU parallel, locally
+# and over ssh to two sshd it starts on loopback addresses.
+TEST_PKGS="clang libclang-rt-14-dev procps coreutils util-linux binutils zip unzip lua-check lua5.1 lua5.2 lua5.3 lua5.4 parallel openssh-server"
 
 missing() {
   out=""

@@ -3,7 +3,9 @@
 # them all up: C unit tests (plain and under ASan+UBSan), busted specs (plain
 # and against an ASan build of the engine), the decoder fuzz run, a smoke run
 # of the benchmarks (QUICK: small sizes, results verified, no timing
-# targets), the examples, luacheck, and the packaging checks
+# targets), the examples, the distributed runs of `forkpool map`
+# (tools/test-distributed.sh: GNU parallel locally and over ssh to two
+# loopback sshd, --shard job arrays), luacheck, and the packaging checks
 # (tools/check-rock.sh: the src rock installed by file and by name from a
 # local rocks server, the README's luarocks config lines, make install).
 # Exit status 0 only when nothing failed.
@@ -90,6 +92,9 @@ run_counted() {
 
 step "examples, smoke run (each one's output checked)"
 run_counted examples tools/run-examples.sh
+
+step "distributed: forkpool map under GNU parallel (one machine; two ssh hosts, one lost mid-run), --shard job arrays"
+run_counted distributed tools/test-distributed.sh
 
 step "lint (luacheck over lua/ spec/ bench/ examples/)"
 run_counted lint tools/lint.sh
