@@ -28,6 +28,21 @@ local measure, protected, wrong, verdict = W.measure, W.protected, W.wrong, W.ve
 
 local TARGET = 1.6
 
+local ffi = require "ffi"
+pcall(ffi.cdef, [[
+struct fpbench_rusage { long utime_s, utime_us, stime_s, stime_us; long rest[14]; };
+int getrusage(int who, struct fpbench_rusage *ru);
+]])
+local RUSAGE_CHILDREN = -1
+local ru = ffi.new("struct fpbench_rusage")
+
+-- CPU seconds (user + system) of this process's waited-for descendants: a
+-- command's workers count once the command has waited for them
+local function children_cpu()
+  ffi.C.getrusage(RUSAGE_CHILDREN, ru)
+  return tonumber(ru.utime_s) + tonumber(ru.stime_s) + (tonumber(ru.utime_us) + tonumber(ru.stime_us)) * 1e-6
+end
+
 local M = {}
 
 local function shell_quote(s)
@@ -186,9 +201,12 @@ end
 ------------------------------------------------------------------------
 
 -- Runs a command line through the shell, stderr to errpath; raises (WRONG
--- RESULT) when it fails.
+-- RESULT) when it fails.  Returns the CPU seconds it used (all its
+-- processes).
 local function run_cmd(cmdline, errpath, who)
+  local cpu0 = children_cpu()
   local ok, how, code = os.execute(cmdline .. " 2>" .. shell_quote(errpath))
+  local cpu = children_cpu() - cpu0
   -- LuaJIT's os.execute: (true|nil, "exit"|"signal", code) with 5.2 compat,
   -- else the raw status
   local good = ok == true or ok == 0
@@ -196,6 +214,7 @@ local function run_cmd(cmdline, errpath, who)
     wrong("%s failed (%s %s): %s\n  stderr: %s", who, tostring(how), tostring(code), cmdline,
       read_all(errpath):sub(1, 1000))
   end
+  return cpu
 end
 
 M.workload = { id = "cli", title = "forkpool map: 1e6 JSON lines", run = function(ctx)
@@ -249,13 +268,15 @@ M.workload = { id = "cli", title = "forkpool map: 1e6 JSON lines", run = functio
     local who = { seq = "baseline", fp2 = "forkpool map -j 2", fp1 = "forkpool map -j 1" }
     local out_size, identical = nil, { fp2 = 0, fp1 = 0 }
     local t_check = 0
+    local cpu = { seq = {}, fp2 = {}, fp1 = {} }
     -- a contender's check compares its output with the baseline's of the
     -- same round; the baseline runs first in each round (its output is the
     -- reference), the two forkpool runs alternate after it
     local function contender(name)
       return { name = name, run = function()
         os.remove(out[name])
-        run_cmd(cmds[name], errpath, who[name])
+        local xs = cpu[name]
+        xs[#xs + 1] = run_cmd(cmds[name], errpath, who[name])
       end, verify = function()
         if name == "seq" then
           local n = 0
@@ -290,6 +311,7 @@ M.workload = { id = "cli", title = "forkpool map: 1e6 JSON lines", run = functio
     local t_seq, t_fp2, t_fp1 = med.seq, med.fp2, med.fp1
     local per = function(t) return ("%s (%s/line)"):format(fmt_time(t), fmt_time(t / N)) end
     local speedup = t_seq / t_fp2
+    local c_seq, c_fp2, c_fp1 = median(cpu.seq), median(cpu.fp2), median(cpu.fp1)
     local function ident_note(name)
       if identical[name] == N then return "every line byte-identical to the baseline's" end
       return ("%d of %d lines byte-identical to the baseline's, the others the same JSON value "
@@ -316,6 +338,14 @@ M.workload = { id = "cli", title = "forkpool map: 1e6 JSON lines", run = functio
         note = ("forkpool map -j 1: one worker, the parent reading and writing; its cost over the "
           .. "sequential loop is the runner's overhead. Check: %s. The checks (outside the timing) "
           .. "took %s in all."):format(ident_note("fp1"), fmt_time(t_check)) },
+      { forkpool = ("CPU -j 2: %s, -j 1: %s"):format(fmt_time(c_fp2), fmt_time(c_fp1)),
+        baseline = "CPU of the sequential loop", base_value = fmt_time(c_seq),
+        ratio = "fp/seq " .. fmt_ratio(c_fp2 / c_seq), target = "(for reference)", result = "info",
+        note = ("CPU = user + system seconds of the command and every process it waited for "
+          .. "(getrusage RUSAGE_CHILDREN around it), medians. Unlike wall time it does not depend "
+          .. "on what else the machine runs: on %d idle cores, a speedup of %.1f× needs -j 2's CPU "
+          .. "to stay within %.2f× the loop's, spread evenly over the cores.")
+          :format(ctx.n_jobs, TARGET, ctx.n_jobs / TARGET) },
     }
   end)
 end }
