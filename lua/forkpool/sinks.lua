@@ -118,7 +118,29 @@ local function next_in_order(self)
   return start, cnt, chunk
 end
 
-function Imap:take(job) return take_from(self, next_in_order, job) end
+-- The common case first, without a loop (a loop here would be an inner
+-- loop in the trace of the caller's for loop, which LuaJIT does not
+-- compile): the next result of the current chunk, not nil.
+local function take_fast(self, job)
+  local i = self.cur_i
+  if i and i <= self.cur_end then
+    local cur, at = self.cur, i - self.cur_base
+    local v = cur[at]
+    if v ~= nil then
+      cur[at] = nil
+      self.cur_i = i + 1
+      job.active = job.active - 1
+      return true, v, i
+    end
+  end
+  return false
+end
+
+function Imap:take(job)
+  local ok, v, i = take_fast(self, job)
+  if ok then return ok, v, i end
+  return take_from(self, next_in_order, job)
+end
 
 ------------------------------------------------------------------------
 -- imap_unordered: a queue of chunks in completion order
@@ -147,7 +169,11 @@ local function next_done(self)
   return start, cnt, chunk
 end
 
-function ImapUnordered:take(job) return take_from(self, next_done, job) end
+function ImapUnordered:take(job)
+  local ok, v, i = take_fast(self, job)
+  if ok then return ok, v, i end
+  return take_from(self, next_done, job)
+end
 
 ------------------------------------------------------------------------
 -- apply: one result, decoded in place
