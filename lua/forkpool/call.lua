@@ -84,6 +84,19 @@ function M.guarded(self, fn, ...)
   return err
 end
 
+-- Run fn(...) with the SIGINT guard armed for the pool, without marking it
+-- busy: around a span of several public calls (forkpool.cli's whole run),
+-- so that a SIGINT between two of them neither kills the host in the
+-- middle of its own work nor is lost (arming clears the flag; nested
+-- calls only point the armed guard at the pool): the next poll raises it.
+function M.guard_span(self, fn, ...)
+  guard_push(self._core)
+  local ok, err = pcall(fn, ...)
+  guard_pop()
+  if not ok then error(err, 0) end
+  return err
+end
+
 -- Without keep_alive, workers stop once nothing is running.
 function M.maybe_stop(self)
   if not self._keep_alive and self._active == 0 and E.live_workers(self) > 0 then

@@ -47,10 +47,7 @@ function M.ignore_sigpipe()
 end
 
 function M.with_sigint_guard(pool, fn, ...)
-  -- forkpool.call's guard needs only the pool's engine handle (_core) and
-  -- a busy flag of its own: this stand-in keeps the real pool usable by
-  -- the calls nested inside.
-  return call.guarded({ _core = pool._core }, fn, ...)
+  return call.guard_span(pool, fn, ...)
 end
 
 return M
