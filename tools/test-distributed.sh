@@ -47,8 +47,9 @@ T_SSHD=900     # upper bound on an sshd's life (they are killed long before)
 PASSED=0
 FAILED=0
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/forkpool-distributed.XXXXXX")
-SSHD_PIDS=""        # the `timeout` processes that run each sshd
-BG_PIDS=""          # background runs (parallel) still to be reaped
+SSHD_PIDS=""        # the `timeout` processes that run each sshd, until killed
+BG_PIDS=""          # background runs, until reaped (then forgotten: their
+                    # ids may be reused by other processes)
 MADE_PRIVSEP=""
 
 # ---- process trees ---------------------------------------------------------
@@ -81,6 +82,24 @@ kill_tree() {
   kill -KILL "$kt_root" $kt_seen 2>/dev/null
   wait "$kt_root" 2>/dev/null
   return 0
+}
+
+# forget PID: PID has been reaped; cleanup must not touch that id again
+forget() {
+  fg_keep=""
+  for fg_p in $BG_PIDS; do [ "$fg_p" = "$1" ] || fg_keep="$fg_keep $fg_p"; done
+  BG_PIDS=$fg_keep fg_keep=""
+  for fg_p in $SSHD_PIDS; do [ "$fg_p" = "$1" ] || fg_keep="$fg_keep $fg_p"; done
+  SSHD_PIDS=$fg_keep
+}
+
+# reap PID: wait for the background process PID, forget it once it is gone
+# (not when a signal interrupted the wait); returns its exit status
+reap() {
+  wait "$1"
+  rp_rc=$?
+  kill -0 "$1" 2>/dev/null || forget "$1"
+  return "$rp_rc"
 }
 
 cleanup() {
@@ -147,7 +166,7 @@ bounded() {
   timeout -k 5 "$b_secs" "$@" <"$b_in" >"$b_out" 2>"$b_err" &
   b_pid=$!
   BG_PIDS="$BG_PIDS $b_pid"
-  wait "$b_pid"
+  reap "$b_pid"
 }
 
 # ---- prerequisites -----------------------------------------------------------
@@ -351,6 +370,7 @@ EOF
       return 0
     fi
     kill_tree "$ss_pid"
+    forget "$ss_pid"
     grep -q 'Bind to port .* failed\|Cannot bind' "$ss_log" || return 1
     ss_port=$((ss_port + 101)) ss_try=$((ss_try + 1))
   done
@@ -421,10 +441,19 @@ else
   pass "parallel-ssh (two hosts, $(jobs_in "$P2.log") jobs, output = single run)"
 fi
 
-# lose_host_A_mid_run JOBLOG BGPID: once a job has finished on fpA and
+# ssh_parallel_bg OUT SSHLOGINS EXTRA...: ssh_parallel in the background;
+# sets bg (its process id); OUT.done appears when the run has ended.
+ssh_parallel_bg() {
+  rm -f "$1.done"
+  ( ssh_parallel "$@"; sp_rc=$?; : >"$1.done"; exit "$sp_rc" ) &
+  bg=$!
+  BG_PIDS="$BG_PIDS $bg"
+}
+
+# lose_host_A_mid_run OUT: once a job of the run OUT has finished on fpA and
 # forkpool map runs there again (a luajit process under A's sshd), kill A's
 # sshd and all it spawned.  Returns 1 when the run ended before that moment
-# came.  (Killing a session while the login shell still runs its startup
+# came (or at it: then no job was lost).  (Killing a session while the login shell still runs its startup
 # files could leave their locks behind, on this one shared filesystem.)
 a_busy() {
   awk 'NR > 1 && $2 == "fpA" { f = 1 } END { exit !f }' "$1" 2>/dev/null || return 1
@@ -433,13 +462,13 @@ a_busy() {
   done
   return 1
 }
-run_over() { ! kill -0 "$1" 2>/dev/null; }
-busy_or_over() { a_busy "$1" || run_over "$2"; }
+busy_or_over() { a_busy "$1.log" || [ -e "$1.done" ]; }
 lose_host_A_mid_run() {
-  wait_for 120 busy_or_over "$1" "$2"
-  run_over "$2" && return 1
+  wait_for 120 busy_or_over "$1"
+  [ -e "$1.done" ] && return 1
   kill_tree "$A_PID"
-  return 0
+  forget "$A_PID"
+  [ ! -e "$1.done" ]
 }
 
 # restart_A: a fresh sshd for fpA on the same address and port
@@ -449,14 +478,12 @@ restart_A() { start_sshd A 127.0.0.2 && write_ssh_config; }
 # the run ends complete, in order, nothing duplicated.  (The joblog lists
 # only each job's last attempt.)
 P3=$WORK/p3
-ssh_parallel "$P3" 1/fpA,1/fpB --retries 3 --joblog "$P3.log" &
-bg=$!
-BG_PIDS="$BG_PIDS $bg"
-if ! lose_host_A_mid_run "$P3.log" "$bg"; then
-  wait "$bg"
+ssh_parallel_bg "$P3" 1/fpA,1/fpB --retries 3 --joblog "$P3.log"
+if ! lose_host_A_mid_run "$P3"; then
+  reap "$bg"
   fail parallel-ssh-retries "the run ended before host A could be lost mid-run" "$P3.log"
 else
-  wait "$bg"
+  reap "$bg"
   rc=$?
   if [ "$rc" -ne 0 ]; then
     fail parallel-ssh-retries "parallel exited $rc after losing host A" "$P3.err" "$P3.log"
@@ -476,14 +503,12 @@ restart_A || { fail ssh-setup "could not restart host A's sshd" "$WORK/sshd_A.lo
 P4=$WORK/p4
 RES=$WORK/results
 mkdir -p "$RES"
-ssh_parallel "$P4" 1/fpA,1/fpB --joblog "$P4.log" --results "$RES/{#}" &
-bg=$!
-BG_PIDS="$BG_PIDS $bg"
-if ! lose_host_A_mid_run "$P4.log" "$bg"; then
-  wait "$bg"
+ssh_parallel_bg "$P4" 1/fpA,1/fpB --joblog "$P4.log" --results "$RES/{#}"
+if ! lose_host_A_mid_run "$P4"; then
+  reap "$bg"
   fail parallel-ssh-resume-failed "the run ended before host A could be lost mid-run" "$P4.log"
 else
-  wait "$bg"
+  reap "$bg"
   rc1=$?
   cp "$P4.log" "$P4.log.first"
   failed1=$(awk 'NR > 1 && $7 != 0 { print $1 }' "$P4.log.first" | sort -n | tr '\n' ' ')
