@@ -224,6 +224,37 @@ local function flat_len(t)
   return max
 end
 
+-- The JSON text of a result (numbers >= 1e14 exact: forkpool.jsontext).
+local function json_text(x)
+  local s = encode(x)
+  if find(s, "e+", 1, true) and find(s, "%de%+%d") then s = encode_exact(x) end
+  return s
+end
+
+-- Append the line(s) of the current line's result, made by text: with
+-- --flat, one per element of an array result.  NOUT moves only once every
+-- line is made, so a record's lines are written all or none.
+local function emit(res, text)
+  local m = FLAT and type(res) == "table" and flat_len(res)
+  if m then
+    local k = NOUT
+    for i = 1, m do
+      local x = res[i]
+      if x ~= nil then
+        k = k + 1
+        OUT[k] = text(x)
+        SRC[k] = LN
+      end
+    end
+    NOUT = k
+  else
+    local k = NOUT + 1
+    OUT[k] = text(res)
+    SRC[k] = LN
+    NOUT = k
+  end
+end
+
 local function json_loop()
   while P <= LEN do
     local nl = find(T, "\n", P, true) or LEN + 1
@@ -239,28 +270,7 @@ local function json_loop()
       local res = CALL(US, rec)
       if res ~= nil then
         STAGE = 3
-        local m = FLAT and type(res) == "table" and flat_len(res)
-        if m then
-          local k = NOUT
-          for i = 1, m do
-            local x = res[i]
-            if x ~= nil then
-              local s = encode(x)
-              if find(s, "e+", 1, true) and find(s, "%de%+%d") then s = encode_exact(x) end
-              k = k + 1
-              OUT[k] = s
-              SRC[k] = LN
-            end
-          end
-          NOUT = k
-        else
-          local s = encode(res)
-          if find(s, "e+", 1, true) and find(s, "%de%+%d") then s = encode_exact(res) end
-          local k = NOUT + 1
-          OUT[k] = s
-          SRC[k] = LN
-          NOUT = k
-        end
+        emit(res, json_text)
       end
     else
       CD = CD - 1
@@ -279,26 +289,7 @@ local function raw_loop()
       local e = nl - 1
       if e >= P and byte(T, e) == 13 then e = e - 1 end
       local res = CALL(US, sub(T, P, e))
-      if res ~= nil then
-        local m = FLAT and type(res) == "table" and flat_len(res)
-        if m then
-          local k = NOUT
-          for i = 1, m do
-            local x = res[i]
-            if x ~= nil then
-              k = k + 1
-              OUT[k] = tostring(x)
-              SRC[k] = LN
-            end
-          end
-          NOUT = k
-        else
-          local k = NOUT + 1
-          OUT[k] = tostring(res)
-          SRC[k] = LN
-          NOUT = k
-        end
-      end
+      if res ~= nil then emit(res, tostring) end
     else
       CD = CD - 1
     end
