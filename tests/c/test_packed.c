@@ -8,6 +8,7 @@
  * stores is what LuaJIT's own decoder makes of the bytes.
  */
 #include "fp_packed.h"
+#include "fp_lua_same.h"
 #include "fp_test.h"
 
 #include <lauxlib.h>
@@ -180,14 +181,7 @@ int main(void) {
   luaL_openlibs(L);
   if (luaL_dostring(L,
         "local buf = require('string.buffer')\n"
-        "local function same(a, b)\n"
-        "  if a ~= a then return b ~= b end\n"
-        "  if type(a) ~= 'table' then return a == b end\n"
-        "  if type(b) ~= 'table' then return false end\n"
-        "  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
-        "  for k in pairs(b) do if a[k] == nil then return false end end\n"
-        "  return true\n"
-        "end\n"
+        FP_LUA_SAME_FN
         "function fp_decodes(s) return (pcall(buf.decode, s)) end\n"
         "function fp_same(s, mine, n)\n"
         "  local t = buf.decode(s)\n"

@@ -18,6 +18,7 @@
  *   make fuzz FUZZ_SECONDS=60
  */
 #include "fp_packed.h"
+#include "../c/fp_lua_same.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -32,14 +33,7 @@ static fp_buf body, scratch; /* reused; reachable, so never a leak */
 
 static const char setup[] =
   "local buf = require('string.buffer')\n"
-  "local function same(a, b)\n"
-  "  if a ~= a then return b ~= b end\n"
-  "  if type(a) ~= 'table' then return a == b end\n"
-  "  if type(b) ~= 'table' then return false end\n"
-  "  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
-  "  for k in pairs(b) do if a[k] == nil then return false end end\n"
-  "  return true\n"
-  "end\n"
+  FP_LUA_SAME_FN
   "return function(s, mine, at, n)\n"
   "  local t = buf.decode(s)\n"
   "  if type(t) ~= 'table' then error('not a table') end\n"
