@@ -235,10 +235,10 @@ static size_t put_u64(uint64_t u, char *o) {
  * (",", or several bytes such as U+066B), and strtod reads it back in the
  * same locale; then the point is replaced by ".".  %g writes nothing else
  * that depends on the locale (no grouping without the ' flag). */
-static size_t fmt_printf(double v, char *o) {
+static size_t fmt_printf(double v, int from, char *o) {
   char buf[64];
   int n = 0;
-  for (int prec = 15; prec <= 17; prec++) {
+  for (int prec = from; prec <= 17; prec++) {
     n = snprintf(buf, sizeof buf, "%.*g", prec, v);
     if (prec == 17 || strtod(buf, NULL) == v) break;
   }
@@ -263,7 +263,15 @@ static size_t fmt_printf(double v, char *o) {
  * correctly rounded, so that test is exactly "the decimal M e-k reads back
  * as v"; a decimal of at most 15 digits within half an ulp of v is what
  * %.15g prints (15-digit decimals are farther apart than an ulp), so the
- * text equals printf's.  Returns 0 when no such k exists. */
+ * text equals printf's.  Returns 0 when no such k exists.
+ *
+ * And when none exists for 1e-7 <= |v| < 1e15, %.15g does not read back
+ * either (so fp_json_number starts printf at %.16g): a 15-digit decimal D
+ * that reads back as such a v is M * 10^-k with M < 10^15 and 1 <= k <= 22
+ * (k = 0 would make v an integer below 2^53, written before), and the loop
+ * finds that k: |v * 10^k - M| stays below 0.5 (|v - D| is at most half an
+ * ulp, about 1.1e-16 * M after scaling, plus the product's own rounding,
+ * at most 0.0625 below 1e15), so nearbyint gives M. */
 static size_t fmt_fast(double v, char *o) {
   double a = fabs(v);
   if (!(a >= 1e-7)) return 0;
@@ -323,7 +331,9 @@ size_t fp_json_number(double v, char *o) {
     return n;
   }
   size_t n = fmt_fast(v, o);
-  return n ? n : fmt_printf(v, o);
+  if (n) return n;
+  double a = fabs(v);
+  return fmt_printf(v, a >= 1e-7 && a < 1e15 ? 16 : 15, o);
 }
 
 static int put_number(jenc *e, double v) {
