@@ -5,7 +5,7 @@
 #
 #   make            build build/forkpool/core.so (warnings are errors, test hooks on)
 #   make test       C unit tests + busted specs against the in-tree build
-#   make ctest      C unit tests (ring, codec), plain build
+#   make ctest      C unit tests (ring, codec, packed, json), plain build
 #   make ctest-san  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make asan       busted specs against an ASan build of the engine
 #   make fuzz       run every fuzz target (tests/fuzz), FUZZ_SECONDS in all (clang)
