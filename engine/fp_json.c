@@ -650,11 +650,18 @@ static int enc_table_big(jenc *e, int t) {
   size_t i = 0;
   lua_pushnil(L);
   while (lua_next(L, t)) {
+    /* (A weak table may lose entries to a collection that lua_createtable
+     * ran: never more pairs than counted, and only those seen are used.) */
+    if (i == count) {
+      lua_pop(L, 2);
+      break;
+    }
     ent *x = e->s->ents + base + i;
     if ((rc = ent_key(e, x, -2))) return rc;
     x->slot = (int)++i;
     lua_rawseti(L, tmp, x->slot);
   }
+  count = i;
   ent *v = e->s->ents + base;
   for (size_t j = 0; j < count; j++)
     if (v[j].num) v[j].s = (const char *)e->s->keys.p + v[j].off;

@@ -670,7 +670,8 @@ static int l_json_encode(lua_State *L) {
   }
   lua_pushlstring(L, (const char *)j->out.p, j->out.len);
   if (j->out.cap > FP_JSON_KEEP) fp_buf_free(&j->out);
-  if (j->scr.keys.cap > FP_JSON_KEEP) fp_json_scratch_free(&j->scr);
+  if (j->scr.keys.cap > FP_JSON_KEEP || j->scr.cap > FP_JSON_KEEP / 32)
+    fp_json_scratch_free(&j->scr);
   return 1;
 }
 

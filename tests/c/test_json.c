@@ -390,6 +390,16 @@ FP_TEST(big_objects) {
   FP_CHECK(strncmp(a, "{\"7\":\"seven\",\"k1\":[1,\"1\"],\"k10\":[10,\"10\"],\"k100\":", 48) == 0);
   FP_CHECK(strcmp(a, enc("bo2")) == 0);
   FP_CHECK_STR(enc("bobad"), "ERR encode $.k250[2]: NaN is not JSON");
+  /* a weak table may lose entries to a collection during the call: the
+   * text is still JSON of the entries seen (no stale entry is used) */
+  lua("collectgarbage('setpause', 1)\n"
+      "weak = setmetatable({}, {__mode = 'v'})\n"
+      "for i = 1, 3000 do weak['k' .. i] = (i % 2 == 0) and {} or i end");
+  for (int r = 0; r < 20; r++) {
+    const char *w = enc("weak");
+    FP_CHECK(w[0] == '{' && w[strlen(w) - 1] == '}');
+  }
+  lua("collectgarbage('setpause', 200)");
 }
 
 FP_TEST(small_record) {
