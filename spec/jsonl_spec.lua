@@ -105,6 +105,26 @@ describe("forkpool.jsonl", function()
     end)
   end)
 
+  describe("core.json_encode (the writer)", function()
+    local enc = require("forkpool.core").json_encode
+
+    it("returns the text, or nil, kind, 'PATH: message', path", function()
+      assert.equal('{"a":[1,"x"],"b":null}', enc({ b = cjson.null, a = { 1, "x" } }))
+      assert.equal("null", enc())
+      assert.equal("null", enc(nil))
+      assert.same({ nil, "encode", "$.a[2]: NaN is not JSON", "$.a[2]" }, { enc({ a = { 1, 0 / 0 } }) })
+      assert.same({ nil, "utf8", '$["k e y"]: invalid UTF-8 at byte 2 of the string', '$["k e y"]' },
+        { enc({ ["k e y"] = "a\255" }) })
+      assert.same({ nil, "encode", "$.f: a function is not JSON", "$.f" }, { enc({ f = print }) })
+    end)
+
+    it("runs no metamethod and leaves the value as it was", function()
+      local t = setmetatable({ x = 1 }, { __index = error, __newindex = error, __pairs = error })
+      assert.equal('{"x":1}', enc(t))
+      assert.equal(1, rawget(t, "x"))
+    end)
+  end)
+
   describe("round trips", function()
     local function roundtrip(text)
       local st = setup(IDENTITY)
