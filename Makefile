@@ -5,7 +5,7 @@
 #
 #   make            build build/forkpool/core.so (warnings are errors, test hooks on)
 #   make test       C unit tests + busted specs against the in-tree build
-#   make ctest      C unit tests (ring, codec), plain build
+#   make ctest      C unit tests (ring, codec, packed, json), plain build
 #   make ctest-san  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make asan       busted specs against an ASan build of the engine
 #   make fuzz       run every fuzz target (tests/fuzz), FUZZ_SECONDS in all (clang)
@@ -28,7 +28,7 @@ LUA_INCDIR ?= $(shell pkg-config --variable=includedir luajit 2>/dev/null || ech
 
 SOURCES := engine/fp_common.c engine/fp_shm.c engine/fp_ring.c engine/fp_proc.c \
            engine/fp_codec.c engine/fp_packed.c engine/fp_reply.c engine/fp_worker.c engine/fp_events.c \
-           engine/fp_lua.c
+           engine/fp_json.c engine/fp_lua.c
 HEADERS := $(wildcard engine/*.h)
 LUA_MODULES := $(wildcard lua/forkpool/*.lua)
 ENGINE_NOBIND := $(filter-out engine/fp_lua.c engine/fp_worker.c,$(SOURCES))

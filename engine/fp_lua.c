@@ -17,6 +17,7 @@
  */
 #include "fp_codec.h"
 #include "fp_events.h"
+#include "fp_json.h"
 #include "fp_pool.h"
 #include "fp_proc.h"
 #include "fp_proto.h"
@@ -627,6 +628,64 @@ static int l_set_worker_fault(lua_State *L) {
 }
 #endif
 
+/* ---- core.json_encode (forkpool map's JSON writer, engine/fp_json.c) ----
+ * One closure per Lua state (a module load), whose upvalue is a userdata
+ * holding the output buffer and the encoder's scratch space: reused between
+ * calls (no allocation per record once warm), never shared between states
+ * (so states on other threads have their own).  The encoder runs no Lua
+ * code, so a call cannot re-enter it. */
+#define FP_JSON_MT "forkpool.core.json"
+/* Above this the buffer is released after the call instead of kept. */
+#define FP_JSON_KEEP (1u << 20)
+
+typedef struct json_state {
+  fp_buf out;
+  fp_json_scratch scr;
+} json_state;
+
+static int json_state_gc(lua_State *L) {
+  json_state *j = (json_state *)luaL_checkudata(L, 1, FP_JSON_MT);
+  fp_buf_free(&j->out);
+  fp_json_scratch_free(&j->scr);
+  return 0;
+}
+
+/* core.json_encode(v) -> text, or nil, kind, message, path: kind "utf8"
+ * (a string or key is not UTF-8) or "encode" (anything else JSON cannot
+ * hold); message is "PATH: what" (PATH like $.tags[3]).  Raises only when
+ * memory runs out. */
+static int l_json_encode(lua_State *L) {
+  json_state *j = (json_state *)lua_touserdata(L, lua_upvalueindex(1));
+  fp_json_err err;
+  if (lua_gettop(L) == 0) lua_pushnil(L);
+  j->out.len = 0;
+  int rc = fp_json_encode(L, 1, &j->out, &j->scr, &err);
+  if (rc == FP_ENOMEM) return luaL_error(L, "not enough memory");
+  if (rc != FP_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.kind);
+    lua_pushfstring(L, "%s: %s", err.path, err.msg);
+    lua_pushstring(L, err.path);
+    return 4;
+  }
+  lua_pushlstring(L, (const char *)j->out.p, j->out.len);
+  if (j->out.cap > FP_JSON_KEEP) fp_buf_free(&j->out);
+  if (j->scr.keys.cap > FP_JSON_KEEP || j->scr.cap > FP_JSON_KEEP / 32)
+    fp_json_scratch_free(&j->scr);
+  return 1;
+}
+
+static void push_json_encode(lua_State *L) {
+  json_state *j = (json_state *)lua_newuserdata(L, sizeof *j);
+  memset(j, 0, sizeof *j);
+  if (luaL_newmetatable(L, FP_JSON_MT)) {
+    lua_pushcfunction(L, json_state_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushcclosure(L, l_json_encode, 1);
+}
+
 /* forkpool.core._exit(code): leave the process now (tests, worker helpers). */
 static int l__exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
@@ -689,6 +748,8 @@ FP_EXPORT int luaopen_forkpool_core(lua_State *L) {
   lua_pop(L, 1);
   lua_newtable(L);
   luaL_setfuncs(L, funcs, 0);
+  push_json_encode(L);
+  lua_setfield(L, -2, "json_encode");
   lua_pushinteger(L, SIGKILL);
   lua_setfield(L, -2, "SIGKILL");
   lua_pushinteger(L, SIGCONT);

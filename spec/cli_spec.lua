@@ -60,10 +60,24 @@ local function records(from, to)
   return table.concat(t)
 end
 
--- Scripts used by many tests; outputs are arrays or numbers so that they
--- do not depend on the key order of a Lua table.
+-- Scripts used by many tests.  MANY's results are objects with many keys
+-- (which ones depends on the record), nested objects, and numbers that need
+-- 15-17 digits: the output must still be the same bytes in every process
+-- (keys are written sorted, numbers exactly), whatever order pairs() visits
+-- a table in (LuaJIT seeds its string hashes per process).
 local DOUBLE      -- i -> [i, 2i]
 local NUMBER      -- i -> i
+local MANY        -- i -> an object with ~20 keys
+local MANY_SRC = [[
+  return function(r)
+    local i = r.i
+    local t = { i = i, double = 2 * i, name = "rec/" .. i, ok = i % 2 == 0, frac = i / 7,
+      big = i * 1e12 + 0.5, neg = -i, nested = { z = 1, y = { i, "a/b" }, x = { c = 3, b = 2, a = 1 } } }
+    for k = 1, 12 do t["k" .. (i * 7 + k * 13) % 40] = k end
+    t[i % 5 + 1] = "number key"
+    return t
+  end
+]]
 
 setup(function()
   dir = os.tmpname()
@@ -71,6 +85,7 @@ setup(function()
   assert(os.execute("mkdir -p " .. dir) == 0)
   DOUBLE = write("double.lua", "return function(r) return { r.i, 2 * r.i } end\n")
   NUMBER = write("number.lua", "return function(r) return r.i end\n")
+  MANY = write("many.lua", MANY_SRC)
 end)
 
 teardown(function()
@@ -289,6 +304,39 @@ describe("forkpool map", function()
       local rc, out = fp(("map --shard 1/1 %s %s %s"):format(NUMBER, a, b))
       assert.are.equal(0, rc)
       assert.are.equal(1000, #lines(out))
+      -- each shard's lines are byte for byte the lines of one whole run
+      local rc1, whole, err1 = fp(("map %s %s %s"):format(MANY, a, b))
+      assert.are.equal(0, rc1, err1)
+      local wl = lines(whole)
+      assert.are.equal(1000, #wl)
+      for k = 1, 3 do
+        local rck, outk, errk = fp(("map -j %d --shard %d/3 %s %s %s"):format(k, k, MANY, a, b))
+        assert.are.equal(0, rck, errk)
+        local want = {}
+        for n = k, 1000, 3 do want[#want + 1] = wl[n] .. "\n" end
+        assert.are.equal(table.concat(want), outk)
+      end
+    end)
+
+    it("two separate processes write the same bytes for records with many keys", function()
+      local input = write("many.jsonl", records(1, 3000))
+      local rc1, out1, err1 = fp(("map -j 2 %s %s"):format(MANY, input))
+      assert.are.equal(0, rc1, err1)
+      local rc2, out2, err2 = fp(("map -j 3 --chunk-size 7 %s %s"):format(MANY, input))
+      assert.are.equal(0, rc2, err2)
+      assert.are.equal(3000, #lines(out1))
+      assert.are.equal(out1, out2)
+      -- and what this process (another hash seed again) writes for them
+      local enc = require("forkpool.core").json_encode
+      local fn = assert(loadstring(MANY_SRC))()
+      local want = {}
+      for i = 1, 3000 do want[i] = enc(fn({ i = i })) .. "\n" end
+      assert.are.equal(table.concat(want), out1)
+      -- the keys are in bytewise order, numbers exact
+      assert.are.equal('{"2":"number key","big":1000000000000.5,"double":2,"frac":0.14285714285714285,' ..
+        '"i":1,"k17":10,"k18":7,"k19":4,"k20":1,"k3":12,"k30":11,"k31":8,"k32":5,"k33":2,"k4":9,' ..
+        '"k5":6,"k6":3,"name":"rec/1","neg":-1,"nested":{"x":{"a":1,"b":2,"c":3},"y":[1,"a/b"],"z":1},' ..
+        '"ok":false}', lines(out1)[1])
     end)
 
     it("--progress draws forkpool's progress bar on stderr", function()
@@ -511,8 +559,10 @@ describe("forkpool map", function()
     end)
 
     it("--resume after SIGKILLs at random points gives the file an uninterrupted run writes", function()
-      local skip = write("skip.lua", [[
-        return function(r) if r.i % 997 == 0 then error("bad " .. r.i) end return { r.i, 2 * r.i } end
+      -- (results are objects with many keys: the resumed file must still be
+      -- byte for byte the uninterrupted run's)
+      local skip = write("skip.lua", "local many = (function() " .. MANY_SRC .. " end)()\n" .. [[
+        return function(r) if r.i % 997 == 0 then error("bad " .. r.i) end return many(r) end
       ]])
       local args = ("map --errors skip --chunk-size 500 %s %s"):format(skip, input)
       local rc, _, err = fp(args .. " -o " .. path("clean.jsonl") .. " --error-log " .. path("clean.err"))

@@ -51,43 +51,48 @@
 --   whitespace).  In raw mode the line reaches fn without its "\n" and
 --   without one trailing "\r" (like Go's bufio.ScanLines); every line is a
 --   record, empty ones too.
--- * Results: nil drops the record (a filter).  JSON mode writes
---   cjson.encode(result); raw mode tostring(result).  With flat, a table
---   whose keys are all positive integers (what lua-cjson calls an array)
---   writes each element res[1..max] as its own line (nil holes are
+-- * Results: nil drops the record (a filter).  JSON mode writes the
+--   result's JSON text (below); raw mode tostring(result).  With flat, a
+--   table whose keys are all positive integers (an array, by the rule
+--   below) writes each element res[1..max] as its own line (nil holes are
 --   skipped); an empty table writes nothing; anything else is one line.  A
 --   record's lines are written all or none.
--- * JSON, through our own lua-cjson instance (cjson.new(), so a script that
---   changes `require "cjson"`'s settings does not change ours):
---   - strict decoding: decode_invalid_numbers(false) (NaN, Infinity and hex
---     are not JSON); nesting up to 1000 levels (cjson's default).
---   - numbers are written with 14 significant digits, the most Debian's
---     lua-cjson 2.1.0 accepts (encode_number_precision refuses 15-17), so
---     the output equals a plain lua-cjson loop's.  Integers below 1e14 and
---     decimals of up to 14 significant digits round-trip exactly; a
---     decimal below 1e14 that needs 15-17 digits (0.1 + 0.2, a coordinate
---     written by Python) is rounded to 14.  A number of magnitude >= 1e14
---     that 14 digits would change (a microsecond timestamp, an id up to
---     2^53) is written exactly instead, with the fewest digits (15-17)
---     that give the same double back, as lua-cjson never does (it would
---     write 1.7000000001235e+15).  Integers beyond 2^53 were already
---     rounded when the line was decoded (Lua numbers are doubles).
---   - NaN and infinities are an "encode" error (encode_invalid_numbers
---     off), as are functions, userdata other than cjson.null, and sparse
---     arrays (cjson's default rule: more than 10 elements and less than
---     half of them set).
---   - empty tables: lua-cjson 2.1.0 decodes [] and {} to the same empty
---     table, and writes an empty table as {}.  So [] comes out as {}.
---   - strings: "\u00e9" escapes decode to UTF-8 and are written as the
---     UTF-8 bytes; "/" is written "\/" (lua-cjson's habit; still JSON).
+-- * Writing JSON: forkpool.core.json_encode (engine/fp_json.c, whose header
+--   is the reference), the same bytes for the same value in every process
+--   and every run:
+--   - object keys sorted bytewise (memcmp order, a shorter key before a
+--     longer one it begins); a number key is written as its number's text,
+--     and before a string key with the same text.
+--   - numbers: integers below 2^53 in magnitude as plain digits
+--     (1700000000123456, -0); any other number as the shortest of %.15g,
+--     %.16g, %.17g that reads back as the same double (0.1 + 0.2 ->
+--     0.30000000000000004, 1e+21), whatever the locale.  So every number
+--     read from a line is written back as the same double.  Integers beyond
+--     2^53 were already rounded when the line was decoded (Lua numbers are
+--     doubles).
+--   - strings: UTF-8 is checked (a result holding invalid UTF-8 is a "utf8"
+--     error naming the value's path, e.g. $.tags[3], and the byte); '"',
+--     '\' and bytes below 0x20 are escaped; "/" is written as is (lua-cjson
+--     writes "\/").
+--   - NaN and infinities, functions, userdata other than cjson.null,
+--     cdata, coroutines, keys that are neither strings nor numbers, sparse
+--     arrays (lua-cjson's rule: more than 10 elements and less than half of
+--     them set) and tables nested deeper than 1000 are "encode" errors
+--     naming the value's path.  Metatables are ignored.
+--   - empty tables are written {} (lua-cjson 2.1.0 decodes [] and {} to the
+--     same empty table).  So [] comes out as {}.
+-- * Reading JSON: our own lua-cjson instance (cjson.new(), so a script that
+--   changes `require "cjson"`'s settings does not change ours), strict:
+--   decode_invalid_numbers(false) (NaN, Infinity and hex are not JSON);
+--   nesting up to 1000 levels (cjson's default).  "\u00e9" escapes decode
+--   to UTF-8 and are written as the UTF-8 bytes.
 -- * UTF-8: a line of invalid UTF-8 (overlong forms, surrogates, bytes that
---   are never UTF-8, truncated sequences) is a "utf8" error naming the byte;
---   so is a result whose JSON text is not valid UTF-8 (a script that cut a
---   string inside a character).  Raw mode passes bytes and checks nothing.
---   The check is one FFI pass over the block (eight bytes at a time while
---   they are ASCII) and over the block's output: nothing per line.
--- The JSON text rules (our cjson instance, UTF-8 checks, exact big
--- numbers) live in forkpool.jsontext.
+--   are never UTF-8, truncated sequences) is a "utf8" error naming the
+--   byte: one FFI pass over the block (eight bytes at a time while they are
+--   ASCII), nothing per line.  Results are checked by the encoder as it
+--   writes them.  Raw mode passes bytes and checks nothing.
+-- The JSON text rules (the encoder, our cjson instance, UTF-8 checks) are
+-- reached through forkpool.jsontext.
 -- * Speed: the lines of a block run in one loop inside one pcall; after a
 --   failure the loop is entered again at the next line.  The loop's
 --   progress lives in this module's upvalues (so run_block is not
@@ -95,7 +100,7 @@
 
 
 local find, sub, byte, format = string.find, string.sub, string.byte, string.format
-local concat, sort = table.concat, table.sort
+local concat = table.concat
 local type, tostring, pcall, next = type, tostring, pcall, next
 local table_clear = require "table.clear"
 
@@ -103,7 +108,7 @@ local M = {}
 
 local jsontext = require "forkpool.jsontext"
 local decode, encode = jsontext.decode, jsontext.encode
-local first_bad, encode_exact = jsontext.first_bad, jsontext.encode_exact
+local first_bad = jsontext.first_bad
 M._first_bad_utf8 = first_bad  -- (for the spec)
 
 ------------------------------------------------------------------------
@@ -202,7 +207,7 @@ local LN           -- index of the current line in the block (0-based)
 local CD, SKIP     -- shard countdown: a line runs when CD is 0, then CD = SKIP
 local BAD          -- position of the next invalid UTF-8 byte (or LEN + 1)
 local STAGE        -- 0 utf8 check, 1 decode, 2 fn, 3 encode
-local OUT, SRC, NOUT = {}, {}, 0  -- output lines (no "\n"), their line index
+local OUT, NOUT = {}, 0  -- output lines (no "\n")
 local CALL, US, FLAT
 
 local UTF8 = {}  -- the error value of an invalid line (a marker)
@@ -224,15 +229,23 @@ local function flat_len(t)
   return max
 end
 
--- The JSON text of a result (numbers >= 1e14 exact: forkpool.jsontext).
-local function json_text(x)
-  local s = encode(x)
-  if find(s, "e+", 1, true) and find(s, "%de%+%d") then s = encode_exact(x) end
-  return s
+-- Why the encoder refused the current result: kind ("utf8" | "encode")
+-- and message ("PATH: what"); raised as the error ENCODE (a marker).
+local ENC_KIND, ENC_MSG
+local ENCODE = {}
+
+-- The JSON text of a result (or of its i-th element, with --flat: the
+-- path in a message then starts $[i]).
+local function json_text(x, i)
+  local s, kind, msg = encode(x)
+  if s then return s end
+  ENC_KIND = kind
+  ENC_MSG = i and ("$[" .. i .. "]" .. sub(msg, 2)) or msg
+  error(ENCODE)
 end
 
--- Append the line(s) of the current line's result, made by text: with
--- --flat, one per element of an array result.  NOUT moves only once every
+-- Append the line(s) of the current line's result, made by text(x, i):
+-- with --flat, one per element of an array result.  NOUT moves only once every
 -- line is made, so a record's lines are written all or none.
 local function emit(res, text)
   local m = FLAT and type(res) == "table" and flat_len(res)
@@ -242,15 +255,13 @@ local function emit(res, text)
       local x = res[i]
       if x ~= nil then
         k = k + 1
-        OUT[k] = text(x)
-        SRC[k] = LN
+        OUT[k] = text(x, i)
       end
     end
     NOUT = k
   else
     local k = NOUT + 1
     OUT[k] = text(res)
-    SRC[k] = LN
     NOUT = k
   end
 end
@@ -309,6 +320,7 @@ end
 
 -- lua-cjson's message without the "file:line: " that luaL_error put in
 -- front (the place in this module that called cjson, of no use to users).
+-- (Also for any other error raised while writing: out of memory.)
 local function cjson_message(err)
   return (message_of(err):gsub("^[^\n]-:%d+: ", "", 1))
 end
@@ -326,48 +338,11 @@ local function classify(err, nl)
   elseif STAGE == 2 then
     return "task", message_of(err)
   end
+  if err == ENCODE then
+    if ENC_KIND == "utf8" then return "utf8", "the result is not valid UTF-8: " .. ENC_MSG end
+    return "encode", "cannot write the result as JSON: " .. ENC_MSG
+  end
   return "encode", "cannot write the result as JSON: " .. cjson_message(err)
-end
-
--- Output UTF-8: lines whose JSON text is invalid become "utf8" errors
--- (rare: the input was checked, so a script made them).  Removes their
--- lines from OUT/SRC.  In fail mode every output line comes before the
--- failing line, so the first bad one becomes the failure and the lines from
--- it on go; in skip mode each bad record gets an error, in line order.
--- Returns fail, errors.
-local function drop_bad_output(block, failmode, fail, errors)
-  local bad, first = {}, nil  -- line index -> message; the smallest index
-  for k = 1, NOUT do
-    local at = first_bad(OUT[k], 1)
-    local ln = SRC[k]
-    if at and not bad[ln] then
-      bad[ln] = format("the result is not valid UTF-8 (byte %d of its JSON text)", at)
-      if not first or ln < first then first = ln end
-    end
-  end
-  if not first then return fail, errors end
-  local keep  -- keep(ln) -> keep the output of line index ln
-  if failmode then
-    fail = { file = block.file, line = block.line + first, kind = "utf8", message = bad[first] }
-    LN = first + 1
-    keep = function(ln) return ln < first end
-  else
-    errors = errors or {}
-    for ln, msg in pairs(bad) do
-      errors[#errors + 1] = { file = block.file, line = block.line + ln, kind = "utf8", message = msg }
-    end
-    sort(errors, function(x, y) return x.line < y.line end)
-    keep = function(ln) return not bad[ln] end
-  end
-  local j = 0
-  for k = 1, NOUT do
-    if keep(SRC[k]) then
-      j = j + 1
-      OUT[j], SRC[j] = OUT[k], SRC[k]
-    end
-  end
-  NOUT = j
-  return fail, errors
 end
 
 -- run_block(state, block) -> { out, n_in, n_out, errors, fail } (see the
@@ -407,16 +382,10 @@ function M.run_block(state, block)
   if NOUT > 0 then
     OUT[NOUT + 1] = ""
     out = concat(OUT, "\n", 1, NOUT + 1)
-    if not raw and first_bad(out, 1) then
-      fail, errors = drop_bad_output(block, failmode, fail, errors)
-      OUT[NOUT + 1] = ""
-      out = NOUT > 0 and concat(OUT, "\n", 1, NOUT + 1) or ""
-    end
   end
   local n_out = NOUT
-  -- let the block's strings go (OUT and SRC are reused)
+  -- let the block's strings go (OUT is reused)
   table_clear(OUT)
-  table_clear(SRC)
   T, CALL, US = nil, nil, nil
   return { out = out, n_in = LN, n_out = n_out, errors = errors, fail = fail }
 end

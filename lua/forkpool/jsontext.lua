@@ -1,27 +1,30 @@
 -- forkpool.jsontext: the JSON text rules of `forkpool map`, for the
--- worker side (forkpool.jsonl, whose header states the decisions): our own
--- lua-cjson instance and its settings, UTF-8 validation over a byte range,
--- and exact output of numbers of magnitude >= 1e14.
+-- worker side (forkpool.jsonl, whose header states the decisions):
+-- * writing: forkpool.core.json_encode, the engine's encoder
+--   (engine/fp_json.c, whose header has the rules: keys sorted bytewise,
+--   numbers exact, UTF-8 checked, the same bytes in every process);
+-- * reading: our own lua-cjson instance (cjson.new(), so a script that
+--   changes `require "cjson"`'s settings does not change ours), strict;
+-- * UTF-8 validation of input lines over a byte range.
 
 local ffi = require "ffi"
 local cjson_mod = require "cjson"
-
-local format = string.format
-local type, tostring, tonumber, next = type, tostring, tonumber, next
-local table_clear = require "table.clear"
+local core = require "forkpool.core"
 
 local M = {}
 
 ------------------------------------------------------------------------
--- Our lua-cjson instance
+-- Writing: json_encode(v) -> text, or nil, kind ("utf8" | "encode"),
+-- message ("PATH: what", PATH like $.tags[3]), path
+------------------------------------------------------------------------
+M.encode = core.json_encode
+
+------------------------------------------------------------------------
+-- Reading: our lua-cjson instance (only its decoder is used)
 ------------------------------------------------------------------------
 local cjson = cjson_mod.new()
-cjson.encode_number_precision(14)  -- the maximum of lua-cjson 2.1.0
-cjson.encode_invalid_numbers(false)
-cjson.decode_invalid_numbers(false)
-cjson.encode_sparse_array(false, 2, 10)
-local encode = cjson.encode
-M.decode, M.encode = cjson.decode, cjson.encode
+cjson.decode_invalid_numbers(false)  -- NaN, Infinity, hex are not JSON
+M.decode = cjson.decode
 
 ------------------------------------------------------------------------
 -- UTF-8 validation (RFC 3629) over a byte range, through the FFI
@@ -73,75 +76,5 @@ local function first_bad(s, from)
   return off and off + 1
 end
 M.first_bad = first_bad
-
-------------------------------------------------------------------------
--- Exact numbers of magnitude >= 1e14 (see "numbers" above)
-------------------------------------------------------------------------
-local BIG = 1e14
-
--- exact(v) -> the shortest %.Ng (14 <= N <= 17) that reads back as v.
-local function exact(v)
-  for prec = 14, 16 do
-    local s = format("%." .. prec .. "g", v)
-    if tonumber(s) == v then return s end
-  end
-  return format("%.17g", v)
-end
-
--- Placeholders: a number to fix is replaced by a string that cjson writes
--- as "\u0000fpN<nonce>\u0000" and that nothing else can produce (a string
--- of the record could hold NUL bytes, but not this nonce, made from an
--- address and the clock when the module loads).
-local NONCE = "z" .. (tostring({}):match("0x(%x+)") or "0") .. format("%x", os.time())
-local PH_PAT = '"\\u0000fp(%d+)' .. NONCE .. '\\u0000"'
-local fix_nums = {}
-
--- with_placeholders(v, depth) -> v, or a copy of v in which every number of
--- magnitude >= 1e14 that 14 digits would not round-trip is a placeholder;
--- the exact texts go to fix_nums.  Tables are copied only on the path to
--- such a number; the result's own tables are never changed.
-local function with_placeholders(v, depth)
-  local tv = type(v)
-  if tv == "number" then
-    if (v >= BIG or v <= -BIG) and v == v and v ~= 1 / 0 and v ~= -1 / 0 then
-      local s = format("%.14g", v)
-      if tonumber(s) ~= v then
-        local k = #fix_nums + 1
-        fix_nums[k] = exact(v)
-        return "\0fp" .. k .. NONCE .. "\0"
-      end
-    end
-    return v
-  elseif tv == "table" and depth < 1000 then  -- (deeper: cjson refuses it)
-    local copy
-    for key, x in next, v do
-      local y = with_placeholders(x, depth + 1)
-      if y ~= x then
-        if not copy then
-          copy = {}
-          for k2, x2 in next, v do copy[k2] = x2 end
-        end
-        copy[key] = y
-      end
-    end
-    return copy or v
-  end
-  return v
-end
-
--- encode_exact(res) -> the JSON text of res with big numbers exact; called
--- when cjson's text holds a digit, "e+" and a digit (an exponent: a number
--- >= 1e14, or those characters in a string; checked with a plain find
--- first, which costs nothing measurable).
-local function encode_exact(res)
-  table_clear(fix_nums)
-  local v = with_placeholders(res, 0)
-  if #fix_nums == 0 then return encode(res) end
-  local s = encode(v)
-  s = s:gsub(PH_PAT, function(k) return fix_nums[tonumber(k)] end)
-  table_clear(fix_nums)
-  return s
-end
-M.encode_exact = encode_exact
 
 return M
