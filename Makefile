@@ -208,7 +208,12 @@ $(BUILD)/host/host-asan: $(HOST_SRC) $(BUILD)/host/asan/libforkpool.a include/fo
 	$(CC) $(HOST_CFLAGS) $(SAN) -DHOST_PRELOAD -Iinclude -o $@ $< $(BUILD)/host/asan/libforkpool.a \
 	  -lluajit-5.1 -lpthread -lm -ldl
 
-host: all $(HOSTS)
+# The C API's own tests (tests/host/test_embed.c), linked as a host links.
+$(BUILD)/host/test_embed: tests/host/test_embed.c tests/c/fp_test.h $(LIB_A) include/forkpool.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_CFLAGS) -Iinclude -o $@ $< $(LIB_A) -lluajit-5.1 -lpthread -lm -ldl
+
+host: all $(HOSTS) $(BUILD)/host/test_embed
 
 # ---- C unit tests: each tests/c/test_*.c is one executable linked with the
 # engine files it needs and with libluajit (a test program embeds its own VM).

@@ -75,15 +75,19 @@ void forkpool_preload(lua_State *L) {
  * returns this same table (one Pool class, one set of modules). */
 int luaopen_forkpool(lua_State *L) {
   forkpool_preload(L);
-  push_loaded_and_preload(L);
-  int loaded = lua_gettop(L) - 1;
-  lua_getfield(L, loaded, "forkpool");
-  if (lua_istable(L, -1)) return 1; /* loaded before: the same module */
-  lua_pop(L, 1);
-  lua_getfield(L, -1, "forkpool"); /* preload.forkpool: embed_loader */
-  lua_pushliteral(L, "forkpool");
-  lua_call(L, 1, 1);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, loaded, "forkpool");
+  int top = lua_gettop(L);
+  push_loaded_and_preload(L);              /* top+1 loaded, top+2 preload */
+  lua_getfield(L, top + 1, "forkpool");    /* top+3 */
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_getfield(L, top + 2, "forkpool"); /* embed_loader */
+    lua_pushliteral(L, "forkpool");
+    lua_call(L, 1, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, top + 1, "forkpool");
+  }
+  /* Exactly one value pushed, also when called directly from C. */
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
   return 1;
 }
