@@ -123,7 +123,8 @@ LIB_CFLAGS  := $(CSTD) $(OPT) $(WARN) -fPIC -fvisibility=hidden -DFORKPOOL_EXPOR
 # nothing exported outside luaopen_forkpool, luaopen_forkpool_core, forkpool_*).
 LIB_EXPORTS := luaopen_forkpool luaopen_forkpool_core forkpool_preload
 
-$(LIB_GEN): $(LUA_MODULES) tools/embed-lua.lua
+# (lua/forkpool itself: its date changes when a module is added or removed)
+$(LIB_GEN): $(LUA_MODULES) lua/forkpool tools/embed-lua.lua
 	@mkdir -p $(dir $@)
 	$(LUAJIT) tools/embed-lua.lua $@ $(LUA_MODULES)
 
