@@ -12,7 +12,15 @@
 #ifndef FORKPOOL_H
 #define FORKPOOL_H
 
+/* LuaJIT's lua.h has no extern "C" of its own (C++ hosts include lua.hpp):
+ * included first from C++, it must still declare the C functions. */
+#ifdef __cplusplus
+extern "C" {
+#endif
 #include <lua.h>
+#ifdef __cplusplus
+}
+#endif
 
 #define FORKPOOL_VERSION_MAJOR 0
 #define FORKPOOL_VERSION_MINOR 1

@@ -10,7 +10,7 @@
 #      require through LUA_PATH / LUA_CPATH; static libluajit-5.1.a with
 #      -Wl,-E; forkpool linked in (forkpool_preload), copied alone into an
 #      empty directory and run with an empty environment; the same under
-#      AddressSanitizer (leak checking on);
+#      AddressSanitizer (leak checking on); a C++ host (tests/host/cxx_host.cpp);
 #   4. static LuaJIT *without* -Wl,-E fails to load forkpool.core with
 #      "undefined symbol", as the README says;
 #   5. make install-lib into a scratch PREFIX (and with DESTDIR): the tree's
@@ -92,6 +92,18 @@ alone() {  # the binary alone in an empty directory, an empty environment
 check host-preload alone build/host/host-preload
 check host-preload-asan alone build/host/host-asan
 # (env -i drops ASAN_OPTIONS: LeakSanitizer is on by default)
+
+# 3b. a C++ host (clang++ comes with Debian's clang, which dev.sh installs):
+# include/forkpool.h included before lua.hpp must still declare lua_* as C.
+cxx_host() {
+  for cxx in ${CXX:-} clang++ g++ c++; do command -v "$cxx" >/dev/null 2>&1 && break; cxx=; done
+  [ -n "$cxx" ] || { echo "no C++ compiler (clang++, g++)"; return 1; }
+  "$cxx" -std=c++11 -O2 -Wall -Wextra -Werror -Iinclude -I"$LUA_INC" -o "$SCRATCH/cxx_host" \
+    tests/host/cxx_host.cpp build/libforkpool.a -lluajit-5.1 -lpthread -lm -ldl || return 1
+  env -i PATH=/usr/bin:/bin timeout 60 "$SCRATCH/cxx_host" || return 1
+  no_leftovers "$SCRATCH/cxx_host"
+}
+check cxx-host cxx_host
 
 # 4. without -Wl,-E, core.so cannot find the Lua API in a static host.
 no_export() {
