@@ -214,7 +214,10 @@ $(BUILD)/host/test_embed: tests/host/test_embed.c tests/c/fp_test.h $(LIB_A) inc
 	@mkdir -p $(dir $@)
 	$(CC) $(HOST_CFLAGS) -Iinclude -o $@ $< $(LIB_A) -lluajit-5.1 -lpthread -lm -ldl
 
-host: all $(HOSTS) $(BUILD)/host/test_embed
+$(BUILD)/host/test_embed-asan: tests/host/test_embed.c tests/c/fp_test.h $(BUILD)/host/asan/libforkpool.a include/forkpool.h Makefile
+	$(CC) $(HOST_CFLAGS) $(SAN) -Iinclude -o $@ $< $(BUILD)/host/asan/libforkpool.a -lluajit-5.1 -lpthread -lm -ldl
+
+host: all $(HOSTS) $(BUILD)/host/test_embed $(BUILD)/host/test_embed-asan
 
 # ---- C unit tests: each tests/c/test_*.c is one executable linked with the
 # engine files it needs and with libluajit (a test program embeds its own VM).

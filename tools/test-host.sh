@@ -4,8 +4,8 @@
 #      the libraries export luaopen_forkpool, luaopen_forkpool_core and
 #      forkpool_* only, have no test hooks, libforkpool.so has its SONAME
 #      and does not link LuaJIT;
-#   2. tests/host/test_embed.c (forkpool_preload, luaopen_forkpool) -- its
-#      own tests are added to the counts;
+#   2. tests/host/test_embed.c (forkpool_preload, luaopen_forkpool), plain
+#      and under ASan + UBSan -- its own tests are added to the counts;
 #   3. examples/host/host.c run every way it is built: shared libluajit +
 #      require through LUA_PATH / LUA_CPATH; static libluajit-5.1.a with
 #      -Wl,-E; forkpool linked in (forkpool_preload), copied alone into an
@@ -67,17 +67,22 @@ run_host() {
 check build make -s lib host
 check lib-symbols make -s check-lib-symbols
 
-# 2. the C API's tests: their counts are added to ours.
-timeout 120 build/host/test_embed >"$LOG/test_embed.log" 2>&1; rc=$?
-sed 's/^/    /' "$LOG/test_embed.log"
-line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$LOG/test_embed.log" | tail -n 1)
-if [ -z "$line" ]; then FAILED=$((FAILED + 1)); echo "FAIL test_embed (no summary, status $rc)"
-else
-  p=$(echo "$line" | awk '{print $1}'); f=$(echo "$line" | awk '{print $3}')
-  [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
-  PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
-  echo "$([ "$f" -eq 0 ] && echo "ok  " || echo FAIL) test_embed ($p passed, $f failed)"
-fi
+# 2. the C API's tests, plain and under ASan + UBSan (leak checking on):
+# their counts are added to ours.
+for t in test_embed test_embed-asan; do
+  env -i PATH=/usr/bin:/bin timeout 120 "build/host/$t" >"$LOG/$t.log" 2>&1; rc=$?
+  sed 's/^/    /' "$LOG/$t.log"
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$LOG/$t.log" | tail -n 1)
+  if [ -z "$line" ]; then FAILED=$((FAILED + 1)); echo "FAIL $t (no summary, status $rc)"
+  else
+    p=$(echo "$line" | awk '{print $1}'); f=$(echo "$line" | awk '{print $3}')
+    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+    grep -q 'Sanitizer' "$LOG/$t.log" && [ "$f" -eq 0 ] && f=1
+    PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
+    echo "$([ "$f" -eq 0 ] && echo "ok  " || echo FAIL) $t ($p passed, $f failed)"
+  fi
+  no_leftovers "build/host/$t" || FAILED=$((FAILED + 1))
+done
 
 # 3. the example host, every way.
 check host-dynamic run_host build/host/host-dynamic \
