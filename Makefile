@@ -128,7 +128,8 @@ $(LIB_GEN): $(LUA_MODULES) lua/forkpool tools/embed-lua.lua
 	@mkdir -p $(dir $@)
 	$(LUAJIT) tools/embed-lua.lua $@ $(LUA_MODULES)
 
-# One relocatable object per flavour (LIB_OBJ_FLAGS: plain or sanitized).
+# Compiled file by file (the generated file is large; this keeps errors
+# readable), then joined and localized as said above.
 $(BUILD)/lib/forkpool.o: $(LIB_SRC) $(HEADERS) include/forkpool.h Makefile
 	@rm -rf $(BUILD)/lib/obj && mkdir -p $(BUILD)/lib/obj
 	for f in $(LIB_SRC); do \
@@ -179,9 +180,10 @@ install-lib: lib
 	    -e 's|@VERSION@|$(VERSION)|' tools/forkpool.pc.in > $(DESTDIR)$(libdir)/pkgconfig/forkpool.pc
 
 # ---- examples/host, built the ways a host links (examples/host/README.md).
-# ASan: the library is rebuilt instrumented (build/host/asan/), LuaJIT is
-# Debian's (its own allocator, not instrumented: ASan checks the engine
-# and the host).
+# ASan: the library is rebuilt instrumented (build/host/asan/, a plain
+# archive of the objects: it is only linked by the tests here), LuaJIT is
+# Debian's (its own allocator, not instrumented: ASan and UBSan check the
+# engine and the host).
 LUAJIT_LIBDIR := $(shell pkg-config --variable=libdir luajit 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)
 HOST_CFLAGS   := $(CSTD) $(OPT) $(WARN) -I$(LUA_INCDIR)
 HOST_SRC      := examples/host/host.c
