@@ -13,6 +13,15 @@
 #   make bench      benchmarks (QUICK=1: each workload once, small)
 #   make rock       build/forkpool-$(VERSION)-1.src.rock, offline, from the checkout
 #   make install    install the rock for LuaJIT into LuaRocks' default tree
+#   make lib        build/libforkpool.a and build/libforkpool.so (the C API of
+#                   include/forkpool.h, Lua modules compiled in; no test hooks)
+#   make install-lib PREFIX=/usr/local [DESTDIR=]   the header, both libraries
+#                   and lib/pkgconfig/forkpool.pc
+#   make check-lib-symbols   the libraries export luaopen_forkpool,
+#                   luaopen_forkpool_core and forkpool_* only
+#   make host       examples/host built four ways into build/host/ (shared and
+#                   static LuaJIT, forkpool linked in, the same under ASan);
+#                   tools/test-host.sh runs them
 #   make clean      remove build/
 
 LUAJIT   ?= luajit
@@ -44,7 +53,7 @@ CFLAGS_MOD := $(CSTD) $(OPT) $(WARN) $(TEST_HOOKS) -fPIC -fvisibility=hidden -Ie
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all test ctest ctest-san spec asan fuzz demo bench rock install clean \
-        rock-build rock-install check-symbols
+        rock-build rock-install check-symbols lib install-lib check-lib-symbols host
 
 all: $(BUILD)/forkpool/core.so
 
@@ -88,6 +97,129 @@ check-symbols: $(BUILD)/forkpool/core.so $(ROCK_SO)
 	  echo "$$so: exports $$(nm -D --defined-only $$so | awk '{print $$3}' | tr '\n' ' ')"; \
 	done
 	@if strings $(ROCK_SO) | grep -q '_set_worker_fault'; then echo "$(ROCK_SO) carries the test hooks"; exit 1; fi
+
+# ---- the library for hosts that embed LuaJIT (include/forkpool.h; README
+# "Embedding").  The engine, engine/fp_embed.c (luaopen_forkpool,
+# forkpool_preload) and every lua/forkpool/*.lua as source text in C
+# (tools/embed-lua.lua, run by $(LUAJIT) at build time) in one archive and
+# one shared library.  Neither links LuaJIT: the host does, once (one VM),
+# so lua_* stay undefined here like in core.so.  No test hooks.
+#
+# The archive holds a single object, made with `ld -r` from all of them and
+# then `objcopy --localize-hidden`: the engine's fp_* functions are global
+# between its own files but hidden, and localizing them leaves only
+# luaopen_forkpool, luaopen_forkpool_core and forkpool_* global, so a host's
+# own fp_ring_init (a common prefix) can neither clash nor be called by
+# mistake, exactly as with the shared library.
+LIB_SONAME  := libforkpool.so.$(firstword $(subst ., ,$(VERSION)))
+LIB_SO      := $(BUILD)/libforkpool.so.$(VERSION)
+LIB_A       := $(BUILD)/libforkpool.a
+LIB_GEN     := $(BUILD)/gen/fp_lua_modules.c
+LIB_SRC     := $(SOURCES) engine/fp_embed.c $(LIB_GEN)
+LIB_CFLAGS  := $(CSTD) $(OPT) $(WARN) -fPIC -fvisibility=hidden -DFORKPOOL_EXPORT \
+               -Iinclude -Iengine -I$(LUA_INCDIR)
+# The functions a host may call; the merge of the fork-hooks work adds
+# forkpool_set_fork_hooks (checked by check-lib-symbols: each present, and
+# nothing exported outside luaopen_forkpool, luaopen_forkpool_core, forkpool_*).
+LIB_EXPORTS := luaopen_forkpool luaopen_forkpool_core forkpool_preload
+
+# (lua/forkpool itself: its date changes when a module is added or removed)
+$(LIB_GEN): $(LUA_MODULES) lua/forkpool tools/embed-lua.lua
+	@mkdir -p $(dir $@)
+	$(LUAJIT) tools/embed-lua.lua $@ $(LUA_MODULES)
+
+# Compiled file by file (the generated file is large; this keeps errors
+# readable), then joined and localized as said above.
+$(BUILD)/lib/forkpool.o: $(LIB_SRC) $(HEADERS) include/forkpool.h Makefile
+	@rm -rf $(BUILD)/lib/obj && mkdir -p $(BUILD)/lib/obj
+	for f in $(LIB_SRC); do \
+	  $(CC) $(LIB_CFLAGS) -c -o $(BUILD)/lib/obj/$$(basename $$f .c).o $$f || exit 1; done
+	$(LD) -r -o $@.tmp $(BUILD)/lib/obj/*.o
+	objcopy --localize-hidden $@.tmp $@ && rm -f $@.tmp
+
+$(LIB_A): $(BUILD)/lib/forkpool.o
+	rm -f $@ && ar rcs $@ $<
+
+$(LIB_SO): $(BUILD)/lib/forkpool.o
+	$(CC) -shared -Wl,-soname,$(LIB_SONAME) \
+	  -o $@ $< -lpthread -lm -ldl
+	ln -sf $(notdir $@) $(BUILD)/$(LIB_SONAME)
+	ln -sf $(LIB_SONAME) $(BUILD)/libforkpool.so
+
+lib: $(LIB_A) $(LIB_SO)
+
+check-lib-symbols: lib
+	@for f in $(LIB_A) $(LIB_SO); do \
+	  case $$f in *.a) syms=$$(nm -g --defined-only $$f | awk 'NF == 3 {print $$3}');; \
+	              *) syms=$$(nm -D --defined-only $$f | awk '{print $$3}');; esac; \
+	  bad=$$(echo "$$syms" | grep -v '^luaopen_forkpool$$' | grep -v '^luaopen_forkpool_core$$' | grep -v '^forkpool_' || true); \
+	  if [ -n "$$bad" ]; then echo "$$f exports more than luaopen_forkpool, luaopen_forkpool_core, forkpool_*:"; echo "$$bad"; exit 1; fi; \
+	  for s in $(LIB_EXPORTS); do echo "$$syms" | grep -qx "$$s" || { echo "$$f does not export $$s"; exit 1; }; done; \
+	  if strings $$f | grep -q '_set_worker_fault'; then echo "$$f carries the test hooks"; exit 1; fi; \
+	  echo "$$f: exports $$(echo $$syms)"; \
+	done
+	@soname=$$(objdump -p $(LIB_SO) | awk '$$1 == "SONAME" {print $$2}'); \
+	  [ "$$soname" = "$(LIB_SONAME)" ] || { echo "$(LIB_SO): SONAME '$$soname'"; exit 1; }; \
+	  if objdump -p $(LIB_SO) | grep -q 'NEEDED.*luajit'; then echo "$(LIB_SO) links LuaJIT"; exit 1; fi; \
+	  echo "$(LIB_SO): SONAME $$soname, does not link LuaJIT"
+
+# make install-lib PREFIX=... [DESTDIR=...]: GNU-style directories, each
+# overridable (libdir=/usr/lib/x86_64-linux-gnu).
+PREFIX     ?= /usr/local
+libdir     ?= $(PREFIX)/lib
+includedir ?= $(PREFIX)/include
+
+install-lib: lib
+	install -d $(DESTDIR)$(includedir) $(DESTDIR)$(libdir)/pkgconfig
+	install -m 644 include/forkpool.h $(DESTDIR)$(includedir)/forkpool.h
+	install -m 644 $(LIB_A) $(DESTDIR)$(libdir)/libforkpool.a
+	install -m 755 $(LIB_SO) $(DESTDIR)$(libdir)/$(notdir $(LIB_SO))
+	ln -sf $(notdir $(LIB_SO)) $(DESTDIR)$(libdir)/$(LIB_SONAME)
+	ln -sf $(LIB_SONAME) $(DESTDIR)$(libdir)/libforkpool.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(libdir)|' -e 's|@INCLUDEDIR@|$(includedir)|' \
+	    -e 's|@VERSION@|$(VERSION)|' tools/forkpool.pc.in > $(DESTDIR)$(libdir)/pkgconfig/forkpool.pc
+
+# ---- examples/host, built the ways a host links (examples/host/README.md).
+# ASan: the library is rebuilt instrumented (build/host/asan/, a plain
+# archive of the objects: it is only linked by the tests here), LuaJIT is
+# Debian's (its own allocator, not instrumented: ASan and UBSan check the
+# engine and the host).
+LUAJIT_LIBDIR := $(shell pkg-config --variable=libdir luajit 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)
+HOST_CFLAGS   := $(CSTD) $(OPT) $(WARN) -I$(LUA_INCDIR)
+HOST_SRC      := examples/host/host.c
+HOSTS := $(addprefix $(BUILD)/host/,host-dynamic host-static-lj host-preload host-asan)
+
+$(BUILD)/host/host-dynamic: $(HOST_SRC) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_CFLAGS) -o $@ $< -lluajit-5.1 -lm
+
+$(BUILD)/host/host-static-lj: $(HOST_SRC) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_CFLAGS) -Wl,-E -o $@ $< $(LUAJIT_LIBDIR)/libluajit-5.1.a -lm -ldl
+
+$(BUILD)/host/host-preload: $(HOST_SRC) $(LIB_A) include/forkpool.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_CFLAGS) -DHOST_PRELOAD -Iinclude -o $@ $< $(LIB_A) -lluajit-5.1 -lpthread -lm -ldl
+
+$(BUILD)/host/asan/libforkpool.a: $(LIB_SRC) $(HEADERS) include/forkpool.h Makefile
+	@rm -rf $(BUILD)/host/asan && mkdir -p $(BUILD)/host/asan/obj
+	for f in $(LIB_SRC); do \
+	  $(CC) $(LIB_CFLAGS) $(SAN) -c -o $(BUILD)/host/asan/obj/$$(basename $$f .c).o $$f || exit 1; done
+	ar rcs $@ $(BUILD)/host/asan/obj/*.o
+
+$(BUILD)/host/host-asan: $(HOST_SRC) $(BUILD)/host/asan/libforkpool.a include/forkpool.h Makefile
+	$(CC) $(HOST_CFLAGS) $(SAN) -DHOST_PRELOAD -Iinclude -o $@ $< $(BUILD)/host/asan/libforkpool.a \
+	  -lluajit-5.1 -lpthread -lm -ldl
+
+# The C API's own tests (tests/host/test_embed.c), linked as a host links.
+$(BUILD)/host/test_embed: tests/host/test_embed.c tests/c/fp_test.h $(LIB_A) include/forkpool.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_CFLAGS) -Iinclude -o $@ $< $(LIB_A) -lluajit-5.1 -lpthread -lm -ldl
+
+$(BUILD)/host/test_embed-asan: tests/host/test_embed.c tests/c/fp_test.h $(BUILD)/host/asan/libforkpool.a include/forkpool.h Makefile
+	$(CC) $(HOST_CFLAGS) $(SAN) -Iinclude -o $@ $< $(BUILD)/host/asan/libforkpool.a -lluajit-5.1 -lpthread -lm -ldl
+
+host: all $(HOSTS) $(BUILD)/host/test_embed $(BUILD)/host/test_embed-asan
 
 # ---- C unit tests: each tests/c/test_*.c is one executable linked with the
 # engine files it needs and with libluajit (a test program embeds its own VM).

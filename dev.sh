@@ -10,6 +10,10 @@ set -eu
 cd "$(dirname "$0")"
 
 PKGS="make gcc luajit libluajit-5.1-dev lua-cjson lua-busted luarocks pkg-config git"
+# libluajit-5.1-dev also brings libluajit-5.1.a and luajit.pc, which `make
+# host` and tools/test-host.sh use (a host linking LuaJIT statically;
+# pkg-config); gcc brings binutils (ld -r, objcopy, ar for `make lib`) and
+# libasan.
 # lua5.1 .. lua5.4: spec/install_spec.lua checks that PUC Lua gets a clear
 # refusal; zip/unzip: the src rock; lua-check: luacheck; parallel and
 # openssh-server (which brings the client and ssh-keygen):

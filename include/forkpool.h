@@ -1,7 +1,8 @@
 /* forkpool.h: the C API for programs that embed LuaJIT (issue 13).
  *
- * A host links build/libforkpool.a (or -lforkpool) with -lluajit-5.1
- * -lpthread -lm -ldl, and either
+ * A host compiles with -Iinclude -I<LuaJIT headers> and links
+ * build/libforkpool.a (or -lforkpool; installed: pkg-config --cflags --libs
+ * forkpool) with -lluajit-5.1 -lpthread -lm -ldl, and either
  *   forkpool_preload(L);            after luaL_openlibs(L), then
  *   require "forkpool"              from Lua, with no package.path needed,
  * or
@@ -11,7 +12,15 @@
 #ifndef FORKPOOL_H
 #define FORKPOOL_H
 
+/* LuaJIT's lua.h has no extern "C" of its own (C++ hosts include lua.hpp):
+ * included first from C++, it must still declare the C functions. */
+#ifdef __cplusplus
+extern "C" {
+#endif
 #include <lua.h>
+#ifdef __cplusplus
+}
+#endif
 
 #define FORKPOOL_VERSION_MAJOR 0
 #define FORKPOOL_VERSION_MINOR 1
@@ -30,12 +39,18 @@
 extern "C" {
 #endif
 
-/* Pushes the forkpool module (what require "forkpool" returns) and returns 1;
- * registers the preloads first (forkpool_preload). */
+/* Pushes the forkpool module and returns 1: the table require "forkpool"
+ * returns, stored in package.loaded.forkpool (a module loaded before is
+ * returned as it is).  Registers the preloads first (forkpool_preload).
+ * A lua_CFunction: call it from C, or register it yourself as
+ * package.preload.forkpool.  Raises Lua errors as the lua_* API does. */
 FORKPOOL_API int luaopen_forkpool(lua_State *L);
 
 /* Registers "forkpool", every "forkpool.*" Lua module and "forkpool.core" in
- * package.preload, from the sources compiled into the library. */
+ * package.preload, from the sources compiled into the library: require
+ * "forkpool" then needs no file and no package.path / package.cpath.
+ * Call it after luaL_openlibs (it needs the package library, and raises a
+ * Lua error naming the fix without it), once per lua_State. */
 FORKPOOL_API void forkpool_preload(lua_State *L);
 
 /* Fork hooks, process-wide, run around every fork forkpool makes (its worker

@@ -7,7 +7,10 @@
 # (tools/test-distributed.sh: GNU parallel locally and over ssh to two
 # loopback sshd, --shard job arrays), luacheck, and the packaging checks
 # (tools/check-rock.sh: the src rock installed by file and by name from a
-# local rocks server, the README's luarocks config lines, make install).
+# local rocks server, the README's luarocks config lines, make install), and
+# the C API for hosts (tools/test-host.sh: make lib, the example host built
+# against shared and static LuaJIT and with forkpool linked in, under ASan,
+# make install-lib + pkg-config).
 # Exit status 0 only when nothing failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -101,6 +104,9 @@ run_counted lint tools/lint.sh
 
 step "packaging: lint both rockspecs, make rock, install it (file, local server, --local, make install), exports"
 run_counted rock tools/check-rock.sh
+
+step "embedding: make lib, the example host four ways (ASan included), install-lib + pkg-config"
+run_counted host tools/test-host.sh
 
 echo
 echo "$PASSED passed, $FAILED failed"
