@@ -7,6 +7,7 @@
 #   make test       C unit tests + busted specs against the in-tree build
 #   make ctest      C unit tests (ring, codec), plain build
 #   make ctest-san  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#                   (both also run the host tests, tests/host: threads)
 #   make asan       busted specs against an ASan build of the engine
 #   make fuzz       run every fuzz target (tests/fuzz), FUZZ_SECONDS in all (clang)
 #   make demo       the parallel-map demo (sequential vs parallel time)
@@ -103,10 +104,27 @@ $(BUILD)/ctest-san/%: tests/c/%.c $(ENGINE_NOBIND) $(HEADERS) tests/c/fp_test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CTEST_FLAGS) $(SAN) -o $@ $< $(ENGINE_NOBIND) $(CTEST_LIBS)
 
-ctest: $(addprefix $(BUILD)/ctest/,$(CTESTS))
+# ---- host tests: each tests/host/test_*.c is a program that embeds LuaJIT
+# with threads of its own (a game engine, a server) and uses forkpool from
+# it; the whole engine and the binding are compiled in (the C API
+# forkpool_set_fork_hooks is called directly).  Run from the repository's
+# root (they find lua/forkpool/ there); `make ctest` / `ctest-san` run them
+# after the unit tests.
+HOSTTESTS := $(patsubst tests/host/%.c,%,$(wildcard tests/host/test_*.c))
+HOST_FLAGS := $(CTEST_FLAGS) -Itests/host -Iinclude
+
+$(BUILD)/host/%: tests/host/%.c $(SOURCES) $(HEADERS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) -o $@ $< $(SOURCES) $(CTEST_LIBS)
+
+$(BUILD)/host-san/%: tests/host/%.c $(SOURCES) $(HEADERS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) $(SAN) -DFP_HOST_SAN -o $@ $< $(SOURCES) $(CTEST_LIBS)
+
+ctest: $(addprefix $(BUILD)/ctest/,$(CTESTS)) $(addprefix $(BUILD)/host/,$(HOSTTESTS))
 	@for t in $^; do echo "== $$t"; $$t || exit 1; done
 
-ctest-san: $(addprefix $(BUILD)/ctest-san/,$(CTESTS))
+ctest-san: $(addprefix $(BUILD)/ctest-san/,$(CTESTS)) $(addprefix $(BUILD)/host-san/,$(HOSTTESTS))
 	@for t in $^; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t || exit 1; done
 
 # ---- busted specs against the in-tree build.
