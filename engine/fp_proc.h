@@ -44,6 +44,15 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep);
  * Parent: returns FP_OK with *pid > 0 and *pidfd (O_CLOEXEC, tracked), or an
  *   error (FP_ESYS with errno: EAGAIN when RLIMIT_NPROC is reached) and no
  *   child exists.
+ * In a process with several threads, the child first checks that the
+ * unwinder's locks (libgcc's registered-frames mutex, the loader's lock
+ * behind dl_iterate_phdr) are not held for ever by a thread fork did not
+ * copy (LuaJIT raises every Lua error through that unwinder, and registers
+ * its JIT code's frames with it): it tells the parent through a pipe, or
+ * exits with FP_EXIT_FORK_LOCKED and the parent forks again (up to 8
+ * times).  The fork hooks (forkpool_set_fork_hooks) run once around it all:
+ * prepare before, parent after (fork failed or not), child in the child
+ * that is kept, before this returns.
  * Child: returns FP_OK with *pid == 0, signals still blocked, the leader
  *   of a process group of its own, watching the parent's lifeline (see
  *   fp_proc_parent_gone): the caller finishes its setup and calls
@@ -55,6 +64,10 @@ int fp_proc_fork(pid_t *pid, int *pidfd);
  * set up (fp_proc_child_init failed): nobody is left to read anything
  * else. */
 #define FP_EXIT_ORPHANED 70
+/* The exit code of a fresh child that found a lock of the C runtime's
+ * unwinder held for ever (another host thread held it at the fork): the
+ * parent forks again (fp_proc_fork), so no pool ever sees it. */
+#define FP_EXIT_FORK_LOCKED 69
 
 /* The signal that tells a worker its parent may be gone: PR_SET_PDEATHSIG
  * (re-sent whenever the thread that forked it, or the next one it was
