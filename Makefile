@@ -113,13 +113,25 @@ $(BUILD)/ctest-san/%: tests/c/%.c $(ENGINE_NOBIND) $(HEADERS) tests/c/fp_test.h
 HOSTTESTS := $(patsubst tests/host/%.c,%,$(wildcard tests/host/test_*.c))
 HOST_FLAGS := $(CTEST_FLAGS) -Itests/host -Iinclude
 
-$(BUILD)/host/%: tests/host/%.c $(SOURCES) $(HEADERS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
-	@mkdir -p $(dir $@)
-	$(CC) $(HOST_FLAGS) -o $@ $< $(SOURCES) $(CTEST_LIBS)
+# (the engine compiled once per flavour, shared by the host tests)
+HOST_OBJS := $(patsubst engine/%.c,$(BUILD)/host/obj/%.o,$(SOURCES))
+HOST_SAN_OBJS := $(patsubst engine/%.c,$(BUILD)/host-san/obj/%.o,$(SOURCES))
 
-$(BUILD)/host-san/%: tests/host/%.c $(SOURCES) $(HEADERS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+$(BUILD)/host/obj/%.o: engine/%.c $(HEADERS) include/forkpool.h Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(HOST_FLAGS) $(SAN) -DFP_HOST_SAN -o $@ $< $(SOURCES) $(CTEST_LIBS)
+	$(CC) $(HOST_FLAGS) -c -o $@ $<
+
+$(BUILD)/host-san/obj/%.o: engine/%.c $(HEADERS) include/forkpool.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) $(SAN) -c -o $@ $<
+
+$(BUILD)/host/%: tests/host/%.c $(HOST_OBJS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) -o $@ $< $(HOST_OBJS) $(CTEST_LIBS)
+
+$(BUILD)/host-san/%: tests/host/%.c $(HOST_SAN_OBJS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) $(SAN) -DFP_HOST_SAN -o $@ $< $(HOST_SAN_OBJS) $(CTEST_LIBS)
 
 ctest: $(addprefix $(BUILD)/ctest/,$(CTESTS)) $(addprefix $(BUILD)/host/,$(HOSTTESTS))
 	@for t in $^; do echo "== $$t"; $$t || exit 1; done
