@@ -10,6 +10,54 @@
  * pidfds) is O_CLOEXEC and listed in the registry, so a freshly forked
  * worker can close all of them except its own: a worker must never hold
  * another worker's pidfd or another pool's doorbell.
+ *
+ * Process-global state of the engine, and why each piece is safe in a host
+ * with threads, several Lua states (one per thread) each with its own
+ * pools (issue 13).  Every mutable file-scope or function-scope static of
+ * the engine files is listed here.
+ *
+ *   fp_proc.c, under the registry lock (recursive; taken by every fork in
+ *   the process through pthread_atfork and re-initialised in the child, so
+ *   no child inherits it held and every child sees these structures whole):
+ *     reg_fds, reg_n, reg_cap   the fd registry
+ *     life_r, life_w, life_owner  the lifeline (made by the first fork)
+ *     live_pools                the live pools of every state; the lanes of a
+ *                               registered pool are (un)mapped under the lock
+ *                               too (fp_pool_slot_open), so a child may unmap
+ *                               them; a pool is registered only once whole
+ *     hooks                     the C fork hooks, copied as one set per fork
+ *     guards[], guards_armed, sigint_old   the SIGINT guards, one entry per
+ *                               armed Lua state (key: its registry's address);
+ *                               the handler reads guards[] with atomics only
+ *   fp_proc.c, otherwise:
+ *     reg_once, find_fde_once, find_fde   pthread_once
+ *     self_pid                  atomic (any thread may fill it: same value)
+ *     fork_fail_countdown       atomic (test hook)
+ *     parent_life, parent_life_id, parent_pid, last_words_slot, altstack
+ *                               a worker's own: written in the fresh child
+ *                               before any of its code runs, then read by it
+ *                               and its signal handlers only
+ *     fp_proc_signame's buffer  _Thread_local
+ *   fp_shm.c:
+ *     fp_page_size              atomic
+ *     arena_* (base, size, owner, made, blocks, n, cap)   one arena per
+ *                               process, shared by every state: arena_lock
+ *                               guards init and the bookkeeping; base, size
+ *                               and owner are written once under it, before
+ *                               any state can allocate; a child never takes
+ *                               the lock (the owner check comes first)
+ *   fp_worker.c: w_stat, stamp_idx, stamp_job, stamp_ns   a worker's own
+ *     (the worker process runs one Lua state on one thread)
+ *   Test hooks (development builds; the specs drive them from one state):
+ *     fault_wid, test_slot (fp_lua.c), fault_phase, fault_sig, fault_after
+ *     (fp_worker.c): set by the parent, read by the worker after the fork;
+ *     not meant for several states at once.
+ *   fp_codec.c, fp_packed.c, fp_reply.c, fp_ring.c, fp_events.c,
+ *   fp_common.c: no mutable static state (constant tables only).
+ * Outside the engine: each Lua state loads its own copy of the Lua modules
+ * (their upvalues, the SIGINT guard's nesting in call.lua, modmap) and of
+ * the FFI declarations, so they are per state by construction.  Nothing had
+ * to be refused: no second state gets an error for sharing something.
  */
 #include "fp_proc.h"
 #include "fp_pool.h"
