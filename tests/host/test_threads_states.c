@@ -29,7 +29,6 @@ typedef struct job {
   int id;
   int ok;
   char out[512];
-  _Atomic int *started;
 } job;
 
 /* One round: a fresh pool, one map (into a shared_array on odd rounds, of
@@ -103,16 +102,24 @@ FP_TEST(concurrent_maps) {
   FP_CHECK(host_handler_installed());
 }
 
+/* forked(): the state's worker is forked (its map is about to wait). */
+static _Atomic int *forked_count;
+static int l_forked(lua_State *L) {
+  (void)L;
+  atomic_fetch_add(forked_count, 1);
+  return 0;
+}
+
 static void *run_long_map(void *arg) {
   job *j = arg;
   lua_State *L = host_state();
-  j->ok = host_run(L, "state", "require 'forkpool'", NULL, 0);
-  atomic_fetch_add(j->started, 1);
-  j->ok = j->ok && host_run(L, "state",
+  lua_pushcfunction(L, l_forked);
+  lua_setglobal(L, "forked");
+  j->ok = host_run(L, "state",
     "local forkpool = require 'forkpool'\n"
     "local ffi = require 'ffi'\n"
     "pcall(ffi.cdef, 'int poll(void *, unsigned long, int);')\n"
-    "local pool = forkpool.new{ n_jobs = 1 }\n"
+    "local pool = forkpool.new{ n_jobs = 1, after_fork_parent = forked }\n"
     "local ok, err = pcall(pool.map, pool, function(x)\n"
     "  for i = 1, 100 do ffi.C.poll(nil, 0, 100) end\n"
     "  return x\n"
@@ -126,18 +133,18 @@ static void *run_long_map(void *arg) {
 
 FP_TEST(sigint_each_state) {
   _Atomic int started = 0;
+  forked_count = &started;
   job jobs[NSTATES];
   pthread_t t[NSTATES];
   for (int i = 0; i < NSTATES; i++) {
     memset(&jobs[i], 0, sizeof jobs[i]);
     jobs[i].id = i + 1;
-    jobs[i].started = &started;
     FP_CHECK(pthread_create(&t[i], NULL, run_long_map, &jobs[i]) == 0);
   }
+  /* Every state's map has forked its worker (the guard is armed before
+   * that): let them all reach their wait. */
   while (atomic_load(&started) < NSTATES) usleep(1000);
-  /* Every state is now about to map, or in its map: let them all reach
-   * their wait (forking a worker takes a few ms; more under ASan). */
-  usleep(1500 * 1000);
+  usleep(300 * 1000);
   double t0 = host_now();
   kill(getpid(), SIGINT);
   for (int i = 0; i < NSTATES; i++) {
