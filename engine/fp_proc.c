@@ -44,8 +44,10 @@
  *                               process, shared by every state: arena_lock
  *                               guards init and the bookkeeping; base, size
  *                               and owner are written once under it, before
- *                               any state can allocate; a child never takes
- *                               the lock (the owner check comes first)
+ *                               any state can allocate; a child of ours never
+ *                               takes the lock (the owner check comes first),
+ *                               and every fork takes it (pthread_atfork) so no
+ *                               child finds it held
  *   fp_worker.c: w_stat, stamp_idx, stamp_job, stamp_ns   a worker's own
  *     (the worker process runs one Lua state on one thread)
  *   Test hooks (development builds; the specs drive them from one state):

@@ -143,8 +143,10 @@ size_t fp_shm_region_size(size_t n) {
  * one per thread): arena_lock guards the bookkeeping and init.  base, size
  * and owner are written once, by the first init, under the lock, and every
  * state runs init (luaopen) before it can allocate, so they are read
- * without it afterwards.  A forked child never takes the lock (the owner
- * check comes first): another thread may have held it at the fork.
+ * without it afterwards.  A child of forkpool's never takes the lock (the
+ * owner check comes first); every fork in the process takes it
+ * (pthread_atfork) and the child re-initialises it, so a child the host
+ * forks itself never finds it held by a thread fork did not copy either.
  */
 
 typedef struct arena_block { size_t off, len; } arena_block;
@@ -156,6 +158,16 @@ static int arena_made;   /* fp_arena_init ran (arena_base may still be NULL: siz
 static arena_block *arena_blocks;
 static size_t arena_n, arena_cap;
 static pthread_mutex_t arena_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_fork_prepare(void) { pthread_mutex_lock(&arena_lock); }
+static void arena_fork_parent(void) { pthread_mutex_unlock(&arena_lock); }
+/* The child's only thread is not the owner the parent's thread was:
+ * initialise afresh rather than unlock. */
+static void arena_fork_child(void) { pthread_mutex_init(&arena_lock, NULL); }
+static void arena_atfork(void) {
+  (void)pthread_atfork(arena_fork_prepare, arena_fork_parent, arena_fork_child);
+}
 
 size_t fp_arena_default_size(void) {
   uint64_t size = fp_shm_big_size();
@@ -217,6 +229,7 @@ static int arena_map(size_t size, void **out) {
 }
 
 int fp_arena_init(size_t size, int shrink) {
+  pthread_once(&arena_once, arena_atfork);
   pthread_mutex_lock(&arena_lock);
   if (arena_made) {
     pthread_mutex_unlock(&arena_lock);
