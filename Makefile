@@ -7,6 +7,7 @@
 #   make test       C unit tests + busted specs against the in-tree build
 #   make ctest      C unit tests (ring, codec, packed, json), plain build
 #   make ctest-san  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#                   (both also run the host tests, tests/host: threads)
 #   make asan       busted specs against an ASan build of the engine
 #   make fuzz       run every fuzz target (tests/fuzz), FUZZ_SECONDS in all (clang)
 #   make demo       the parallel-map demo (sequential vs parallel time)
@@ -118,10 +119,10 @@ LIB_GEN     := $(BUILD)/gen/fp_lua_modules.c
 LIB_SRC     := $(SOURCES) engine/fp_embed.c $(LIB_GEN)
 LIB_CFLAGS  := $(CSTD) $(OPT) $(WARN) -fPIC -fvisibility=hidden -DFORKPOOL_EXPORT \
                -Iinclude -Iengine -I$(LUA_INCDIR)
-# The functions a host may call; the merge of the fork-hooks work adds
-# forkpool_set_fork_hooks (checked by check-lib-symbols: each present, and
-# nothing exported outside luaopen_forkpool, luaopen_forkpool_core, forkpool_*).
-LIB_EXPORTS := luaopen_forkpool luaopen_forkpool_core forkpool_preload
+# The functions a host may call (include/forkpool.h), checked by
+# check-lib-symbols: each present, and nothing exported outside
+# luaopen_forkpool, luaopen_forkpool_core and forkpool_*.
+LIB_EXPORTS := luaopen_forkpool luaopen_forkpool_core forkpool_preload forkpool_set_fork_hooks
 
 # (lua/forkpool itself: its date changes when a module is added or removed)
 $(LIB_GEN): $(LUA_MODULES) lua/forkpool tools/embed-lua.lua
@@ -235,10 +236,39 @@ $(BUILD)/ctest-san/%: tests/c/%.c $(ENGINE_NOBIND) $(HEADERS) tests/c/fp_test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CTEST_FLAGS) $(SAN) -o $@ $< $(ENGINE_NOBIND) $(CTEST_LIBS)
 
-ctest: $(addprefix $(BUILD)/ctest/,$(CTESTS))
+# ---- thread tests: each tests/host/test_threads_*.c is a program that embeds LuaJIT
+# with threads of its own (a game engine, a server) and uses forkpool from
+# it; the whole engine and the binding are compiled in (the C API
+# forkpool_set_fork_hooks is called directly).  Run from the repository's
+# root (they find lua/forkpool/ there); `make ctest` / `ctest-san` run them
+# after the unit tests.
+HOSTTESTS := $(patsubst tests/host/%.c,%,$(wildcard tests/host/test_threads_*.c))
+HOST_FLAGS := $(CTEST_FLAGS) -Itests/host -Iinclude
+
+# (the engine compiled once per flavour, shared by the host tests)
+HOST_OBJS := $(patsubst engine/%.c,$(BUILD)/threads/obj/%.o,$(SOURCES))
+HOST_SAN_OBJS := $(patsubst engine/%.c,$(BUILD)/threads-san/obj/%.o,$(SOURCES))
+
+$(BUILD)/threads/obj/%.o: engine/%.c $(HEADERS) include/forkpool.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) -c -o $@ $<
+
+$(BUILD)/threads-san/obj/%.o: engine/%.c $(HEADERS) include/forkpool.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) $(SAN) -c -o $@ $<
+
+$(BUILD)/threads/%: tests/host/%.c $(HOST_OBJS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) -o $@ $< $(HOST_OBJS) $(CTEST_LIBS)
+
+$(BUILD)/threads-san/%: tests/host/%.c $(HOST_SAN_OBJS) tests/host/host.h tests/c/fp_test.h include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(CC) $(HOST_FLAGS) $(SAN) -DFP_HOST_SAN -o $@ $< $(HOST_SAN_OBJS) $(CTEST_LIBS)
+
+ctest: $(addprefix $(BUILD)/ctest/,$(CTESTS)) $(addprefix $(BUILD)/threads/,$(HOSTTESTS))
 	@for t in $^; do echo "== $$t"; $$t || exit 1; done
 
-ctest-san: $(addprefix $(BUILD)/ctest-san/,$(CTESTS))
+ctest-san: $(addprefix $(BUILD)/ctest-san/,$(CTESTS)) $(addprefix $(BUILD)/threads-san/,$(HOSTTESTS))
 	@for t in $^; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t || exit 1; done
 
 # ---- busted specs against the in-tree build.

@@ -53,6 +53,12 @@ static fp_slot *test_slot;
 
 /* ---- helpers ---- */
 
+/* An address unique to this Lua state (its registry table), shared by its
+ * coroutines: the key of its SIGINT guard and of its pools (fp_pool.vm). */
+static uintptr_t state_key(lua_State *L) {
+  return (uintptr_t)lua_topointer(L, LUA_REGISTRYINDEX);
+}
+
 static fp_pool *check_pool(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
   /* getpid(), not fp_proc_self(): that cache is refreshed only in forkpool's
@@ -131,11 +137,11 @@ static int l_new(lua_State *L) {
   p->doorbell = -1;
   p->bigfd = -1;
   p->owner = getpid();
+  p->vm = state_key(L);
   luaL_getmetatable(L, FP_POOL_MT);
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 2);
   lua_setfenv(L, -2);
-  fp_pools_add(p); /* removed by close / __gc, however far l_new got */
 
   p->n = (int)n;
   p->ring_cap = (size_t)ring;
@@ -158,15 +164,26 @@ static int l_new(lua_State *L) {
   if (fp_shm_map(p->stats_len, 0, &m) != FP_OK)
     return luaL_error(L, "forkpool: cannot map shared memory: %s", strerror(errno));
   p->stats = (fp_wstat *)m;
+  /* Created and tracked under the registry lock: another thread's fork
+   * never copies them untracked into its worker. */
+  fp_proc_lock();
   p->doorbell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (p->doorbell < 0)
-    return luaL_error(L, "forkpool: eventfd: %s", strerror(errno));
-  fp_proc_track_fd(p->doorbell);
+  int e = errno;
+  if (p->doorbell >= 0) fp_proc_track_fd(p->doorbell);
+  fp_proc_unlock();
+  if (p->doorbell < 0) return luaL_error(L, "forkpool: eventfd: %s", strerror(e));
+  fp_proc_lock();
   p->bigfd = fp_shm_file();
-  if (p->bigfd < 0)
-    return luaL_error(L, "forkpool: cannot create shared memory: %s", strerror(errno));
-  fp_proc_track_fd(p->bigfd);
+  e = errno;
+  if (p->bigfd >= 0) fp_proc_track_fd(p->bigfd);
+  fp_proc_unlock();
+  if (p->bigfd < 0) return luaL_error(L, "forkpool: cannot create shared memory: %s", strerror(e));
   p->closed = 0;
+  /* Registered whole (a fork by another thread walks the registry), and
+   * removed by close / __gc.  A pool that failed half-way is never
+   * registered: a worker forked meanwhile by another thread keeps its
+   * control page and stats mapped (its fds are tracked, so closed there). */
+  fp_pools_add(p);
   return 1;
 }
 
@@ -449,9 +466,9 @@ static int l_kill(lua_State *L) {
 static int l_sigint_guard(lua_State *L) {
   fp_pool *p = check_pool(L);
   if (lua_toboolean(L, 2)) {
-    lua_pushboolean(L, fp_proc_sigint_arm(p->doorbell));
+    lua_pushboolean(L, fp_proc_sigint_arm(state_key(L), p->doorbell));
   } else {
-    fp_proc_sigint_disarm();
+    fp_proc_sigint_disarm(state_key(L));
     lua_pushboolean(L, 0);
   }
   return 1;

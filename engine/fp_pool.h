@@ -58,6 +58,9 @@ typedef struct fp_slot {
  */
 typedef struct fp_pool {
   pid_t owner;
+  uintptr_t vm;              /* the Lua state (its registry's address) that
+                                made it: pools of one state are driven by one
+                                thread at a time (pools_forget) */
   int closed;
   int n;                     /* worker slots */
   fp_ctl *ctl;

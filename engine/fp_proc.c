@@ -10,21 +10,83 @@
  * pidfds) is O_CLOEXEC and listed in the registry, so a freshly forked
  * worker can close all of them except its own: a worker must never hold
  * another worker's pidfd or another pool's doorbell.
+ *
+ * Process-global state of the engine, and why each piece is safe in a host
+ * with threads, several Lua states (one per thread) each with its own
+ * pools (issue 13).  Every mutable file-scope or function-scope static of
+ * the engine files is listed here.
+ *
+ *   fp_proc.c, under the registry lock (recursive; taken by every fork in
+ *   the process through pthread_atfork and re-initialised in the child, so
+ *   no child inherits it held and every child sees these structures whole):
+ *     reg_fds, reg_n, reg_cap   the fd registry
+ *     life_r, life_w, life_owner  the lifeline (made by the first fork)
+ *     live_pools                the live pools of every state; the lanes of a
+ *                               registered pool are (un)mapped under the lock
+ *                               too (fp_pool_slot_open), so a child may unmap
+ *                               them; a pool is registered only once whole
+ *     hooks                     the C fork hooks, copied as one set per fork
+ *     guards[], guards_armed, sigint_old   the SIGINT guards, one entry per
+ *                               armed Lua state (key: its registry's address);
+ *                               the handler reads guards[] with atomics only
+ *   fp_proc.c, otherwise:
+ *     reg_once, find_fde_once, find_fde   pthread_once
+ *     self_pid                  atomic (any thread may fill it: same value)
+ *     fork_fail_countdown       atomic (test hook)
+ *     parent_life, parent_life_id, parent_pid, last_words_slot, altstack
+ *                               a worker's own: written in the fresh child
+ *                               before any of its code runs, then read by it
+ *                               and its signal handlers only
+ *     fp_proc_signame's buffer  _Thread_local
+ *   fp_shm.c:
+ *     fp_page_size              atomic
+ *     arena_* (base, size, owner, made, blocks, n, cap)   one arena per
+ *                               process, shared by every state: arena_lock
+ *                               guards init and the bookkeeping; base, size
+ *                               and owner are written once under it, before
+ *                               any state can allocate; a child of ours never
+ *                               takes the lock (the owner check comes first),
+ *                               and every fork takes it (pthread_atfork) so no
+ *                               child finds it held
+ *   fp_worker.c: w_stat, stamp_idx, stamp_job, stamp_ns   a worker's own
+ *     (the worker process runs one Lua state on one thread)
+ *   Test hooks (development builds; the specs drive them from one state):
+ *     fault_wid, test_slot (fp_lua.c), fault_phase, fault_sig, fault_after
+ *     (fp_worker.c): set by the parent, read by the worker after the fork;
+ *     not meant for several states at once.
+ *   fp_codec.c, fp_packed.c, fp_reply.c, fp_ring.c, fp_events.c,
+ *   fp_common.c: no mutable static state (constant tables only).
+ * Outside the engine: each Lua state loads its own copy of the Lua modules
+ * (their upvalues, the SIGINT guard's nesting in call.lua, modmap) and of
+ * the FFI declarations, so they are per state by construction.  Nothing had
+ * to be refused: no second state gets an error for sharing something.
  */
 #include "fp_proc.h"
 #include "fp_pool.h"
 #include "fp_shm.h"
+#include "fp_worker.h"
+/* The public declaration of forkpool_set_fork_hooks, hidden like the rest of
+ * the engine unless the library's build exports it (FORKPOOL_EXPORT sets
+ * its visibility explicitly, which wins over the pragma).  lua.h is
+ * included first so that the Lua API keeps its own visibility. */
+#include <lua.h>
+FP_HIDDEN_BEGIN
+#include "../include/forkpool.h"
+FP_HIDDEN_END
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,32 +95,94 @@
 #define SYS_pidfd_open 434
 #endif
 
-/* ---- fd registry ---- */
+/* ---- the registry lock ----
+ *
+ * One lock for the process-wide state of this file that threads share: the
+ * fd registry, the lifeline, the registry of live pools (and the lanes of
+ * registered pools while they are mapped or unmapped: fp_pool_slot_open),
+ * the SIGINT guard's table and the fork hooks.  Recursive, so that a caller
+ * can create an fd and track it in one critical section
+ * (fp_proc_lock + fp_proc_track_fd) and no fork in between copies it
+ * untracked.  Never held while user code (a fork hook) runs, nor while
+ * waiting for a process.
+ *
+ * Fork: a pthread_atfork handler takes the lock before every fork in the
+ * process (forkpool's and the host's own), so a child always sees these
+ * structures whole, and re-initialises it in the child (whose only thread
+ * is not the owner the parent's thread was: unlocking would fail), so no
+ * child ever finds it held by a thread that fork did not copy. */
+
+static pthread_mutex_t reg_lock;
+static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
+
+static void reg_lock_init(void) {
+  pthread_mutexattr_t a;
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&reg_lock, &a);
+  pthread_mutexattr_destroy(&a);
+}
+
+static void atfork_prepare(void) { pthread_mutex_lock(&reg_lock); }
+static void atfork_parent(void) { pthread_mutex_unlock(&reg_lock); }
+static void atfork_child(void) { reg_lock_init(); }
+
+static void reg_setup(void) {
+  reg_lock_init();
+  /* Failing (ENOMEM) leaves forks made by other threads unguarded; ours
+   * still hold the lock across fork() themselves. */
+  (void)pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+void fp_proc_lock(void) {
+  pthread_once(&reg_once, reg_setup);
+  pthread_mutex_lock(&reg_lock);
+}
+
+void fp_proc_unlock(void) { pthread_mutex_unlock(&reg_lock); }
+
+/* ---- fd registry (under the registry lock) ---- */
 
 static int *reg_fds;
 static int reg_n, reg_cap;
 
 void fp_proc_track_fd(int fd) {
+  fp_proc_lock();
   if (reg_n == reg_cap) {
     int ncap = reg_cap ? reg_cap * 2 : 16;
     int *np = realloc(reg_fds, (size_t)ncap * sizeof *np);
-    if (!np) return; /* only hygiene in children is lost, not correctness here */
+    if (!np) { /* only hygiene in children is lost, not correctness here */
+      fp_proc_unlock();
+      return;
+    }
     reg_fds = np;
     reg_cap = ncap;
   }
   reg_fds[reg_n++] = fd;
+  fp_proc_unlock();
 }
 
 void fp_proc_untrack_fd(int fd) {
+  fp_proc_lock();
   for (int i = 0; i < reg_n; i++) {
     if (reg_fds[i] == fd) {
       reg_fds[i] = reg_fds[--reg_n];
-      return;
+      break;
     }
   }
+  fp_proc_unlock();
+}
+
+void fp_proc_close_fd(int fd) {
+  if (fd < 0) return;
+  fp_proc_lock();
+  fp_proc_untrack_fd(fd);
+  close(fd);
+  fp_proc_unlock();
 }
 
 void fp_proc_close_tracked_except(const int *keep, int nkeep) {
+  fp_proc_lock();
   int w = 0;
   for (int i = 0; i < reg_n; i++) {
     int fd = reg_fds[i], kept = 0;
@@ -70,6 +194,7 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep) {
       close(fd);
   }
   reg_n = w;
+  fp_proc_unlock();
 }
 
 static int cmp_int(const void *a, const void *b) {
@@ -123,12 +248,18 @@ int fp_fd_id_same(int fd, const fp_fd_id *id) {
  * PR_SET_PDEATHSIG does not fire when the parent exec()s another program,
  * and getppid() does not change then.  The write end is O_CLOEXEC and
  * never leaves the parent (children close it at once), so an exec closes
- * the last write end and every worker's read end reports POLLHUP. */
+ * the last write end and every worker's read end reports POLLHUP.  Each
+ * worker reopens its read end through /proc (its own open file
+ * description, so F_SETOWN can name it) with O_ASYNC: the kernel then
+ * sends it FP_PARENT_SIG the moment the last write end closes, so a busy
+ * worker learns of an exec at once, not only at its next idle wake-up.
+ * life_r, life_w, life_owner: under the registry lock. */
 
 static int life_r = -1, life_w = -1;
 static pid_t life_owner;
 static int parent_life = -1;       /* in a worker: the read end it watches */
 static fp_fd_id parent_life_id;
+static pid_t parent_pid;           /* in a worker: its parent, as forked */
 
 static void lifeline_make(void) {
   if (life_w >= 0 && life_owner == getpid()) return;
@@ -150,43 +281,259 @@ int fp_proc_parent_gone(void) {
 int fp_proc_lifeline_fd(void) { return parent_life; }
 
 void fp_proc_lifeline_close(void) {
-  if (life_w < 0 || life_owner != getpid()) return;
-  close(life_r);
-  close(life_w);
-  life_r = life_w = -1;
+  fp_proc_lock();
+  if (life_w >= 0 && life_owner == getpid()) {
+    close(life_r);
+    close(life_w);
+    life_r = life_w = -1;
+  }
+  fp_proc_unlock();
+}
+
+/* ---- parent death, as seen by a worker ----
+ *
+ * PR_SET_PDEATHSIG fires when the *thread* that forked the worker exits,
+ * not the process: the kernel then reparents the worker to another thread
+ * of the same process and sends the signal again each time.  So the signal
+ * is a catchable one, FP_PARENT_SIG, whose handler leaves only when the
+ * parent process is really gone: reparented out of it (getppid() differs
+ * from the pid recorded at fork; getppid() names the process, not the
+ * thread) or its lifeline reports POLLHUP (exec, or death).  Otherwise
+ * (a thread of the host ended) it returns and the worker runs on.  The
+ * lifeline's O_ASYNC sends the same signal.  Everything the handler calls
+ * is async-signal-safe (getppid, poll, fstat, _exit). */
+
+static void parent_sig_handler(int sig) {
+  (void)sig;
+  int e = errno;
+  if (getppid() != parent_pid || fp_proc_parent_gone()) _exit(FP_EXIT_PARENT_GONE);
+  errno = e;
+}
+
+/* In a fresh worker: reopen the lifeline's read end as a description of
+ * our own and ask for FP_PARENT_SIG when its last writer goes.  Without
+ * /proc the shared description stays, watched at idle wake-ups only. */
+static void lifeline_watch(void) {
+  if (parent_life < 0) return;
+  char path[40];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", parent_life);
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return;
+  if (fcntl(fd, F_SETOWN, getpid()) != 0 || fcntl(fd, F_SETSIG, FP_PARENT_SIG) != 0 ||
+      fcntl(fd, F_SETFL, O_ASYNC | O_NONBLOCK) != 0 ||
+      dup3(fd, parent_life, O_CLOEXEC) < 0) {
+    close(fd);
+    return;
+  }
+  close(fd);
+  fp_fd_id_get(parent_life, &parent_life_id);
+}
+
+/* ---- fork hooks (forkpool.h) ----
+ * Set by any thread at any time; read as one consistent set, under the
+ * registry lock, by each fork (which calls its copy). */
+
+typedef struct fork_hooks {
+  void (*prepare)(void *), (*parent)(void *), (*child)(void *);
+  void *ud;
+} fork_hooks;
+static fork_hooks hooks;
+
+void forkpool_set_fork_hooks(void (*prepare)(void *), void (*parent)(void *),
+                             void (*child)(void *), void *ud) {
+  fp_proc_lock();
+  hooks.prepare = prepare;
+  hooks.parent = parent;
+  hooks.child = child;
+  hooks.ud = ud;
+  fp_proc_unlock();
 }
 
 /* ---- fork ---- */
 
-static pid_t self_pid;
+/* Written by the first caller or in a fresh child; atomic because several
+ * threads may fill it at once (with the same value). */
+static _Atomic pid_t self_pid;
 
 pid_t fp_proc_self(void) {
-  if (!self_pid) self_pid = getpid();
-  return self_pid;
+  pid_t p = atomic_load_explicit(&self_pid, memory_order_relaxed);
+  if (!p) {
+    p = getpid();
+    atomic_store_explicit(&self_pid, p, memory_order_relaxed);
+  }
+  return p;
 }
 
-static int fork_fail_countdown; /* test hook: fail the n-th next fork */
+static _Atomic int fork_fail_countdown; /* test hook: fail the n-th next fork */
 
-void fp_proc_fail_fork_after(int n) { fork_fail_countdown = n; }
+void fp_proc_fail_fork_after(int n) { atomic_store(&fork_fail_countdown, n); }
+
+static void sigint_forget_all(void);
+
+/* ---- the unwinder's locks at fork ----
+ *
+ * Forking copies only the calling thread; a lock another thread held stays
+ * held for ever in the child.  glibc takes care of malloc's and stdio's,
+ * and the host's own are the fork hooks' business, but two more are
+ * everybody's: libgcc's registered-frames mutex (taken by
+ * _Unwind_Find_FDE, __register_frame, __deregister_frame) and the loader's
+ * lock behind dl_iterate_phdr.  LuaJIT raises every Lua error, even one
+ * caught by pcall, with _Unwind_RaiseException, and registers the frames of
+ * the code it compiles with __register_frame: any other Lua state (or C++
+ * code) running in another host thread takes them all the time.  A worker
+ * forked at the wrong moment hung at its first Lua error (measured: one
+ * worker in a few thousand forks, with three states mapping at once).
+ *
+ * Nothing lets us take those locks ourselves, so the child checks instead:
+ * it looks up an address with _Unwind_Find_FDE (which takes both) under a
+ * timer; if that returns, the locks were free and the child says so through
+ * a pipe; if the timer fires, they never will be, and the child exits with
+ * FP_EXIT_FORK_LOCKED for the parent to fork again.  Only when the process
+ * has other threads (in a single-threaded one nothing can hold them).
+ * _Unwind_Find_FDE is looked up once in the parent (dlsym takes the
+ * loader's lock itself); a process without libgcc_s gets no check. */
+
+typedef const void *(*find_fde_fn)(void *pc, void *bases);
+static find_fde_fn find_fde;
+static pthread_once_t find_fde_once = PTHREAD_ONCE_INIT;
+
+static void find_fde_lookup(void) {
+  void *f = dlsym(RTLD_DEFAULT, "_Unwind_Find_FDE");
+  memcpy(&find_fde, &f, sizeof f); /* POSIX: function pointers fit a void * */
+}
+
+/* The number of threads of this process (-1: unknown). */
+static int process_threads(void) {
+  char buf[2048];
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  const char *t = strstr(buf, "\nThreads:");
+  return t ? atoi(t + 9) : -1;
+}
+
+/* How long the child's check may take before the locks count as held for
+ * ever (it takes microseconds when they are free). */
+#define FP_PROBE_US 100000
+#define FP_FORK_ATTEMPTS 8
+
+static void probe_timeout(int sig) {
+  (void)sig;
+  _exit(FP_EXIT_FORK_LOCKED);
+}
+
+/* In the child (all signals blocked): the check, then one byte to fd. */
+static void child_probe(int fd) {
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = probe_timeout;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGALRM, &sa, &old);
+  struct itimerval it, none;
+  memset(&it, 0, sizeof it);
+  memset(&none, 0, sizeof none);
+  it.it_value.tv_usec = FP_PROBE_US;
+  setitimer(ITIMER_REAL, &it, NULL);
+  sigset_t alrm;
+  sigemptyset(&alrm);
+  sigaddset(&alrm, SIGALRM);
+  sigprocmask(SIG_UNBLOCK, &alrm, NULL);
+  void *bases[3];
+  void (*self)(int) = child_probe;
+  void *pc;
+  memcpy(&pc, &self, sizeof pc);
+  find_fde((char *)pc + 1, bases);
+  sigprocmask(SIG_BLOCK, &alrm, NULL);
+  setitimer(ITIMER_REAL, &none, NULL);
+  /* A SIGALRM that came after the check must not stay pending. */
+  struct timespec zero = {0, 0};
+  while (sigtimedwait(&alrm, NULL, &zero) == SIGALRM) {}
+  sigaction(SIGALRM, &old, NULL);
+  char ok = 1;
+  ssize_t w = write(fd, &ok, 1);
+  (void)w;
+  close(fd);
+}
+
+/* In the parent: the child's word on its check.  1: fine (or no word in
+ * time: the child then reports for itself, as any worker exit); 0: it
+ * exited with FP_EXIT_FORK_LOCKED and was reaped: fork again. */
+static int probe_result(int fd, pid_t p) {
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  char c = 0;
+  int r;
+  do r = poll(&pfd, 1, 10 * FP_PROBE_US / 1000);
+  while (r < 0 && errno == EINTR);
+  if (r == 1 && read(fd, &c, 1) == 1) return 1;
+  if (r != 1) return 1;
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  if (waitid(P_PID, (id_t)p, &si, WEXITED | WNOWAIT) != 0 || si.si_pid != p ||
+      si.si_code != CLD_EXITED || si.si_status != FP_EXIT_FORK_LOCKED)
+    return 1;
+  waitpid(p, NULL, 0);
+  return 0;
+}
 
 int fp_proc_fork(pid_t *pid, int *pidfd) {
-  if (fork_fail_countdown > 0 && --fork_fail_countdown == 0) {
+  if (atomic_load(&fork_fail_countdown) > 0 && atomic_fetch_sub(&fork_fail_countdown, 1) == 1) {
     errno = EAGAIN;
     return FP_ESYS;
   }
+  fp_proc_lock();
+  fork_hooks h = hooks;
+  fp_proc_unlock();
+  /* The host's prepare hook takes its own locks: before ours, and without
+   * ours held, so the two never nest the other way round. */
+  if (h.prepare) h.prepare(h.ud);
+  /* Held across fork() (the atfork handler takes it once more): the
+   * lifeline made here is the one the child sees, and no other thread's
+   * fd is half-registered in the child. */
+  fp_proc_lock();
   lifeline_make();
+  pthread_once(&find_fde_once, find_fde_lookup);
+  int probe = find_fde && process_threads() != 1;
   sigset_t all, old;
   sigfillset(&all);
   sigprocmask(SIG_SETMASK, &all, &old);
-  pid_t p = fork();
+  pid_t p;
+  int sync[2];
+  for (int attempt = 1;; attempt++) {
+    if (probe && pipe2(sync, O_CLOEXEC) != 0) probe = 0;
+    p = fork();
+    if (p == 0) {
+      if (probe) {
+        close(sync[0]);
+        child_probe(sync[1]);
+      }
+      break;
+    }
+    if (probe) {
+      close(sync[1]);
+      int fine = p < 0 || probe_result(sync[0], p);
+      close(sync[0]);
+      if (!fine && attempt < FP_FORK_ATTEMPTS) continue;
+      if (!fine) { /* reaped already: as if fork had failed */
+        p = -1;
+        errno = EAGAIN;
+      }
+    }
+    break;
+  }
   if (p < 0) {
     int e = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
+    fp_proc_unlock();
+    if (h.parent) h.parent(h.ud);
     errno = e;
     return FP_ESYS;
   }
   if (p == 0) {
-    self_pid = getpid();
+    /* The atfork handler re-initialised the lock: it is not held here. */
+    atomic_store(&self_pid, getpid());
     /* Its own process group: killing the worker's group (fp_proc_kill)
      * takes the task's background children along.  The terminal's
      * group signals no longer reach workers; they ignore them anyway. */
@@ -198,6 +545,10 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
     fp_fd_id_get(parent_life, &parent_life_id);
     if (life_w >= 0) close(life_w);
     life_r = life_w = -1;
+    /* The parent's SIGINT guards are not ours (fp_proc_child_init resets
+     * the handler). */
+    sigint_forget_all();
+    if (h.child) h.child(h.ud);
     *pid = 0;
     *pidfd = -1;
     return FP_OK; /* signals stay blocked until fp_proc_child_init */
@@ -206,17 +557,20 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
   setpgid(p, p); /* as the child does: whichever runs first, no window */
   /* The child cannot have been reaped yet unless the host reaps every child
    * (waitpid(-1) in a SIGCHLD handler): then pidfd_open fails and the spawn
-   * is reported as failed rather than watching a recycled pid. */
+   * is reported as failed rather than watching a recycled pid.  Opened and
+   * tracked under the lock: no other thread's fork copies it untracked. */
   int fd = (int)syscall(SYS_pidfd_open, p, 0);
+  int e = errno;
+  /* pidfds are created O_CLOEXEC by the kernel. */
+  if (fd >= 0) fp_proc_track_fd(fd);
+  fp_proc_unlock();
+  if (h.parent) h.parent(h.ud);
   if (fd < 0) {
-    int e = errno;
     kill(p, SIGKILL);
     waitpid(p, NULL, 0);
     errno = e;
     return FP_ESYS;
   }
-  /* pidfds are created O_CLOEXEC by the kernel. */
-  fp_proc_track_fd(fd);
   *pid = p;
   *pidfd = fd;
   return FP_OK;
@@ -242,14 +596,22 @@ int fp_proc_child_init(pid_t parent) {
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_DFL;
   sigaction(SIGCHLD, &sa, NULL);
+  /* Parent death: FP_PARENT_SIG, caught (see parent_sig_handler).
+   * SA_RESTART: a host thread's end must not make a task's read() fail. */
+  parent_pid = parent;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = parent_sig_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(FP_PARENT_SIG, &sa, NULL);
+  lifeline_watch();
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
-  /* PDEATHSIG is cleared by fork and fires when the forking thread dies, so
-   * set it here and then check that the parent did not die before it took
-   * effect. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) {
+  /* PDEATHSIG is cleared by fork: set it here, then check that the parent
+   * did not die (or exec) before it took effect. */
+  prctl(PR_SET_PDEATHSIG, FP_PARENT_SIG);
+  if (getppid() != parent || fp_proc_parent_gone()) {
     errno = ESRCH;
     return FP_ESYS;
   }
@@ -286,55 +648,106 @@ void fp_proc_child_last_words(_Atomic int32_t *slot) {
   }
 }
 
-/* ---- SIGINT guard ---- */
+/* ---- SIGINT guard ----
+ *
+ * One SIGINT disposition per process, but several Lua states (one per
+ * host thread) may each wait on their pools with the guard armed.  So
+ * guards[] holds one entry per armed state (key: its registry's address,
+ * fp_lua.c): the handler wakes every armed state's wake fd and marks each
+ * one seen; the handler is installed when the first state arms and the
+ * host's previous action restored when the last disarms.  Entries are
+ * changed under the registry lock; the handler and fp_proc_sigint_take read
+ * them with atomics only (a stale read costs one spurious wake-up).  More
+ * than FP_SIGINT_GUARDS states at once: the extra ones run unguarded
+ * (arm returns 0, as when the host ignores SIGINT). */
 
-static volatile sig_atomic_t sigint_seen;
-static int sigint_wake_fd = -1;
-static int sigint_armed;
+#define FP_SIGINT_GUARDS 64
+
+static struct {
+  _Atomic uintptr_t key;   /* 0: free */
+  _Atomic int fd;          /* -1: none */
+  _Atomic int seen;
+} guards[FP_SIGINT_GUARDS];
+static int guards_armed;   /* entries in use (registry lock) */
 static struct sigaction sigint_old;
 
 static void sigint_handler(int sig) {
   (void)sig;
   int e = errno;
-  sigint_seen = 1;
-  if (sigint_wake_fd >= 0) {
-    uint64_t one = 1;
-    ssize_t n = write(sigint_wake_fd, &one, sizeof one);
-    (void)n;
+  for (int i = 0; i < FP_SIGINT_GUARDS; i++) {
+    if (!atomic_load(&guards[i].key)) continue;
+    atomic_store(&guards[i].seen, 1);
+    int fd = atomic_load(&guards[i].fd);
+    if (fd >= 0) {
+      uint64_t one = 1;
+      ssize_t n = write(fd, &one, sizeof one);
+      (void)n;
+    }
   }
   errno = e;
 }
 
-int fp_proc_sigint_arm(int wake_fd) {
-  if (sigint_armed) {
-    sigint_wake_fd = wake_fd;
-    return 1;
+static int guard_find(uintptr_t key) {
+  for (int i = 0; i < FP_SIGINT_GUARDS; i++)
+    if (atomic_load(&guards[i].key) == key) return i;
+  return -1;
+}
+
+/* In a fresh worker: no guard of the parent's is ours. */
+static void sigint_forget_all(void) {
+  for (int i = 0; i < FP_SIGINT_GUARDS; i++) {
+    atomic_store(&guards[i].key, 0);
+    atomic_store(&guards[i].fd, -1);
+    atomic_store(&guards[i].seen, 0);
   }
-  struct sigaction cur;
-  if (sigaction(SIGINT, NULL, &cur) != 0 || cur.sa_handler == SIG_IGN) return 0;
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = sigint_handler;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0; /* no SA_RESTART: let the blocked poll() return */
-  sigint_seen = 0;
-  sigint_wake_fd = wake_fd;
-  if (sigaction(SIGINT, &sa, &sigint_old) != 0) return 0;
-  sigint_armed = 1;
-  return 1;
+  guards_armed = 0;
 }
 
-void fp_proc_sigint_disarm(void) {
-  if (!sigint_armed) return;
-  sigaction(SIGINT, &sigint_old, NULL);
-  sigint_armed = 0;
-  sigint_wake_fd = -1;
+int fp_proc_sigint_arm(uintptr_t key, int wake_fd) {
+  int ok = 0;
+  fp_proc_lock();
+  int i = guard_find(key);
+  if (i >= 0) {
+    atomic_store(&guards[i].fd, wake_fd);
+    ok = 1;
+  } else if ((i = guard_find(0)) >= 0) {
+    struct sigaction cur;
+    if (guards_armed > 0) {
+      ok = 1;
+    } else if (sigaction(SIGINT, NULL, &cur) == 0 && cur.sa_handler != SIG_IGN) {
+      struct sigaction sa;
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = sigint_handler;
+      sigemptyset(&sa.sa_mask);
+      sa.sa_flags = 0; /* no SA_RESTART: let the blocked poll() return */
+      ok = sigaction(SIGINT, &sa, &sigint_old) == 0;
+    }
+    if (ok) {
+      atomic_store(&guards[i].seen, 0);
+      atomic_store(&guards[i].fd, wake_fd);
+      atomic_store(&guards[i].key, key);
+      guards_armed++;
+    }
+  }
+  fp_proc_unlock();
+  return ok;
 }
 
-int fp_proc_sigint_take(void) {
-  if (!sigint_seen) return 0;
-  sigint_seen = 0;
-  return 1;
+void fp_proc_sigint_disarm(uintptr_t key) {
+  fp_proc_lock();
+  int i = guard_find(key);
+  if (i >= 0) {
+    atomic_store(&guards[i].key, 0);
+    atomic_store(&guards[i].fd, -1);
+    atomic_store(&guards[i].seen, 0);
+    if (--guards_armed == 0) sigaction(SIGINT, &sigint_old, NULL);
+  }
+  fp_proc_unlock();
+}
+
+int fp_proc_sigint_take(uintptr_t key) {
+  int i = guard_find(key);
+  return i >= 0 && atomic_exchange(&guards[i].seen, 0);
 }
 
 /* ---- killing ---- */
@@ -396,7 +809,7 @@ const char *fp_proc_signame(int sig) {
   };
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (names[i].n == sig) return names[i].s;
-  static char buf[16];
+  static _Thread_local char buf[16]; /* several threads may ask at once */
   buf[0] = 'S'; buf[1] = 'I'; buf[2] = 'G';
   int n = sig, k = 3;
   char tmp[8];
@@ -409,14 +822,19 @@ const char *fp_proc_signame(int sig) {
 
 /* ---- a pool's worker processes (fp_pool.h) ---- */
 
+/* The live pools of this process, of every Lua state in it (under the
+ * registry lock). */
 static fp_pool *live_pools;
 
 void fp_pools_add(fp_pool *p) {
+  fp_proc_lock();
   p->next_live = live_pools;
   live_pools = p;
+  fp_proc_unlock();
 }
 
 void fp_pools_remove(fp_pool *p) {
+  fp_proc_lock();
   for (fp_pool **pp = &live_pools; *pp; pp = &(*pp)->next_live) {
     if (*pp == p) {
       *pp = p->next_live;
@@ -425,13 +843,11 @@ void fp_pools_remove(fp_pool *p) {
     }
   }
   if (!live_pools) fp_proc_lifeline_close();
+  fp_proc_unlock();
 }
 
 void fp_slot_forget(fp_slot *s) {
-  if (s->pidfd >= 0) {
-    fp_proc_untrack_fd(s->pidfd);
-    close(s->pidfd);
-  }
+  fp_proc_close_fd(s->pidfd);
   s->pidfd = -1;
   s->pid = 0;
   s->dead = 0;
@@ -450,14 +866,18 @@ void fp_slot_unmap(fp_slot *s, int discard) {
 
 int fp_pool_slot_open(fp_pool *p, int w) {
   fp_slot *s = &p->slots[w];
+  /* Under the lock: a fork by another thread sees the lanes of a
+   * registered pool either mapped or not, never half (pools_forget). */
+  fp_proc_lock();
   fp_slot_unmap(s, 1);
   uint64_t region = (uint64_t)p->big_cap * 2 * (uint64_t)w;
   int rc = fp_lane_create_at(&s->tasks, p->ring_cap, p->big_cap, p->bigfd, region);
   if (rc == FP_OK)
     rc = fp_lane_create_at(&s->results, p->ring_cap, p->big_cap, p->bigfd, region + p->big_cap);
+  int e = errno;
+  if (rc != FP_OK) fp_slot_unmap(s, 0);
+  fp_proc_unlock();
   if (rc != FP_OK) {
-    int e = errno;
-    fp_slot_unmap(s, 0);
     errno = e;
     return rc;
   }
@@ -476,7 +896,9 @@ int fp_pool_fork(fp_pool *p, int w, const cpu_set_t *pin, pid_t *pid) {
   int rc = fp_proc_fork(pid, &pidfd);
   if (rc != FP_OK) {
     int e = errno;
+    fp_proc_lock();
     fp_slot_unmap(s, 0);
+    fp_proc_unlock();
     errno = e;
     return rc;
   }
@@ -493,12 +915,26 @@ int fp_pool_fork(fp_pool *p, int w, const cpu_set_t *pin, pid_t *pid) {
 
 /* In a fresh worker of pool keep: unmap every other pool's shared memory
  * (their fds are closed with the fd registry) and forget the registry: the
- * pools are not this process's. */
+ * pools are not this process's.  Pools of keep's Lua state were driven by
+ * the thread that forked us, so they are whole: everything goes.  Pools of
+ * other Lua states (other host threads) may have been in the middle of
+ * growing a big-area window (fp_ring.c maps those without the registry
+ * lock): of theirs only what is mapped and unmapped under the lock goes
+ * (control page, stats, the lanes' rings); their windows stay mapped,
+ * unused (the files behind them are closed here). */
 static void pools_forget(fp_pool *keep) {
   for (fp_pool *q = live_pools; q; q = q->next_live) {
     if (q == keep) continue;
+    int same_state = q->vm == keep->vm;
     if (q->slots)
-      for (int i = 0; i < q->n; i++) fp_slot_unmap(&q->slots[i], 0);
+      for (int i = 0; i < q->n; i++) {
+        if (same_state) {
+          fp_slot_unmap(&q->slots[i], 0);
+        } else {
+          fp_lane_unmap_ring(&q->slots[i].tasks);
+          fp_lane_unmap_ring(&q->slots[i].results);
+        }
+      }
     fp_shm_unmap(q->ctl, sizeof(fp_ctl));
     q->ctl = NULL;
     fp_shm_unmap(q->stats, q->stats_len);
@@ -557,16 +993,10 @@ void fp_pool_release(fp_pool *p) {
   p->pfds = NULL;
   free(p->pfd_slot);
   p->pfd_slot = NULL;
-  if (p->doorbell >= 0) {
-    fp_proc_untrack_fd(p->doorbell);
-    close(p->doorbell);
-    p->doorbell = -1;
-  }
-  if (p->bigfd >= 0) {
-    fp_proc_untrack_fd(p->bigfd);
-    close(p->bigfd);
-    p->bigfd = -1;
-  }
+  fp_proc_close_fd(p->doorbell);
+  p->doorbell = -1;
+  fp_proc_close_fd(p->bigfd);
+  p->bigfd = -1;
   fp_shm_unmap(p->ctl, sizeof(fp_ctl));
   p->ctl = NULL;
   fp_shm_unmap(p->stats, p->stats_len);

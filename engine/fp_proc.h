@@ -13,14 +13,28 @@
 #define FP_PROC_H
 
 #include "fp_common.h"
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/types.h>
 
 FP_HIDDEN_BEGIN
 
+/*
+ * The registry lock (recursive): guards this process's fd registry, the
+ * lifeline, the live pools and their lanes' (un)mapping, the SIGINT guard
+ * table and the fork hooks, which every thread of the host shares.  Every
+ * fork in the process takes it (pthread_atfork), so a child sees those
+ * structures whole; in the child it starts unlocked.  Hold it around
+ * creating an fd and tracking it, so no fork between copies it untracked.
+ */
+void fp_proc_lock(void);
+void fp_proc_unlock(void);
+
 /* Remember / forget an fd that belongs to forkpool in this process. */
 void fp_proc_track_fd(int fd);
 void fp_proc_untrack_fd(int fd);
+/* Untrack and close fd in one step (nothing if fd < 0). */
+void fp_proc_close_fd(int fd);
 /* In a fresh child: close every tracked fd except those in keep[]. */
 void fp_proc_close_tracked_except(const int *keep, int nkeep);
 
@@ -30,6 +44,15 @@ void fp_proc_close_tracked_except(const int *keep, int nkeep);
  * Parent: returns FP_OK with *pid > 0 and *pidfd (O_CLOEXEC, tracked), or an
  *   error (FP_ESYS with errno: EAGAIN when RLIMIT_NPROC is reached) and no
  *   child exists.
+ * In a process with several threads, the child first checks that the
+ * unwinder's locks (libgcc's registered-frames mutex, the loader's lock
+ * behind dl_iterate_phdr) are not held for ever by a thread fork did not
+ * copy (LuaJIT raises every Lua error through that unwinder, and registers
+ * its JIT code's frames with it): it tells the parent through a pipe, or
+ * exits with FP_EXIT_FORK_LOCKED and the parent forks again (up to 8
+ * times).  The fork hooks (forkpool_set_fork_hooks) run once around it all:
+ * prepare before, parent after (fork failed or not), child in the child
+ * that is kept, before this returns.
  * Child: returns FP_OK with *pid == 0, signals still blocked, the leader
  *   of a process group of its own, watching the parent's lifeline (see
  *   fp_proc_parent_gone): the caller finishes its setup and calls
@@ -41,16 +64,31 @@ int fp_proc_fork(pid_t *pid, int *pidfd);
  * set up (fp_proc_child_init failed): nobody is left to read anything
  * else. */
 #define FP_EXIT_ORPHANED 70
+/* The exit code of a fresh child that found a lock of the C runtime's
+ * unwinder held for ever (another host thread held it at the fork): the
+ * parent forks again (fp_proc_fork), so no pool ever sees it. */
+#define FP_EXIT_FORK_LOCKED 69
+
+/* The signal that tells a worker its parent may be gone: PR_SET_PDEATHSIG
+ * (re-sent whenever the thread that forked it, or the next one it was
+ * reparented to, exits) and the lifeline's O_ASYNC (the parent's last write
+ * end closed: exec or death).  Caught: the worker leaves only when
+ * getppid() changed or the lifeline hung up, so a host thread's end is
+ * harmless.  A real-time signal that forkpool reserves in workers; a task
+ * that installs its own handler for it (or blocks it) keeps only the
+ * checks at idle wake-ups (every second). */
+#define FP_PARENT_SIG (SIGRTMAX - 3)
 
 /* Child setup: SIGINT, SIGHUP and SIGQUIT ignored (the terminal's group
  * signals are the parent's to handle; parent death is detected by
  * PDEATHSIG and the lifeline), SIGTTIN and SIGTTOU ignored (a worker leads
  * its own background process group: reading the terminal fails with EIO
  * instead of stopping it), every other
- * caught signal back to its default, signal mask cleared, PR_SET_PDEATHSIG
- * SIGKILL.  parent = the pid of the parent as seen before fork.  FP_OK, or
+ * caught signal back to its default, FP_PARENT_SIG caught and set as
+ * PR_SET_PDEATHSIG, the lifeline watched with O_ASYNC, signal mask
+ * cleared.  parent = the pid of the parent as seen before fork.  FP_OK, or
  * FP_ESYS (errno ESRCH) when the parent is already gone (PDEATHSIG was set
- * too late to fire): the caller leaves with _exit(FP_EXIT_ORPHANED). */
+ * too late to fire, or the lifeline hung up already): the caller leaves with _exit(FP_EXIT_ORPHANED). */
 int fp_proc_child_init(pid_t parent);
 
 /* In a worker: on SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTERM, SIGHUP,
@@ -61,14 +99,18 @@ int fp_proc_child_init(pid_t parent);
  * themselves, where the wait status is lost. */
 void fp_proc_child_last_words(_Atomic int32_t *slot);
 
-/* SIGINT guard for the parent while it waits for workers: the handler only
- * sets a flag and writes 1 to wake_fd (an eventfd), so a sleeping poll()
- * wakes.  arm returns 1 when armed, 0 when the host ignores SIGINT (then
- * Ctrl-C is not ours to catch).  disarm restores the previous action. */
-int fp_proc_sigint_arm(int wake_fd);
-void fp_proc_sigint_disarm(void);
-/* 1 if SIGINT arrived since arm (clears the flag). */
-int fp_proc_sigint_take(void);
+/* SIGINT guard for the parent while it waits for workers, one per Lua state
+ * (key: any address unique to the state; several states may be armed at
+ * once, each from its own thread): the handler only sets the state's flag
+ * and writes 1 to its wake_fd (an eventfd), so a sleeping poll() wakes.
+ * arm (again: points the state's guard at another wake_fd) returns 1 when
+ * armed, 0 when the host ignores SIGINT (then Ctrl-C is not ours to catch)
+ * or too many states are armed at once.  The last disarm restores the
+ * host's previous action. */
+int fp_proc_sigint_arm(uintptr_t key, int wake_fd);
+void fp_proc_sigint_disarm(uintptr_t key);
+/* 1 if SIGINT arrived since the state's arm (clears its flag). */
+int fp_proc_sigint_take(uintptr_t key);
 
 /* In a fresh worker (close_fds): close every fd >= 3 except those in keep[]
  * (sorted in place; negative entries are ignored). */
@@ -111,7 +153,8 @@ int fp_proc_try_reap(pid_t pid, int *status, int *known);
  * it has, FP_ETIMEOUT, or FP_EINTR. */
 int fp_proc_wait_exit(int pidfd, int timeout_ms);
 
-/* "SIGSEGV" for 11, ... ("SIG42" for unnamed ones); static storage. */
+/* "SIGSEGV" for 11, ... ("SIG42" for unnamed ones); static storage (per
+ * thread for unnamed ones). */
 const char *fp_proc_signame(int sig);
 
 /* This process's pid, cached: refreshed in every child fp_proc_fork makes

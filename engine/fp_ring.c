@@ -473,6 +473,12 @@ static int trim(fp_lane *l, int producer) {
 int fp_lane_trim_producer(fp_lane *l) { return trim(l, 1); }
 int fp_lane_trim_consumer(fp_lane *l) { return trim(l, 0); }
 
+void fp_lane_unmap_ring(fp_lane *l) {
+  if (l->h) fp_shm_unmap(l->h, RING_OFF + l->cap);
+  l->h = NULL;
+  l->ring = NULL;
+}
+
 void fp_lane_destroy(fp_lane *l) {
   if (l->h) {
     if (l->pwin) munmap(l->pwin, l->pwin_len);

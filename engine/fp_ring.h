@@ -172,6 +172,11 @@ int fp_lane_trim_consumer(fp_lane *l);
  * is the lane's own; the handle is zeroed with big_fd = -1.  Safe on a
  * zeroed or destroyed handle. */
 void fp_lane_destroy(fp_lane *l);
+/* Unmap only the header and ring (mapped once, by create), leaving the
+ * windows and the fd alone: for a forked child dropping a lane whose
+ * windows another thread of the parent may have been resizing at the
+ * fork.  The handle is left unusable (h = NULL). */
+void fp_lane_unmap_ring(fp_lane *l);
 
 /* ---- producer side ---- */
 

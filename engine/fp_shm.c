@@ -27,6 +27,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,15 @@ size_t fp_shm_region_size(size_t n) {
  * sorted by offset, free_ is derived from the gaps between them; every
  * offset and length is a multiple of the page size.  Workers see the
  * mapping but never touch this bookkeeping (owner check).
+ *
+ * One arena per process, shared by every Lua state in it (a host may run
+ * one per thread): arena_lock guards the bookkeeping and init.  base, size
+ * and owner are written once, by the first init, under the lock, and every
+ * state runs init (luaopen) before it can allocate, so they are read
+ * without it afterwards.  A child of forkpool's never takes the lock (the
+ * owner check comes first); every fork in the process takes it
+ * (pthread_atfork) and the child re-initialises it, so a child the host
+ * forks itself never finds it held by a thread fork did not copy either.
  */
 
 typedef struct arena_block { size_t off, len; } arena_block;
@@ -147,6 +157,17 @@ static pid_t arena_owner;
 static int arena_made;   /* fp_arena_init ran (arena_base may still be NULL: size 0) */
 static arena_block *arena_blocks;
 static size_t arena_n, arena_cap;
+static pthread_mutex_t arena_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_fork_prepare(void) { pthread_mutex_lock(&arena_lock); }
+static void arena_fork_parent(void) { pthread_mutex_unlock(&arena_lock); }
+/* The child's only thread is not the owner the parent's thread was:
+ * initialise afresh rather than unlock. */
+static void arena_fork_child(void) { pthread_mutex_init(&arena_lock, NULL); }
+static void arena_atfork(void) {
+  (void)pthread_atfork(arena_fork_prepare, arena_fork_parent, arena_fork_child);
+}
 
 size_t fp_arena_default_size(void) {
   uint64_t size = fp_shm_big_size();
@@ -208,28 +229,48 @@ static int arena_map(size_t size, void **out) {
 }
 
 int fp_arena_init(size_t size, int shrink) {
-  if (arena_made) return FP_OK;
+  pthread_once(&arena_once, arena_atfork);
+  pthread_mutex_lock(&arena_lock);
+  if (arena_made) {
+    pthread_mutex_unlock(&arena_lock);
+    return FP_OK;
+  }
   void *p = NULL;
   size = page_round(size);
   if (size) {
     int rc;
     while ((rc = arena_map(size, &p)) != FP_OK && shrink && size / 2 >= FP_ARENA_MIN)
       size = page_round(size / 2);
-    if (rc != FP_OK) return FP_ENOMEM;
+    if (rc != FP_OK) {
+      int e = errno;
+      pthread_mutex_unlock(&arena_lock);
+      errno = e;
+      return FP_ENOMEM;
+    }
   }
   arena_base = p;
   arena_size = size;
   arena_owner = getpid();
   arena_made = 1;
+  pthread_mutex_unlock(&arena_lock);
   return FP_OK;
 }
 
 size_t fp_arena_size(void) { return arena_size; }
 
+static int arena_alloc_locked(size_t len, void **out);
+
 int fp_arena_alloc(size_t len, void **out) {
   if (!arena_base || len == 0 || len > arena_size) return FP_ENOMEM;
   if (getpid() != arena_owner) return FP_ESYS;
   len = FP_ALIGN_UP(len, fp_shm_page());
+  pthread_mutex_lock(&arena_lock);
+  int rc = arena_alloc_locked(len, out);
+  pthread_mutex_unlock(&arena_lock);
+  return rc;
+}
+
+static int arena_alloc_locked(size_t len, void **out) {
   if (arena_n == arena_cap) {
     size_t ncap = arena_cap ? arena_cap * 2 : 32;
     arena_block *nb = realloc(arena_blocks, ncap * sizeof *nb);
@@ -261,15 +302,17 @@ void fp_arena_free(void *p) {
   unsigned char *q = p;
   if (q < arena_base || q >= arena_base + arena_size) return;
   size_t off = (size_t)(q - arena_base);
+  pthread_mutex_lock(&arena_lock);
   for (size_t i = 0; i < arena_n; i++) {
     if (arena_blocks[i].off == off) {
       /* Zero and release the pages for the next user of this range. */
       fp_shm_discard(q, arena_blocks[i].len);
       memmove(arena_blocks + i, arena_blocks + i + 1, (arena_n - i - 1) * sizeof *arena_blocks);
       arena_n--;
-      return;
+      break;
     }
   }
+  pthread_mutex_unlock(&arena_lock);
 }
 
 int fp_arena_contains(const void *p, size_t len) {

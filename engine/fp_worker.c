@@ -683,6 +683,16 @@ static void w_setup(W *w, const unsigned char *p, size_t len) {
 
 /* ---- main ---- */
 
+/* worker_init (or after_fork_child) failed, its error table on top: report
+ * it, say goodbye and leave. */
+static _Noreturn void w_init_failed(W *w) {
+  w_encode_error(w, NULL);
+  w_send2(w, FP_M_INIT_ERROR, NULL, 0, w->enc.p, w->enc.len);
+  fp_bye bye = {.reason = FP_BYE_INIT_FAILED, .pad = 0};
+  w_send2(w, FP_M_BYE, &bye, sizeof bye, NULL, 0);
+  w_exit_now(0);
+}
+
 typedef struct boot { fp_worker_io *io; } boot;
 
 static int w_body(lua_State *L) {
@@ -756,6 +766,27 @@ static int w_body(lua_State *L) {
   lua_pop(L, 1);
 
   fp_worker_io *io = w.io;
+  /* The pool's after_fork_child hook, before worker_init; its error is
+   * reported like worker_init's, its message naming the hook and the
+   * error's `hook` field saying which (the parent's phase). */
+  lua_getfield(L, S_CTX, "after_fork_child");
+  if (lua_isfunction(L, -1)) {
+    w_phase(&w, FP_PH_INIT);
+    lua_getfield(L, S_CTX, "wid");
+    int st = lua_pcall(L, 1, 0, S_MSGH);
+    if (st == 0) w_check_fds(&w);
+    if (st != 0 && lua_istable(L, -1)) {
+      lua_getfield(L, -1, "message");
+      lua_pushfstring(L, "in after_fork_child: %s", lua_tostring(L, -1));
+      lua_setfield(L, -3, "message");
+      lua_pop(L, 1);
+      lua_pushliteral(L, "after_fork_child");
+      lua_setfield(L, -2, "hook");
+    }
+    if (st != 0) w_init_failed(&w);
+  } else {
+    lua_pop(L, 1);
+  }
   if (!lua_isnil(L, S_INIT)) {
     w_phase(&w, FP_PH_INIT);
     lua_pushvalue(L, S_INIT);
@@ -772,13 +803,7 @@ static int w_body(lua_State *L) {
       lua_setfield(L, -2, "message");
       st = 1;
     }
-    if (st != 0) {
-      w_encode_error(&w, NULL);
-      w_send2(&w, FP_M_INIT_ERROR, NULL, 0, w.enc.p, w.enc.len);
-      fp_bye bye = {.reason = FP_BYE_INIT_FAILED, .pad = 0};
-      w_send2(&w, FP_M_BYE, &bye, sizeof bye, NULL, 0);
-      w_exit_now(0);
-    }
+    if (st != 0) w_init_failed(&w);
   }
   w_phase(&w, FP_PH_IDLE);
   atomic_store(&io->st->ready_ns, fp_now_ns());

@@ -21,8 +21,9 @@ FP_HIDDEN_BEGIN
  * record can say why (one that says goodbye exits 0; os.exit in a task
  * leaves with the task's own code).  The parent reports every exit code
  * the same way ("exited with code N"): these only tell a reader of that
- * message where to look.  70 is taken by fp_proc.h (FP_EXIT_ORPHANED: a
- * child whose parent died before it became a worker).
+ * message where to look.  70 and 69 are taken by fp_proc.h
+ * (FP_EXIT_ORPHANED: a child whose parent died before it became a worker;
+ * FP_EXIT_FORK_LOCKED: a child that found the unwinder locked).
  */
 enum fp_worker_exit {
   /* The parent is gone: this process was reparented, or the parent

@@ -297,9 +297,21 @@ end
 -- An empty worker record (a slot with no process).
 function M.empty_slot() return { chunks = {} } end
 
+-- A fork hook failed in the parent: a spawn error naming the option.
+local function hook_error(name, w, e)
+  return errors.new("spawn", { message = ("error in %s: %s"):format(name, tostring(e)),
+    worker_id = w, hook = name })
+end
+
 -- Start a worker process in slot w for `job` (its function and, for array
 -- sources, its items reach the child through fork).  Returns nil or a
 -- spawn error object.  The ctx fields are what engine/fp_worker.c reads.
+-- The pool's fork hooks run around the fork: before_fork(w) first (an
+-- error: no fork, a spawn error), after_fork_parent(w, pid) after it
+-- (pid nil when fork failed; called whenever before_fork ran, so that it
+-- can release what before_fork took), after_fork_child(w) in the worker
+-- before worker_init (engine/fp_worker.c: its error is reported like
+-- worker_init's).
 local function spawn(pool, w, job)
   local ctx = {
     wid = w, job = job.id, fn = job.fn, items = job.items,
@@ -311,8 +323,18 @@ local function spawn(pool, w, job)
     make_runner = run.make_runner,
     cdata_kind = cdata.kind, cdata_new = cdata.new,
     pack_results = pack.results, unpack = pack.unpack,
+    after_fork_child = pool._after_fork_child,
   }
+  if pool._before_fork then
+    local ok, e = pcall(pool._before_fork, w)
+    if not ok then return hook_error("before_fork", w, e) end
+  end
   local pid, msg, errno = pool._core:spawn(w, ctx)
+  local herr
+  if pool._after_fork_parent then
+    local ok, e = pcall(pool._after_fork_parent, w, pid)
+    if not ok then herr = hook_error("after_fork_parent", w, e) end
+  end
   if not pid then
     return errors.new("spawn", { message = msg, worker_id = w, errno = errno })
   end
@@ -320,7 +342,7 @@ local function spawn(pool, w, job)
     pid = pid, born_job = job.id, chunks = {}, dispatched = 0, fns = {},
     init_timeout = job.init_timeout,
   }
-  return nil
+  return herr
 end
 
 -- Make sure every slot has a worker (spawning where empty) while some job

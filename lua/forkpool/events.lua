@@ -74,7 +74,9 @@ local function handle(pool, kind, w, jobid, start, _, index, value)
   elseif kind == "init_error" then
     -- the job it was forked for, or when that is over the oldest one
     local j = pool._jobs[rec.born_job] or J.oldest(pool)
-    if j then J.fail(j, deaths.worker_error("worker_init", w, rec, nil, value, { phase = "worker_init" })) end
+    -- (phase: "after_fork_child" when that hook failed, engine/fp_worker.c)
+    local phase = type(value) == "table" and value.hook or "worker_init"
+    if j then J.fail(j, deaths.worker_error("worker_init", w, rec, nil, value, { phase = phase })) end
   elseif kind == "exit_error" then
     pool._exit_error = pool._exit_error
       or deaths.worker_error("worker_exit", w, rec, nil, value, { phase = "worker_exit" })

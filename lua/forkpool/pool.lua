@@ -47,6 +47,9 @@ function M.new(opts)
     _order_tasks = opts.order_tasks or false,
     _cpus = opts.cpu_ids and options.cpu_ids(opts.cpu_ids, n, 2),
     _insights = opts.enable_insights or false,
+    _before_fork = opts.before_fork,             -- fork hooks (dispatch.spawn; the child's
+    _after_fork_parent = opts.after_fork_parent, -- runs in the worker: engine/fp_worker.c)
+    _after_fork_child = opts.after_fork_child,
     _restart = false,         -- a setting changed: restart workers when idle (setters, call)
     -- workers (forkpool.dispatch: record fields)
     _workers = {},            -- [wid] = worker record: dispatch.spawn, deaths.on_exit
