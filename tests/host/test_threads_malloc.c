@@ -7,8 +7,9 @@
  * the main thread makes fresh pools and maps, whose tasks allocate and
  * raise and catch errors of their own; every result is checked.
  *
- *   fresh_pool_maps: 1,000 fresh-pool maps (200 under ASan, where a fork
- *     costs several times more), no crash, no hang (the alarm).
+ *   fresh_pool_maps: 1,000 fresh-pool maps, under ASan too (issue 13 asks
+ *     for both; there a map costs ~45 ms, so ~45 s), no crash, no hang
+ *     (the alarm).
  */
 #include "host.h"
 
@@ -16,11 +17,7 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
-#ifdef FP_HOST_SAN
-#define MAPS 200
-#else
 #define MAPS 1000
-#endif
 
 static _Atomic int stop;
 static _Atomic long mallocs, lua_errors;
