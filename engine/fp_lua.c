@@ -61,10 +61,10 @@ static uintptr_t state_key(lua_State *L) {
 
 static fp_pool *check_pool(lua_State *L) {
   fp_pool *p = (fp_pool *)luaL_checkudata(L, 1, FP_POOL_MT);
-  /* getpid(), not fp_proc_self(): that cache is refreshed only in forkpool's
-   * own children, and a process the host forked (a daemon, a pre-fork
-   * server) must be able to make and use pools of its own. */
-  if (p->owner != getpid())
+  /* fp_proc_self(): cleared by every fork (the host's too), so a process
+   * the host forked (a daemon, a pre-fork server) is told apart and can
+   * make and use pools of its own. */
+  if (p->owner != fp_proc_self())
     luaL_error(L, "forkpool: a pool can only be used by the process that created it "
                   "(not from inside a worker or a forked child)");
   if (p->closed) luaL_error(L, "forkpool: attempt to use a closed pool");
@@ -136,7 +136,7 @@ static int l_new(lua_State *L) {
   p->closed = 1;
   p->doorbell = -1;
   p->bigfd = -1;
-  p->owner = getpid();
+  p->owner = fp_proc_self();
   p->vm = state_key(L);
   luaL_getmetatable(L, FP_POOL_MT);
   lua_setmetatable(L, -2);
@@ -241,7 +241,7 @@ static int l_spawn(lua_State *L) {
   }
   cpu_set_t cpus;
   const cpu_set_t *pin = check_cpus(L, 3, &cpus) ? &cpus : NULL;
-  pid_t parent = getpid(), pid;
+  pid_t parent = fp_proc_self(), pid;
   if (fp_pool_fork(p, w, pin, &pid) != FP_OK) {
     int e = errno;
     lua_pushinteger(L, e);
@@ -543,7 +543,7 @@ static int l_close(lua_State *L) {
    * forked holds its parent's pools in its copy of the list, and must not
    * keep pointers to userdata its own GC frees. */
   fp_pools_remove(p);
-  if (p->owner != getpid()) return 0; /* a worker's copy: not ours */
+  if (p->owner != fp_proc_self()) return 0; /* a worker's copy: not ours */
   if (!p->closed || p->slots) fp_pool_release(p);
   free(p->keep_fds); /* l_new may fail before anything fp_pool_release frees */
   p->keep_fds = NULL;
@@ -597,6 +597,13 @@ static int l_shared_size(lua_State *L) {
 }
 
 /* core.now() -> seconds on the monotonic clock the workers stamp with. */
+/* core.self_pid() -> this process's pid, from fp_proc_self's cache (every
+ * public call checks its pool's owner: getpid() would be a system call). */
+static int l_self_pid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)fp_proc_self());
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)fp_now_ns() * 1e-9);
   return 1;
@@ -723,6 +730,7 @@ static const luaL_Reg pool_methods[] = {
 static const luaL_Reg funcs[] = {
   {"new", l_new},
   {"now", l_now},
+  {"self_pid", l_self_pid},
   {"shared_alloc", l_shared_alloc},
   {"shared_free", l_shared_free},
   {"shared_contains", l_shared_contains},

@@ -123,9 +123,16 @@ static void reg_lock_init(void) {
   pthread_mutexattr_destroy(&a);
 }
 
+static _Atomic pid_t self_pid; /* fp_proc_self's cache (section "fork") */
+
 static void atfork_prepare(void) { pthread_mutex_lock(&reg_lock); }
 static void atfork_parent(void) { pthread_mutex_unlock(&reg_lock); }
-static void atfork_child(void) { reg_lock_init(); }
+static void atfork_child(void) {
+  reg_lock_init();
+  /* Every fork of the process passes here, the host's own too: the pid
+   * cache never outlives the process it was filled in. */
+  atomic_store_explicit(&self_pid, 0, memory_order_relaxed);
+}
 
 static void reg_setup(void) {
   reg_lock_init();
@@ -351,13 +358,17 @@ void forkpool_set_fork_hooks(void (*prepare)(void *), void (*parent)(void *),
 
 /* ---- fork ---- */
 
-/* Written by the first caller or in a fresh child; atomic because several
- * threads may fill it at once (with the same value). */
-static _Atomic pid_t self_pid;
-
+/* self_pid: written by the first caller, cleared by the atfork child
+ * handler in every child of a fork() (so it is registered first: the
+ * pthread_once below), set again at once in forkpool's own children;
+ * atomic because several threads may fill it at once (with the same
+ * value).  getpid() is a real system call (about 1 us on this project's
+ * VMs), and every method of a pool checks its owner: the cache saves
+ * several per call. */
 pid_t fp_proc_self(void) {
   pid_t p = atomic_load_explicit(&self_pid, memory_order_relaxed);
   if (!p) {
+    pthread_once(&reg_once, reg_setup);
     p = getpid();
     atomic_store_explicit(&self_pid, p, memory_order_relaxed);
   }
@@ -711,16 +722,23 @@ int fp_proc_sigint_arm(uintptr_t key, int wake_fd) {
     atomic_store(&guards[i].fd, wake_fd);
     ok = 1;
   } else if ((i = guard_find(0)) >= 0) {
-    struct sigaction cur;
     if (guards_armed > 0) {
       ok = 1;
-    } else if (sigaction(SIGINT, NULL, &cur) == 0 && cur.sa_handler != SIG_IGN) {
+    } else {
+      /* One system call (they cost ~1 us each here, and a call arms and
+       * disarms once): install, then look at what was there.  An ignored
+       * SIGINT stays ignored: put it back (a SIGINT in between finds no
+       * guard armed and is dropped, as SIG_IGN would have). */
       struct sigaction sa;
       memset(&sa, 0, sizeof sa);
       sa.sa_handler = sigint_handler;
       sigemptyset(&sa.sa_mask);
       sa.sa_flags = 0; /* no SA_RESTART: let the blocked poll() return */
       ok = sigaction(SIGINT, &sa, &sigint_old) == 0;
+      if (ok && !(sigint_old.sa_flags & SA_SIGINFO) && sigint_old.sa_handler == SIG_IGN) {
+        sigaction(SIGINT, &sigint_old, NULL);
+        ok = 0;
+      }
     }
     if (ok) {
       atomic_store(&guards[i].seen, 0);

@@ -157,9 +157,11 @@ int fp_proc_wait_exit(int pidfd, int timeout_ms);
  * thread for unnamed ones). */
 const char *fp_proc_signame(int sig);
 
-/* This process's pid, cached: refreshed in every child fp_proc_fork makes
- * (the only fork after which forkpool code runs on).  For hot paths; use
- * getpid() where a wrong answer would act on another process's workers. */
+/* This process's pid, cached: the cache is cleared in the child of every
+ * fork() of the process (a pthread_atfork handler, registered before the
+ * first value is cached), the host's forks included.  A child made without
+ * glibc's fork() (a raw clone system call) would see its parent's pid:
+ * such a child must not use forkpool (README, "what a host must not do"). */
 pid_t fp_proc_self(void);
 
 FP_HIDDEN_END

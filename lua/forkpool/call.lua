@@ -8,10 +8,7 @@ local errors = require "forkpool.errors"
 local J = require "forkpool.job"
 local E = require "forkpool.events"
 local D = require "forkpool.dispatch"
-local ffi = require "ffi"
-
-pcall(ffi.cdef, "int getpid(void);")
-local getpid = ffi.C.getpid
+local self_pid = require("forkpool.core").self_pid  -- getpid(), cached
 
 local M = {}
 
@@ -32,7 +29,7 @@ function M.check_self(self, fname)
   if getmetatable(self) ~= Pool then
     error(("bad self to '%s' (pool expected; use pool:%s(...))"):format(fname, fname), 3)
   end
-  if self._owner ~= getpid() then
+  if self._owner ~= self_pid() then
     error(("forkpool: '%s' called from inside a worker or a forked child: a pool can only be "
       .. "used by the process that created it (a forked child can make pools of its own)"):format(fname), 3)
   end
@@ -42,7 +39,7 @@ function M.check_self(self, fname)
   end
 end
 
--- The SIGINT guard (engine/fp_proc.c) is one per process, and guarded calls
+-- The SIGINT guard (engine/fp_proc.c) is one per Lua state, and guarded calls
 -- nest: a callback run inside one may look at another result of its pool
 -- (ready, get, wait) or wait on another pool.  The guard is armed by the
 -- outermost guarded call, its wake-up fd points at the innermost pool

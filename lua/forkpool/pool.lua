@@ -16,9 +16,6 @@ local call = require "forkpool.call"
 local results = require "forkpool.results"
 local pack = require "forkpool.pack"
 local cdata = require "forkpool.cdata"
-local ffi = require "ffi"
-
-pcall(ffi.cdef, "int getpid(void);")
 
 local Pool = call.Pool
 local check_self, guarded = call.check_self, call.guarded
@@ -34,7 +31,7 @@ function M.new(opts)
   local self = setmetatable({
     n_jobs = n,               -- public, read-only
     _n = n,
-    _owner = ffi.C.getpid(),  -- only this process may use the pool (call.check_self)
+    _owner = core.self_pid(), -- only this process may use the pool (call.check_self)
     _core = nil,              -- the engine's pool (forkpool.core), below
     -- settings (options of new; set_* change some)
     _keep_alive = opts.keep_alive or false,
