@@ -421,3 +421,31 @@ describe("progress_bar", function()
     assert.matches("lines: 300", out)
   end)
 end)
+
+-- dispatch reuses the encoded bytes of a function without upvalues across
+-- jobs with the same worker options (apply_async in a loop); jobs with
+-- other options (star, timed) or a worker_exit must get their own.
+describe("one function without upvalues shared by many calls", function()
+  it("runs right as a plain map, a starred apply, timed and untimed apply_async, with a worker_exit", function()
+    local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    local fn = function(a, b) return (b or 0) + a * 2 end
+    local function check_map()
+      local r = pool:map(fn, { 1, 2, 3 })
+      assert.are.same({ 2, 4, 6 }, { r[1], r[2], r[3] })
+    end
+    check_map()
+    assert.are.equal(7, pool:apply(fn, { 1, 5 }))
+    local rs = {}
+    for i = 1, 200 do
+      rs[i] = pool:apply_async(fn, { i, 1 }, i % 2 == 0 and { task_timeout = 30 } or nil)
+    end
+    for i = 1, 200 do assert.are.equal(2 * i + 1, rs[i]:get()) end
+    check_map()
+    local r = pool:map(fn, { 4 }, { worker_exit = function() return "bye" end })
+    assert.are.equal(8, r[1])
+    pool:close()
+    local exits = pool:get_exit_results()
+    assert.is_true(#exits >= 1)
+    for _, e in ipairs(exits) do assert.are.equal("bye", e) end
+  end)
+end)

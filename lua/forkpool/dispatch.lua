@@ -27,6 +27,7 @@ local run = require "forkpool.run"
 local cdata = require "forkpool.cdata"
 
 local min, max, floor = math.min, math.max, math.floor
+local getupvalue = debug.getupvalue
 
 local M = {}
 
@@ -92,9 +93,28 @@ end
 -- The wire encoding of the job's function, worker_exit and worker options,
 -- made once per job; equal bytes mean a worker already has exactly this
 -- function with these upvalue values and options.
+--
+-- A function without upvalues encodes to its prototype only, so jobs with
+-- the same such function, no worker_exit and the same worker options (one
+-- table per combination: forkpool.job) share their bytes: apply_async in a
+-- loop encodes its function once.  (With upvalues, their values at each
+-- call are what travels: encoded again.)  Weak keys: a function collected
+-- takes its bytes along.
+local fn_bytes = setmetatable({}, { __mode = "k" })
+
 local function setup_bytes(pool, job)
   if job.setup_bytes then return job.setup_bytes end
-  local v = { fn = job.fn, exit = job.exit, opts = job.wopts }
+  local fn = job.fn
+  local plain = job.exit == nil and type(fn) == "function" and getupvalue(fn, 1) == nil
+  if plain then
+    local per = fn_bytes[fn]
+    local b = per and per[job.wopts]
+    if b then
+      job.setup_bytes = b
+      return b
+    end
+  end
+  local v = { fn = fn, exit = job.exit, opts = job.wopts }
   local bytes, _, msg, path = pool._core:encode(v, modmap.get())
   if not bytes then bytes, _, msg, path = pool._core:encode(v, modmap.get(true)) end
   if not bytes then
@@ -105,6 +125,14 @@ local function setup_bytes(pool, job)
     return nil
   end
   job.setup_bytes = bytes
+  if plain then
+    local per = fn_bytes[fn]
+    if not per then
+      per = {}
+      fn_bytes[fn] = per
+    end
+    per[job.wopts] = bytes
+  end
   return bytes
 end
 

@@ -34,6 +34,23 @@ local CHUNKS_PER_WORKER = 64
 -- length) or an iterator (total: iterable_len or nil); opts the call's
 -- checked options.  Options that do not fit the input raise, naming fname,
 -- at level (as for error(), counted from the caller of new).
+-- The workers' options of a job (what forkpool.run sees): timed = stamp
+-- each item's start, star = items are argument lists.  One shared,
+-- read-only table per combination, so that equal options are the same
+-- table (dispatch's setup cache compares them by identity).  A new option
+-- the workers must see goes here.
+local WOPTS = {}
+local function wopts_for(timed, star)
+  timed, star = not not timed, not not star
+  local k = (timed and 1 or 0) + (star and 2 or 0)
+  local w = WOPTS[k]
+  if not w then
+    w = { timed = timed, star = star }
+    WOPTS[k] = w
+  end
+  return w
+end
+
 function M.new(pool, kind, fn, source, total, opts, star, fname, level)
   local n = pool._n
   pool._job = pool._job + 1
@@ -57,13 +74,10 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     max_retries = opts.max_retries or 0,
     task_timeout = opts.task_timeout,
     init_timeout = opts.worker_init_timeout,
-    -- What the workers' runner (forkpool.run) sees of the job: shipped once
-    -- with the function (dispatch), handed to the runner with every chunk.
-    -- A new option the workers must see goes here.
-    wopts = {
-      timed = opts.task_timeout ~= nil or pool._insights,  -- stamp each item's start
-      star = star or false,                                -- items are argument lists
-    },
+    -- What the workers' runner (forkpool.run) sees of the job (wopts_for):
+    -- shipped once with the function (dispatch), handed to the runner with
+    -- every chunk.
+    wopts = wopts_for(opts.task_timeout ~= nil or pool._insights, star),
     chunk_size = nil,       -- items per chunk (adaptive jobs change it: dispatch)
     adaptive = false,       -- chunk size follows chunk round-trip times
     max_active = nil,       -- cap on job.active (max_tasks_active, or lazy windows)
