@@ -354,7 +354,11 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       local wr128 = workers_busy(a_r, b_r + (b128 - b2), t, function(w) return default_chunk(NT, w) end)
       local pass = math.min(wn, wr) >= 64
       local function lim(a) return a > 0 and fmt_w(math.floor(t / a)) or "∞" end
-      rows[#rows + 1] = { forkpool = ("numbers %s, records %s"):format(fmt_w(wn), fmt_w(wr)),
+      -- and for a map of 1e5 items (smaller chunks for the same workers)
+      local wn5 = workers_busy(a_n, b_n, t, function(w) return default_chunk(1e5, w) end)
+      local wr5 = workers_busy(a_r, b_r, t, function(w) return default_chunk(1e5, w) end)
+      rows[#rows + 1] = { forkpool = ("numbers %s, records %s (n = 1e5: %s, %s)"):format(fmt_w(wn), fmt_w(wr),
+        fmt_w(wn5), fmt_w(wr5)),
         baseline = ("workers kept busy, tasks of %s"):format(fmt_time(t)),
         base_value = ("b of 128 workers: %s, %s; apply_async %s"):format(fmt_w(wn128), fmt_w(wr128), fmt_w(wa)),
         ratio = ("limit t/a: %s, %s"):format(lim(a_n), lim(a_r)),
@@ -363,7 +367,7 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
         note = "workers one parent keeps busy = the largest w with w * (b + c * a) ≤ c * t: a worker "
           .. "runs a chunk of c items in c * t, the parent spends b + c * a on each chunk and serves "
           .. "chunks one after another; c = the default chunk size for w workers, ceil(n / (64 w)), "
-          .. "n = 1e6 items (a, b from the fits above, measured at n_jobs = 2). As c grows the "
+          .. "n = 1e6 items (in brackets n = 1e5; a, b from the fits above, measured at n_jobs = 2). As c grows the "
           .. "limit is t / a. apply_async: t / (its CPU per call). The workers' own costs are left "
           .. "out (they lengthen a chunk: more workers fit). 'b of 128 workers': the same with b "
           .. "raised by what the parent's CPU per chunk grew from n_jobs = 2 to 128 (the n_jobs row)." }
