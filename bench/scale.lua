@@ -56,7 +56,7 @@ end
 -- of a round rotates), a full GC before each timed run; a contender =
 -- { name =, reps =, run = function() -> result, verify = function(result) }
 -- runs `reps` times per sample (so that a sample lasts long enough for the
--- CPU clock) and each result is checked outside the timing.  Returns
+-- CPU clock: tens of ms at least) and each result is checked outside the timing.  Returns
 -- { [name] = { cpu =, wall =, sleeps = } } (medians of the per-sample sums).
 local function measure_cpu(runs, contenders)
   local samples = {}
@@ -282,8 +282,8 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
         fmt_rate(feed(a_n, b_n, 1024))),
       target = "report", result = "info",
       note = ("parent CPU = getrusage(RUSAGE_SELF) user+system of the parent (= os.clock(); the workers "
-        .. "are not counted), median over the runs of each sample (a sample = 1-16 maps, so it lasts "
-        .. "0.1-0.5 s); warm keep_alive pool, n_jobs = %d. Per chunk size: CPU per item = a + b / c, "
+        .. "are not counted), median over the runs of each sample (a sample = 1-16 maps, so that it "
+        .. "lasts tens of ms at least); warm keep_alive pool, n_jobs = %d. Per chunk size: CPU per item = a + b / c, "
         .. "so a (per item) and b (per chunk) come from a least-squares fit over c = 1, 8, 64, 1024; "
         .. "'fit within' = the largest relative residual. 'feeds' = items/s one parent can send and "
         .. "take back = 1 / (a + b / c). Every result checked. Per chunk size: %s"):format(ctx.n_jobs,
