@@ -166,7 +166,7 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
   local NR = q and 2000 or 30000         -- records per map
   local NA = q and 1000 or 10000         -- apply_async calls
   local NW = q and 1000 or 10000         -- items of the n_jobs sweep
-  -- repetitions per sample at each chunk size, so each sample is ~0.1-0.5 s
+  -- repetitions per sample at each chunk size, so a sample lasts tens of ms at least
   local REPS = q and { 1, 1, 1, 1 } or { 1, 3, 8, 16 }
   return protected(function(s)
     local sq = function(x) return x * x end
