@@ -61,6 +61,11 @@ local runs = opts.runs or (opts.quick and 1 or 5)
 local workloads = require "workloads"
 -- workloads kept in files of their own, after those of workloads.lua
 workloads[#workloads + 1] = require("cli").workload
+do
+  local scale = require "scale"
+  workloads[#workloads + 1] = scale.parent
+  workloads[#workloads + 1] = scale.oversub
+end
 if opts.list then
   for _, w in ipairs(workloads) do
     if w.id and not w.helper then print(("%-10s %s"):format(w.id, w.title)) end
