@@ -19,6 +19,7 @@
 #include "fp_codec.h"
 #include "fp_packed.h"
 #include "fp_proc.h"
+#include "fp_sigint.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -387,7 +388,7 @@ static int sleep_until_event(fp_pool *p, uint64_t deadline) {
 int fp_events_poll(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx, double timeout) {
   uint64_t deadline = timeout < 0 ? 0 : fp_now_ns() + (uint64_t)(timeout * 1e9);
   for (;;) {
-    if (fp_proc_sigint_take((uintptr_t)lua_topointer(L, LUA_REGISTRYINDEX))) {
+    if (fp_sigint_take((uintptr_t)lua_topointer(L, LUA_REGISTRYINDEX))) {
       lua_pushliteral(L, "interrupted");
       return 1;
     }

@@ -20,6 +20,7 @@
 #include "fp_json.h"
 #include "fp_pool.h"
 #include "fp_proc.h"
+#include "fp_sigint.h"
 #include "fp_proto.h"
 #include "fp_ring.h"
 #include "fp_shm.h"
@@ -466,9 +467,9 @@ static int l_kill(lua_State *L) {
 static int l_sigint_guard(lua_State *L) {
   fp_pool *p = check_pool(L);
   if (lua_toboolean(L, 2)) {
-    lua_pushboolean(L, fp_proc_sigint_arm(state_key(L), p->doorbell));
+    lua_pushboolean(L, fp_sigint_arm(state_key(L), p->doorbell));
   } else {
-    fp_proc_sigint_disarm(state_key(L));
+    fp_sigint_disarm(state_key(L));
     lua_pushboolean(L, 0);
   }
   return 1;

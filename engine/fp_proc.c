@@ -26,7 +26,7 @@
  *                               too (fp_pool_slot_open), so a child may unmap
  *                               them; a pool is registered only once whole
  *     hooks                     the C fork hooks, copied as one set per fork
- *     guards[], guards_armed, sigint_old   the SIGINT guards, one entry per
+ *     guards[], guards_armed, sigint_old (fp_sigint.c)   the SIGINT guards, one entry per
  *                               armed Lua state (key: its registry's address);
  *                               the handler reads guards[] with atomics only
  *   fp_proc.c, otherwise:
@@ -64,6 +64,7 @@
 #include "fp_proc.h"
 #include "fp_pool.h"
 #include "fp_shm.h"
+#include "fp_sigint.h"
 #include "fp_worker.h"
 /* The public declaration of forkpool_set_fork_hooks, hidden like the rest of
  * the engine unless the library's build exports it (FORKPOOL_EXPORT sets
@@ -379,7 +380,6 @@ static _Atomic int fork_fail_countdown; /* test hook: fail the n-th next fork */
 
 void fp_proc_fail_fork_after(int n) { atomic_store(&fork_fail_countdown, n); }
 
-static void sigint_forget_all(void);
 
 /* ---- the unwinder's locks at fork ----
  *
@@ -558,7 +558,7 @@ int fp_proc_fork(pid_t *pid, int *pidfd) {
     life_r = life_w = -1;
     /* The parent's SIGINT guards are not ours (fp_proc_child_init resets
      * the handler). */
-    sigint_forget_all();
+    fp_sigint_forget_all();
     if (h.child) h.child(h.ud);
     *pid = 0;
     *pidfd = -1;
@@ -657,115 +657,6 @@ void fp_proc_child_last_words(_Atomic int32_t *slot) {
     sigemptyset(&sa.sa_mask);
     sigaction(sigs[i], &sa, NULL);
   }
-}
-
-/* ---- SIGINT guard ----
- *
- * One SIGINT disposition per process, but several Lua states (one per
- * host thread) may each wait on their pools with the guard armed.  So
- * guards[] holds one entry per armed state (key: its registry's address,
- * fp_lua.c): the handler wakes every armed state's wake fd and marks each
- * one seen; the handler is installed when the first state arms and the
- * host's previous action restored when the last disarms.  Entries are
- * changed under the registry lock; the handler and fp_proc_sigint_take read
- * them with atomics only (a stale read costs one spurious wake-up).  More
- * than FP_SIGINT_GUARDS states at once: the extra ones run unguarded
- * (arm returns 0, as when the host ignores SIGINT). */
-
-#define FP_SIGINT_GUARDS 64
-
-static struct {
-  _Atomic uintptr_t key;   /* 0: free */
-  _Atomic int fd;          /* -1: none */
-  _Atomic int seen;
-} guards[FP_SIGINT_GUARDS];
-static int guards_armed;   /* entries in use (registry lock) */
-static struct sigaction sigint_old;
-
-static void sigint_handler(int sig) {
-  (void)sig;
-  int e = errno;
-  for (int i = 0; i < FP_SIGINT_GUARDS; i++) {
-    if (!atomic_load(&guards[i].key)) continue;
-    atomic_store(&guards[i].seen, 1);
-    int fd = atomic_load(&guards[i].fd);
-    if (fd >= 0) {
-      uint64_t one = 1;
-      ssize_t n = write(fd, &one, sizeof one);
-      (void)n;
-    }
-  }
-  errno = e;
-}
-
-static int guard_find(uintptr_t key) {
-  for (int i = 0; i < FP_SIGINT_GUARDS; i++)
-    if (atomic_load(&guards[i].key) == key) return i;
-  return -1;
-}
-
-/* In a fresh worker: no guard of the parent's is ours. */
-static void sigint_forget_all(void) {
-  for (int i = 0; i < FP_SIGINT_GUARDS; i++) {
-    atomic_store(&guards[i].key, 0);
-    atomic_store(&guards[i].fd, -1);
-    atomic_store(&guards[i].seen, 0);
-  }
-  guards_armed = 0;
-}
-
-int fp_proc_sigint_arm(uintptr_t key, int wake_fd) {
-  int ok = 0;
-  fp_proc_lock();
-  int i = guard_find(key);
-  if (i >= 0) {
-    atomic_store(&guards[i].fd, wake_fd);
-    ok = 1;
-  } else if ((i = guard_find(0)) >= 0) {
-    if (guards_armed > 0) {
-      ok = 1;
-    } else {
-      /* One system call (they cost ~1 us each here, and a call arms and
-       * disarms once): install, then look at what was there.  An ignored
-       * SIGINT stays ignored: put it back (a SIGINT in between finds no
-       * guard armed and is dropped, as SIG_IGN would have). */
-      struct sigaction sa;
-      memset(&sa, 0, sizeof sa);
-      sa.sa_handler = sigint_handler;
-      sigemptyset(&sa.sa_mask);
-      sa.sa_flags = 0; /* no SA_RESTART: let the blocked poll() return */
-      ok = sigaction(SIGINT, &sa, &sigint_old) == 0;
-      if (ok && !(sigint_old.sa_flags & SA_SIGINFO) && sigint_old.sa_handler == SIG_IGN) {
-        sigaction(SIGINT, &sigint_old, NULL);
-        ok = 0;
-      }
-    }
-    if (ok) {
-      atomic_store(&guards[i].seen, 0);
-      atomic_store(&guards[i].fd, wake_fd);
-      atomic_store(&guards[i].key, key);
-      guards_armed++;
-    }
-  }
-  fp_proc_unlock();
-  return ok;
-}
-
-void fp_proc_sigint_disarm(uintptr_t key) {
-  fp_proc_lock();
-  int i = guard_find(key);
-  if (i >= 0) {
-    atomic_store(&guards[i].key, 0);
-    atomic_store(&guards[i].fd, -1);
-    atomic_store(&guards[i].seen, 0);
-    if (--guards_armed == 0) sigaction(SIGINT, &sigint_old, NULL);
-  }
-  fp_proc_unlock();
-}
-
-int fp_proc_sigint_take(uintptr_t key) {
-  int i = guard_find(key);
-  return i >= 0 && atomic_exchange(&guards[i].seen, 0);
 }
 
 /* ---- killing ---- */

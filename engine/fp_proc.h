@@ -99,19 +99,6 @@ int fp_proc_child_init(pid_t parent);
  * themselves, where the wait status is lost. */
 void fp_proc_child_last_words(_Atomic int32_t *slot);
 
-/* SIGINT guard for the parent while it waits for workers, one per Lua state
- * (key: any address unique to the state; several states may be armed at
- * once, each from its own thread): the handler only sets the state's flag
- * and writes 1 to its wake_fd (an eventfd), so a sleeping poll() wakes.
- * arm (again: points the state's guard at another wake_fd) returns 1 when
- * armed, 0 when the host ignores SIGINT (then Ctrl-C is not ours to catch)
- * or too many states are armed at once.  The last disarm restores the
- * host's previous action. */
-int fp_proc_sigint_arm(uintptr_t key, int wake_fd);
-void fp_proc_sigint_disarm(uintptr_t key);
-/* 1 if SIGINT arrived since the state's arm (clears its flag). */
-int fp_proc_sigint_take(uintptr_t key);
-
 /* In a fresh worker (close_fds): close every fd >= 3 except those in keep[]
  * (sorted in place; negative entries are ignored). */
 void fp_proc_close_fds_except(int *keep, int nkeep);
