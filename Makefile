@@ -36,7 +36,7 @@ BUILD    := build
 # the fix when they are not LuaJIT's).  LuaRocks passes its own LUA_INCDIR.
 LUA_INCDIR ?= $(shell pkg-config --variable=includedir luajit 2>/dev/null || echo /usr/include/luajit-2.1)
 
-SOURCES := engine/fp_common.c engine/fp_shm.c engine/fp_ring.c engine/fp_proc.c engine/fp_sigint.c \
+SOURCES := engine/fp_common.c engine/fp_shm.c engine/fp_ring.c engine/fp_proc.c engine/fp_forkcheck.c engine/fp_sigint.c \
            engine/fp_codec.c engine/fp_packed.c engine/fp_reply.c engine/fp_worker.c engine/fp_events.c \
            engine/fp_json.c engine/fp_lua.c
 HEADERS := $(wildcard engine/*.h)

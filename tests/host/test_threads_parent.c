@@ -111,8 +111,10 @@ FP_TEST(thread_exit) {
 
 /* Fork a host that makes a pool on a short-lived thread, starts a task
  * that sleeps for ever on one worker, writes "pid1 pid2\n" to fd and then
- * either waits to be killed or exec()s sleep. */
-static pid_t start_host(int fd, int do_exec) {
+ * either waits to be killed or, once a byte arrives on go (so the test has
+ * seen the workers alive first: they leave within milliseconds of the
+ * exec), exec()s sleep. */
+static pid_t start_host(int fd, int do_exec, int go) {
   pid_t h = fork();
   if (h != 0) return h;
   TL = host_state();
@@ -123,6 +125,8 @@ static pid_t start_host(int fd, int do_exec) {
   usleep(300 * 1000); /* the busy task runs; the thread's end was seen */
   dprintf(fd, "%s\n", thread_out);
   if (do_exec) {
+    char c;
+    if (read(go, &c, 1) != 1) _exit(5);
     execl("/bin/sleep", "sleep", "30", (char *)NULL);
     _exit(4);
   }
@@ -132,10 +136,12 @@ static pid_t start_host(int fd, int do_exec) {
 /* Run a host, end it (SIGKILL or its own exec), and time its workers'
  * exit.  Returns the seconds until the last one was gone (-1: never). */
 static double host_workers_gone(int do_exec) {
-  int fds[2];
+  int fds[2], go[2];
   if (pipe(fds) != 0) return -1;
-  pid_t h = start_host(fds[1], do_exec);
+  if (pipe(go) != 0) return -1;
+  pid_t h = start_host(fds[1], do_exec, go[0]);
   close(fds[1]);
+  close(go[0]);
   char line[128] = {0};
   struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
   int p1 = 0, p2 = 0;
@@ -148,8 +154,10 @@ static double host_workers_gone(int do_exec) {
     if (!do_exec) {
       kill(h, SIGKILL);
       waitpid(h, NULL, 0);
+    } else {
+      ssize_t n = write(go[1], "x", 1); /* the host execs now */
+      (void)n;
     }
-    /* (exec: it happened before the line was read, or right after) */
     while (host_now() - t0 < 5) {
       if (!alive(p1) && !alive(p2)) {
         gone = host_now() - t0;
@@ -160,6 +168,7 @@ static double host_workers_gone(int do_exec) {
   } else {
     fprintf(stderr, "  the host reported no live workers (\"%s\")\n", line);
   }
+  close(go[1]);
   if (p1 > 0 && alive(p1)) kill(p1, SIGKILL);
   if (p2 > 0 && alive(p2)) kill(p2, SIGKILL);
   kill(h, SIGKILL);
