@@ -30,6 +30,7 @@
  * DEC_STACK_REFS tables and functions.  tests/c/bench_codec.c measures it.
  */
 #include "fp_codec.h"
+#include "fp_errpath.h"
 #include "fp_wire.h"
 
 #include <lauxlib.h>
@@ -198,8 +199,7 @@ typedef struct enc {
   int seen_slot;       /* stack slot reserved for the seen table (nil until needed) */
   int depth;           /* tables/functions currently open */
   uint32_t nref;       /* ids handed out so far */
-  size_t ptail;        /* bytes of path tail stored at the end of err->path */
-  int ptrunc;          /* the tail lost its outer segments (path shows "...") */
+  fp_path_tail pt;     /* the failing value's path, built while unwinding */
   int dump_oom;        /* dump_writer ran out of memory (err->msg is set) */
   const void *fast[ENC_FAST_SEEN]; /* objects with ids 0 .. ENC_FAST_SEEN-1 */
 } enc;
@@ -212,35 +212,6 @@ FP_COLD static int enc_fail(enc *e, int code, enum msg_id id, const char *a) {
   return code;
 }
 
-FP_COLD static void path_prepend(enc *e, const char *s, size_t n) {
-  if (e->ptrunc) return;
-  if (n > PATH_TAIL_MAX - e->ptail) {
-    e->ptrunc = 1; /* keep the innermost segments, which say the most */
-    return;
-  }
-  e->ptail += n;
-  memcpy(e->err->path + sizeof e->err->path - 1 - e->ptail, s, n);
-}
-
-FP_COLD static void path_index(enc *e, size_t i) {
-  char buf[32];
-  int n = snprintf(buf, sizeof buf, "[%zu]", i);
-  path_prepend(e, buf, (size_t)n);
-}
-
-static int is_identifier(const char *s, size_t n) {
-  if (n == 0 || !(s[0] == '_' || (s[0] >= 'a' && s[0] <= 'z') ||
-                  (s[0] >= 'A' && s[0] <= 'Z')))
-    return 0;
-  for (size_t i = 1; i < n; i++) {
-    char c = s[i];
-    if (!(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-          (c >= '0' && c <= '9')))
-      return 0;
-  }
-  return 1;
-}
-
 /* Segment for the value stored under the key at stack slot `key`:
  * .name, ["other string"], [3], [1.5], [true], or [<type>] (e.g. [table]). */
 FP_COLD static void path_key(enc *e, int key) {
@@ -251,7 +222,7 @@ FP_COLD static void path_key(enc *e, int key) {
   case LUA_TSTRING: {
     size_t len;
     const char *s = lua_tolstring(L, key, &len);
-    if (len <= 48 && is_identifier(s, len)) {
+    if (len <= 48 && fp_is_identifier(s, len)) {
       buf[n++] = '.';
       memcpy(buf + n, s, len);
       n += len;
@@ -290,7 +261,7 @@ FP_COLD static void path_key(enc *e, int key) {
                          lua_typename(L, lua_type(L, key)));
     break;
   }
-  path_prepend(e, buf, n);
+  fp_path_prepend(&e->pt, buf, n);
 }
 
 FP_COLD static void path_upvalue(enc *e, const char *name, int i) {
@@ -298,20 +269,20 @@ FP_COLD static void path_upvalue(enc *e, const char *name, int i) {
   int n = name && *name
             ? snprintf(buf, sizeof buf, "<upvalue '%.60s'>", name)
             : snprintf(buf, sizeof buf, "<upvalue #%d>", i);
-  path_prepend(e, buf, (size_t)n);
+  fp_path_prepend(&e->pt, buf, (size_t)n);
 }
 
 /* Turn the collected tail into "root" + tail (or root + "..." + tail). */
 static void path_finish(enc *e, const char *root) {
   char *p = e->err->path;
   size_t cap = sizeof e->err->path;
-  size_t dots = e->ptrunc ? 3 : 0;
+  size_t dots = e->pt.trunc ? 3 : 0;
   size_t rlen = root ? strlen(root) : 0;
-  if (rlen > cap - 1 - dots - e->ptail) rlen = cap - 1 - dots - e->ptail;
-  memmove(p + rlen + dots, p + cap - 1 - e->ptail, e->ptail);
+  if (rlen > cap - 1 - dots - e->pt.len) rlen = cap - 1 - dots - e->pt.len;
+  memmove(p + rlen + dots, p + cap - 1 - e->pt.len, e->pt.len);
   if (rlen) memcpy(p, root, rlen);
   memcpy(p + rlen, "...", dots);
-  p[rlen + dots + e->ptail] = '\0';
+  p[rlen + dots + e->pt.len] = '\0';
 }
 
 /* ---- output buffer: one capacity check per record, growth out of line */
@@ -470,7 +441,7 @@ static int enc_array_upto(enc *e, int t, size_t *next, size_t upto) {
     lua_rawgeti(L, t, (int)j);
     int rc = enc_value(e, slot);
     if (rc) {
-      path_index(e, j);
+      fp_path_index(&e->pt, j);
       return rc;
     }
     lua_settop(L, slot - 1);
@@ -518,7 +489,7 @@ static int enc_table_body(enc *e, int t, const void *ptr) {
       double k = lua_tonumber(L, key);
       if (k == (double)next && next <= narr) { /* the common case */
         if ((rc = enc_value(e, val))) {
-          path_index(e, next);
+          fp_path_index(&e->pt, next);
           return rc;
         }
         next++;
@@ -530,7 +501,7 @@ static int enc_table_body(enc *e, int t, const void *ptr) {
         if (ki > next) { /* out of order: fill the gap, then this one */
           if ((rc = enc_array_upto(e, t, &next, ki - 1))) return rc;
           if ((rc = enc_value(e, val))) {
-            path_index(e, ki);
+            fp_path_index(&e->pt, ki);
             return rc;
           }
           next = ki + 1;
@@ -542,7 +513,7 @@ static int enc_table_body(enc *e, int t, const void *ptr) {
     /* A hash pair: the array section must be complete first. */
     if (next <= narr && (rc = enc_array_upto(e, t, &next, narr))) return rc;
     if ((rc = enc_typed(e, key, kt))) {
-      path_prepend(e, "<key>", 5);
+      fp_path_prepend(&e->pt, "<key>", 5);
       return rc;
     }
     if ((rc = enc_value(e, val))) {
@@ -721,8 +692,7 @@ static void enc_init(enc *e, lua_State *L, fp_buf *out, const fp_enc_opts *o,
   e->seen_slot = 0;
   e->depth = 0;
   e->nref = 0;
-  e->ptail = 0;
-  e->ptrunc = 0;
+  fp_path_tail_init(&e->pt, e->err->path, sizeof e->err->path, PATH_TAIL_MAX);
   e->dump_oom = 0;
 }
 
@@ -735,8 +705,7 @@ static int enc_root(enc *e, int idx) {
   int type = lua_type(L, idx);
   e->depth = 0;
   e->nref = 0;
-  e->ptail = 0;
-  e->ptrunc = 0;
+  fp_path_tail_init(&e->pt, e->err->path, sizeof e->err->path, PATH_TAIL_MAX);
   e->dump_oom = 0;
   if (type != LUA_TTABLE && type != LUA_TFUNCTION) {
     e->seen_slot = 0; /* never used: nothing inside can be a table */

@@ -51,6 +51,7 @@
  *  - On error out->len and the stack height are restored at the top.
  */
 #include "fp_json.h"
+#include "fp_errpath.h"
 
 #include <float.h>
 #include <limits.h>
@@ -93,8 +94,7 @@ typedef struct jenc {
   fp_json_err *err;
   size_t nents;    /* entries in use (a stack: each open object's) */
   int depth;       /* tables currently open */
-  size_t ptail;    /* bytes of path tail at the end of err->path */
-  int ptrunc;      /* the tail lost outer segments ("..." is shown) */
+  fp_path_tail pt;     /* the failing value's path, built while unwinding */
 } jenc;
 
 static int enc_value(jenc *e, int idx);
@@ -119,41 +119,12 @@ FP_COLD static int fail(jenc *e, const char *kind, const char *fmt, const char *
   return FP_EMARSHAL;
 }
 
-FP_COLD static void path_prepend(jenc *e, const char *s, size_t n) {
-  if (e->ptrunc) return;
-  if (n > PATH_TAIL_MAX - e->ptail) {
-    e->ptrunc = 1; /* keep the innermost segments, which say the most */
-    return;
-  }
-  e->ptail += n;
-  memcpy(e->err->path + sizeof e->err->path - 1 - e->ptail, s, n);
-}
-
-FP_COLD static void path_index(jenc *e, size_t i) {
-  char buf[32];
-  int n = snprintf(buf, sizeof buf, "[%zu]", i);
-  path_prepend(e, buf, (size_t)n);
-}
-
-static int is_identifier(const char *s, size_t n) {
-  if (n == 0 || !(s[0] == '_' || (s[0] >= 'a' && s[0] <= 'z') ||
-                  (s[0] >= 'A' && s[0] <= 'Z')))
-    return 0;
-  for (size_t i = 1; i < n; i++) {
-    char c = s[i];
-    if (!(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-          (c >= '0' && c <= '9')))
-      return 0;
-  }
-  return 1;
-}
-
 /* Segment of a string key: .name or ["other"] (at most 40 bytes shown;
  * bytes that would make the path unreadable become '?'). */
 FP_COLD static void path_skey(jenc *e, const char *s, size_t len) {
   char buf[100];
   size_t n = 0;
-  if (len <= 48 && is_identifier(s, len)) {
+  if (len <= 48 && fp_is_identifier(s, len)) {
     buf[n++] = '.';
     memcpy(buf + n, s, len);
     n += len;
@@ -169,7 +140,7 @@ FP_COLD static void path_skey(jenc *e, const char *s, size_t len) {
     buf[n++] = '"';
     buf[n++] = ']';
   }
-  path_prepend(e, buf, n);
+  fp_path_prepend(&e->pt, buf, n);
 }
 
 /* Segment of a number key: [text]. */
@@ -178,17 +149,17 @@ FP_COLD static void path_nkey(jenc *e, double k) {
   buf[0] = '[';
   size_t n = 1 + fp_json_number(k, buf + 1);
   buf[n++] = ']';
-  path_prepend(e, buf, n);
+  fp_path_prepend(&e->pt, buf, n);
 }
 
 static void path_finish(jenc *e) {
   char *p = e->err->path;
   size_t cap = sizeof e->err->path;
-  size_t dots = e->ptrunc ? 3 : 0;
-  memmove(p + 1 + dots, p + cap - 1 - e->ptail, e->ptail);
+  size_t dots = e->pt.trunc ? 3 : 0;
+  memmove(p + 1 + dots, p + cap - 1 - e->pt.len, e->pt.len);
   p[0] = '$';
   memcpy(p + 1, "...", dots);
-  p[1 + dots + e->ptail] = '\0';
+  p[1 + dots + e->pt.len] = '\0';
 }
 
 /* ------------------------------------------------------------------------
@@ -591,7 +562,7 @@ static int put_array_rawgeti(jenc *e, int t, size_t max) {
     rc = enc_value(e, slot);
     lua_settop(L, slot - 1);
     if (rc) {
-      path_index(e, i);
+      fp_path_index(&e->pt, i);
       return rc;
     }
   }
@@ -714,7 +685,7 @@ static int enc_table(jenc *e, int t) {
       for (size_t i = 0; i < count; i++) {
         if (i && put(e, ",", 1)) return FP_ENOMEM;
         if ((rc = enc_value(e, top + 2 + 2 * (int)i))) {
-          path_index(e, i + 1);
+          fp_path_index(&e->pt, i + 1);
           return rc;
         }
       }
@@ -776,6 +747,7 @@ int fp_json_encode(lua_State *L, int idx, fp_buf *out, fp_json_scratch *s,
   int top = lua_gettop(L);
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = top + 1 + idx;
   jenc e = {.L = L, .b = out, .s = s, .err = err};
+  fp_path_tail_init(&e.pt, err->path, sizeof err->path, PATH_TAIL_MAX);
   size_t len0 = out->len, kb0 = s->keys.len;
   int rc = enc_value(&e, idx);
   lua_settop(L, top);
@@ -785,8 +757,7 @@ int fp_json_encode(lua_State *L, int idx, fp_buf *out, fp_json_scratch *s,
     if (rc == FP_ENOMEM) {
       err->kind = FP_JSON_KIND_ENCODE;
       snprintf(err->msg, sizeof err->msg, "out of memory");
-      e.ptail = 0;
-      e.ptrunc = 0;
+      fp_path_tail_init(&e.pt, err->path, sizeof err->path, PATH_TAIL_MAX);
     }
     path_finish(&e);
   }
