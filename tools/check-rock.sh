@@ -25,14 +25,7 @@ mkdir -p "$LOG"
 VERSION=0.1.0
 ROCK=build/forkpool-$VERSION-1.src.rock
 
-check() {  # check NAME COMMAND...: run, log, count
-  name=$1; shift
-  if "$@" >"$LOG/$name.log" 2>&1; then
-    echo "ok   $name"; PASSED=$((PASSED + 1))
-  else
-    echo "FAIL $name"; sed 's/^/    /' "$LOG/$name.log" | tail -n 30; FAILED=$((FAILED + 1))
-  fi
-}
+. tools/check-lib.sh  # check NAME COMMAND...
 
 # Map with the forkpool installed in tree $1 (and only there: no in-tree
 # paths), check the exports of its core.so.

@@ -33,18 +33,12 @@ LUA_INC=$(pkg-config --variable=includedir luajit 2>/dev/null || echo /usr/inclu
 LUAJIT_LIBDIR=$(pkg-config --variable=libdir luajit 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)
 WARN="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror"
 
-check() {  # check NAME COMMAND...: run, log, count
-  name=$1; shift
-  if "$@" >"$LOG/$name.log" 2>&1; then
-    echo "ok   $name"; PASSED=$((PASSED + 1))
-  else
-    echo "FAIL $name"; sed 's/^/    /' "$LOG/$name.log" | tail -n 30; FAILED=$((FAILED + 1))
-  fi
-}
+. tools/check-lib.sh  # check NAME COMMAND...
 
 # No process named like the binary may be left (workers keep the host's
 # name: they are forks, not execs).  Workers that lost their parent die
-# within about a second (PR_SET_PDEATHSIG), so look right away.
+# within milliseconds (their parent-death signal, the lifeline), so look
+# right away.
 no_leftovers() {
   comm=$(basename "$1" | cut -c1-15)
   left=$(pgrep -x "$comm" || true)
