@@ -619,6 +619,21 @@ static int l_hot_held(lua_State *L) {
   return 1;
 }
 
+/* core.hot_table(narray, nhash) -> a new table whose array part, if big,
+ * comes from (and goes back to) the memory kept for results: a map's
+ * results table (fp_hotmem.h). */
+static int l_hot_table(lua_State *L) {
+  lua_Integer na = luaL_checkinteger(L, 1), nh = luaL_optinteger(L, 2, 0);
+  luaL_argcheck(L, na >= 0 && na <= INT_MAX, 1, "size out of range");
+  luaL_argcheck(L, nh >= 0 && nh <= INT_MAX, 2, "size out of range");
+  fp_hot_begin(L);
+  /* (Out of memory here skips fp_hot_end: later big tables are then kept
+   * too, up to FP_HOT_CAP, still never one in use.) */
+  lua_createtable(L, (int)na, (int)nh);
+  fp_hot_end(L);
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)fp_now_ns() * 1e-9);
   return 1;
@@ -746,6 +761,7 @@ static const luaL_Reg funcs[] = {
   {"new", l_new},
   {"now", l_now},
   {"hot_held", l_hot_held},
+  {"hot_table", l_hot_table},
   {"self_pid", l_self_pid},
   {"shared_alloc", l_shared_alloc},
   {"shared_free", l_shared_free},

@@ -55,6 +55,25 @@ describe("big result arrays' memory", function()
     end
   end)
 
+  it("serves a big map's results table too, and never one in use", function()
+    local items = {}
+    for i = 1, 100000 do items[i] = i end -- results table: 800 KB of array
+    local sq = function(x) return x * x end
+    local keep = pool:map(sq, items)
+    local r = pool:map(sq, items)
+    r = nil -- luacheck: ignore
+    collectgarbage(); collectgarbage()
+    local held = core.hot_held()
+    assert.is_true(held >= 100000 * 8, "kept " .. held .. " bytes")
+    r = pool:map(sq, items)
+    assert.is_true(core.hot_held() < held, "the results table did not reuse the kept block")
+    for i = 1, 100000, 997 do
+      assert.equals(i * i, r[i])
+      assert.equals(i * i, keep[i])
+    end
+    assert.equals(100000, r.n)
+  end)
+
   it("goes back when the pool is closed", function()
     local res = pool:map(arrays(1), { 1, 2 }, { chunk_size = 1 })
     check(res, 1, 2)

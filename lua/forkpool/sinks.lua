@@ -24,6 +24,7 @@
 -- sinks.lazy[kind]: results wait in the sink until taken, and count against
 -- the job's max_tasks_active until then.
 
+local core = require "forkpool.core"
 local ok_tnew, table_new = pcall(require, "table.new")
 if not ok_tnew then table_new = function() return {} end end
 
@@ -42,7 +43,9 @@ local Ordered = {}
 Ordered.__index = Ordered
 
 function Ordered:target()
-  if not self.t then self.t = self.total and table_new(self.total, 1) or {} end
+  -- (a big results table's array reuses memory kept from freed results:
+  -- core.hot_table, engine/fp_hotmem.h)
+  if not self.t then self.t = self.total and core.hot_table(self.total, 1) or {} end
   return self.t
 end
 
