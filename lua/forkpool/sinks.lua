@@ -25,8 +25,6 @@
 -- the job's max_tasks_active until then.
 
 local core = require "forkpool.core"
-local ok_tnew, table_new = pcall(require, "table.new")
-if not ok_tnew then table_new = function() return {} end end
 
 local M = {}
 
@@ -197,7 +195,7 @@ function M.new(kind, total)
   if kind == "map" then
     return setmetatable({ total = total, t = nil }, Ordered)
   elseif kind == "unordered" then
-    return setmetatable({ out = table_new(total or 0, 1), n = 0 }, Unordered)
+    return setmetatable({ out = core.hot_table(total or 0, 1), n = 0 }, Unordered)
   elseif kind == "imap" then
     return setmetatable({ ready = {}, counts = {}, yield_next = 1 }, Imap)
   elseif kind == "imap_unordered" then
