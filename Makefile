@@ -38,7 +38,7 @@ LUA_INCDIR ?= $(shell pkg-config --variable=includedir luajit 2>/dev/null || ech
 
 SOURCES := engine/fp_common.c engine/fp_shm.c engine/fp_ring.c engine/fp_proc.c engine/fp_forkcheck.c engine/fp_sigint.c \
            engine/fp_codec.c engine/fp_packed.c engine/fp_reply.c engine/fp_worker.c engine/fp_events.c \
-           engine/fp_json.c engine/fp_lua.c
+           engine/fp_json.c engine/fp_hotmem.c engine/fp_lua.c
 HEADERS := $(wildcard engine/*.h)
 LUA_MODULES := $(wildcard lua/forkpool/*.lua)
 ENGINE_NOBIND := $(filter-out engine/fp_lua.c engine/fp_worker.c,$(SOURCES))

@@ -17,6 +17,7 @@
  */
 #include "fp_events.h"
 #include "fp_codec.h"
+#include "fp_hotmem.h"
 #include "fp_packed.h"
 #include "fp_proc.h"
 #include "fp_sigint.h"
@@ -207,7 +208,12 @@ static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
     lua_pushinteger(L, (lua_Integer)h->count);
     lua_pushnumber(L, (lua_Number)(uintptr_t)p->dec.p);
     lua_pushnumber(L, (lua_Number)p->dec.len);
-    if (lua_pcall(L, 5, 0, 0) != 0) {
+    /* The arrays made here may be big: their memory is kept mapped for
+     * the next results once Lua frees them (fp_hotmem.h). */
+    fp_hot_begin(L);
+    int prc = lua_pcall(L, 5, 0, 0);
+    fp_hot_end(L);
+    if (prc != 0) {
       why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "?";
       goto bad;
     }

@@ -17,6 +17,7 @@
  */
 #include "fp_codec.h"
 #include "fp_events.h"
+#include "fp_hotmem.h"
 #include "fp_json.h"
 #include "fp_pool.h"
 #include "fp_proc.h"
@@ -129,6 +130,10 @@ static int l_new(lua_State *L) {
   lua_Integer ring = luaL_optinteger(L, 3, FP_DEFAULT_RING);
   luaL_argcheck(L, ring >= 4096 && ring <= ((lua_Integer)1 << 30) && (ring & (ring - 1)) == 0, 3,
                 "ring capacity must be a power of two in [4096, 2^30]");
+
+  /* Big result arrays keep their memory mapped between maps (fp_hotmem.h):
+   * the wrapper goes on the state that makes pools, once. */
+  if (fp_hot_install(L) != FP_OK) return luaL_error(L, "forkpool: out of memory");
 
   /* Created closed, then opened: an error midway leaves a consistent
    * object that __gc can release. */
@@ -545,7 +550,10 @@ static int l_close(lua_State *L) {
    * keep pointers to userdata its own GC frees. */
   fp_pools_remove(p);
   if (p->owner != fp_proc_self()) return 0; /* a worker's copy: not ours */
-  if (!p->closed || p->slots) fp_pool_release(p);
+  if (!p->closed || p->slots) {
+    fp_pool_release(p);
+    fp_hot_flush(L); /* kept result memory goes back with the pool */
+  }
   free(p->keep_fds); /* l_new may fail before anything fp_pool_release frees */
   p->keep_fds = NULL;
   return 0;
@@ -602,6 +610,27 @@ static int l_shared_size(lua_State *L) {
  * public call checks its pool's owner: getpid() would be a system call). */
 static int l_self_pid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)fp_proc_self());
+  return 1;
+}
+
+/* core.hot_held() -> bytes of freed result arrays kept mapped (fp_hotmem.h) */
+static int l_hot_held(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)fp_hot_held(L));
+  return 1;
+}
+
+/* core.hot_table(narray, nhash) -> a new table whose array part, if big,
+ * comes from (and goes back to) the memory kept for results: a map's
+ * results table (fp_hotmem.h). */
+static int l_hot_table(lua_State *L) {
+  lua_Integer na = luaL_checkinteger(L, 1), nh = luaL_optinteger(L, 2, 0);
+  luaL_argcheck(L, na >= 0 && na <= INT_MAX, 1, "size out of range");
+  luaL_argcheck(L, nh >= 0 && nh <= INT_MAX, 2, "size out of range");
+  fp_hot_begin(L);
+  /* (Out of memory here skips fp_hot_end: later big tables are then kept
+   * too, up to FP_HOT_CAP, still never one in use.) */
+  lua_createtable(L, (int)na, (int)nh);
+  fp_hot_end(L);
   return 1;
 }
 
@@ -731,6 +760,8 @@ static const luaL_Reg pool_methods[] = {
 static const luaL_Reg funcs[] = {
   {"new", l_new},
   {"now", l_now},
+  {"hot_held", l_hot_held},
+  {"hot_table", l_hot_table},
   {"self_pid", l_self_pid},
   {"shared_alloc", l_shared_alloc},
   {"shared_free", l_shared_free},

@@ -18,6 +18,7 @@
 --     items and no metamethod runs while a chunk is built.
 
 local sinks = require "forkpool.sinks"
+local table_new = require "table.new"
 
 local min, max, ceil = math.min, math.max, math.ceil
 
@@ -161,6 +162,18 @@ function M.fail(job, err)
   end
 end
 
+-- Pull up to count items from an iterator into its[1..], stopping at the
+-- first nil; returns how many.  (When the iterator raises, its holds the
+-- items before the error, with no hole: #its counts them.)
+local function pull(iter, its, count)
+  for k = 1, count do
+    local v = iter()
+    if v == nil then return k - 1 end
+    its[k] = v
+  end
+  return count
+end
+
 -- Build the next chunk from the job's source (nil when it has none now).
 -- limit: the most items this chunk may have.  An iterator that raises ends
 -- the source: a lazy job (imap) first delivers the items pulled before the
@@ -177,21 +190,20 @@ function M.build_chunk(job, limit)
   -- fn (the id the worker runs it with) and sent_at (adaptive jobs): dispatch
   local ch = { job = job, start = job.next, count = count, attempts = 0 }
   if job.iter then
-    local its, n = {}, 0
-    for _ = 1, count do
-      local ok, v = pcall(job.iter)
-      if not ok then
-        job.exhausted = true
-        if sinks.lazy[job.kind] then
-          job.source_failed, job.source_error = true, v
-        else
-          M.fail(job, { source_error = v })
-        end
-        break
+    -- one protected call per chunk, not per item; the items pulled
+    -- before an error are kept
+    local its = table_new(count, 0)
+    local ok, n_or_err = pcall(pull, job.iter, its, count)
+    local n = ok and n_or_err or #its
+    if not ok then
+      job.exhausted = true
+      if sinks.lazy[job.kind] then
+        job.source_failed, job.source_error = true, n_or_err
+      else
+        M.fail(job, { source_error = n_or_err })
       end
-      if v == nil then job.exhausted = true; break end
-      n = n + 1
-      its[n] = v
+    elseif n < count then
+      job.exhausted = true
     end
     if n == 0 then return nil end
     ch.count, ch.items = n, its

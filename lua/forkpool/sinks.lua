@@ -24,8 +24,7 @@
 -- sinks.lazy[kind]: results wait in the sink until taken, and count against
 -- the job's max_tasks_active until then.
 
-local ok_tnew, table_new = pcall(require, "table.new")
-if not ok_tnew then table_new = function() return {} end end
+local core = require "forkpool.core"
 
 local M = {}
 
@@ -42,7 +41,9 @@ local Ordered = {}
 Ordered.__index = Ordered
 
 function Ordered:target()
-  if not self.t then self.t = self.total and table_new(self.total, 1) or {} end
+  -- (a big results table's array reuses memory kept from freed results:
+  -- core.hot_table, engine/fp_hotmem.h)
+  if not self.t then self.t = self.total and core.hot_table(self.total, 1) or {} end
   return self.t
 end
 
@@ -194,7 +195,7 @@ function M.new(kind, total)
   if kind == "map" then
     return setmetatable({ total = total, t = nil }, Ordered)
   elseif kind == "unordered" then
-    return setmetatable({ out = table_new(total or 0, 1), n = 0 }, Unordered)
+    return setmetatable({ out = core.hot_table(total or 0, 1), n = 0 }, Unordered)
   elseif kind == "imap" then
     return setmetatable({ ready = {}, counts = {}, yield_next = 1 }, Imap)
   elseif kind == "imap_unordered" then
