@@ -26,7 +26,11 @@
 #ifndef FP_HOTMEM_H
 #define FP_HOTMEM_H
 
+#include "fp_common.h"
+
 #include <lua.h>
+
+FP_HIDDEN_BEGIN
 
 /* Smallest block kept: below it LuaJIT's allocator reuses memory itself. */
 #define FP_HOT_MIN ((size_t)256 << 10)
@@ -47,5 +51,7 @@ size_t fp_hot_held(lua_State *L);
 
 /* Give back every kept block (the next big result faults again). */
 void fp_hot_flush(lua_State *L);
+
+FP_HIDDEN_END
 
 #endif
