@@ -444,6 +444,11 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx, int64_t in
     lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
     lua_setfield(L, -2, "message");
   }
+  if (index == FP_RESULTS_TAGGED) {
+    /* the path runs through the tag ({value}: "[1]" after the index) */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "tagged");
+  }
   w_encode_error(w, "marshal");
   w_reply(w, FP_M_CHUNK_ERROR, h, bad);
 }

@@ -138,7 +138,10 @@ describe("batched apply_async", function()
         local ok, e = pcall(rs[i].get, rs[i])
         assert.is_false(ok)
         assert.is_true(forkpool.is_error(e, "marshal"), tostring(e))
+        -- as the call alone says it, whether or not its chunk had a task
+        -- error too (its results then travel tagged)
         assert.are.equal("result[1]", e.path)
+        assert.matches("^result%[1%]: ", e.message)
       elseif i % 7 ~= 0 then
         assert.are.equal(2 * i, rs[i]:get())
       end

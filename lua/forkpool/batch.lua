@@ -116,12 +116,14 @@ local function route(job, start, count, chunk, index, w, rec)
 end
 
 -- A worker's error about item index of the job (a "result[57]..." path
--- or message) as the call alone would have it: about its item 1.
+-- or message; "result[57][1]..." when the results were tagged: value.tagged)
+-- as the call alone would have it: about its item 1.
 function M.as_own(value, index)
   if type(value) ~= "table" or not index then return value end
   local own = {}
   for k, v in next, value do own[k] = v end
-  local at = ("result[%d]"):format(index)
+  own.tagged = nil
+  local at = ("result[%d]%s"):format(index, value.tagged and "[1]" or "")
   for _, f in ipairs{ "message", "path" } do
     if type(own[f]) == "string" and own[f]:sub(1, #at) == at then
       own[f] = "result[1]" .. own[f]:sub(#at + 1)
@@ -206,12 +208,13 @@ end
 
 -- Queue a call on the job.  The last write (q_tail) commits it: an error
 -- raised midway (the host's SIGINT handler, on the unguarded path) leaves
--- the books as they were.
+-- the books true (a job not exhausted with an empty queue only finds it
+-- empty at its next pull).
 local function append(job, args, a)
   local t = job.q_tail + 1
   job.q_args[t], job.q_calls[t] = args or {}, a
-  job.q_tail = t
   job.exhausted = false
+  job.q_tail = t
 end
 
 -- Must the call send now?  When the job is not in the run queue, or some
