@@ -223,6 +223,42 @@ describe("batched apply_async with pool options", function()
     pool:close()
   end)
 
+  it("order_tasks and enable_insights: calls (and a crash among them) still each get their own outcome", function()
+    for _, opts in ipairs{ { order_tasks = true }, { enable_insights = true } } do
+      opts.n_jobs, opts.keep_alive = 2, true
+      local pool = forkpool.new(opts)
+      local busy = occupy(pool, 0.1)
+      local rs = {}
+      for i = 1, 300 do rs[i] = pool:apply_async(task, { i == 200 and -1 or i }) end
+      for i = 1, 300 do
+        local ok, v = pcall(rs[i].get, rs[i])
+        if i == 200 then
+          assert.is_false(ok); assert.is_true(forkpool.is_error(v, "worker_died"))
+        elseif i % 7 == 0 then
+          assert.is_false(ok); assert.is_true(forkpool.is_error(v, "task"))
+        else
+          assert.is_true(ok); assert.are.equal(2 * i, v)
+        end
+      end
+      for w = 1, 2 do busy[w]:get() end
+      pool:close()
+    end
+  end)
+
+  it("a map on the pool while batched calls are outstanding: both complete", function()
+    local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    local n = 0
+    local rs = {}
+    for i = 1, 500 do
+      rs[i] = pool:apply_async(function(x) return -x end, { i }, { callback = function() n = n + 1 end })
+    end
+    local m = pool:map(function(x) return x * x end, util.items(1000))
+    for i = 1, 1000 do assert.are.equal(i * i, m[i]) end
+    for i = 1, 500 do assert.are.equal(-i, rs[i]:get()) end
+    assert.are.equal(500, n)
+    pool:close()
+  end)
+
   it("without keep_alive, the workers stop once the last call is in", function()
     local pool = forkpool.new{ n_jobs = 2 }
     local rs = {}
