@@ -265,8 +265,9 @@ function M.async(pool, job, opts)
   return a
 end
 
--- batched(pool, opts) -> the AsyncResult of a call that joins a batch
--- (forkpool.batch sets bjob, and arrived with berr or bvalue).
+-- batched(pool, opts) -> the AsyncResult of a call that joins a batch.
+-- Instead of job it has (written by forkpool.batch) bjob, the batch job,
+-- and arrived (its outcome reached the parent) with berr or bvalue.
 function M.batched(pool, opts)
   local a = setmetatable({ pool = pool, callback = opts.callback,
     error_callback = opts.error_callback }, Async)
