@@ -199,9 +199,7 @@ local function open(pool, fn)
   job.q_args, job.q_calls, job.q_head, job.q_tail = {}, {}, 1, 0
   job.pulled, job.calls = 0, {}
   job.exhausted = true
-  job.sink.route = function(start, count, chunk, index, w, rec)
-    route(job, start, count, chunk, index, w, rec)
-  end
+  job.sink.route, job.sink.job = route, job
   job.on_finish = on_finish
   return job
 end

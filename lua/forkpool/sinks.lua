@@ -7,7 +7,7 @@
 --   "imap_unordered"  imap_unordered, ...            yielded in completion order (lazy)
 --   "apply"           apply, apply_async             one value
 --   "batch"           apply_async calls batched      each to its own call
---                     (forkpool.batch)               (route, set by it)
+--                     (forkpool.batch)               (route(job, ...), job: set by it)
 --
 -- Every sink has the same small interface:
 --   sink:target()        what the engine decodes a chunk's results into
@@ -199,7 +199,7 @@ Batch.__index = Batch
 
 function Batch.target() return PER_CHUNK end
 function Batch:deliver(start, count, chunk, index, w, rec)
-  self.route(start, count, chunk, index, w, rec)
+  self.route(self.job, start, count, chunk, index, w, rec)
 end
 function Batch.result() return nil end
 
@@ -219,7 +219,7 @@ function M.new(kind, total)
   elseif kind == "apply" then
     return setmetatable({ t = {} }, Single)
   elseif kind == "batch" then
-    return setmetatable({ route = nil }, Batch)
+    return setmetatable({ route = nil, job = nil }, Batch)
   end
   error("unknown sink kind " .. tostring(kind))
 end
