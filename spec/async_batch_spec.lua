@@ -78,6 +78,24 @@ describe("batched apply_async", function()
     assert.are.equal(0, pool._active)
   end)
 
+  it("function literals in a loop (a new closure at each turn) join one batch too", function()
+    local busy = occupy(pool, 0.2)
+    local rs = {}
+    for i = 1, 300 do
+      rs[i] = pool:apply_async(function(x) if x % 100 == 0 then error("hundred") end return x + 1 end, { i })
+    end
+    assert.is_true(pool._active <= 3, "active jobs: " .. pool._active)
+    for i = 1, 300 do
+      local ok, v = pcall(rs[i].get, rs[i])
+      if i % 100 == 0 then
+        assert.is_false(ok); assert.matches("hundred", v.message)
+      else
+        assert.are.equal(i + 1, v)
+      end
+    end
+    for w = 1, 2 do busy[w]:get() end
+  end)
+
   it("an error value that cannot travel keeps its message; nil and multiple results", function()
     local busy = occupy(pool, 0.1)
     local rs = {}
@@ -301,6 +319,39 @@ describe("batched apply_async with pool options", function()
 end)
 
 describe("batched apply_async in a child process", function()
+  it("leaves the host's SIGINT handler in place between calls, queued behind busy workers or not", function()
+    local ok, out = util.run_lua([=[
+      local forkpool = require "forkpool"
+      local ffi = require "ffi"
+      ffi.cdef[[
+        struct fp_spec_sa { void *handler; unsigned long mask[16]; int flags; void *restorer; };
+        int sigaction(int, const struct fp_spec_sa *, struct fp_spec_sa *);
+        int usleep(unsigned int);
+      ]]
+      local function handler()
+        local sa = ffi.new("struct fp_spec_sa")
+        assert(ffi.C.sigaction(2, nil, sa) == 0)
+        return tonumber(ffi.cast("uintptr_t", sa.handler))
+      end
+      local host = handler()
+      local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+      local same = true
+      local rs = {}
+      for i = 1, 2000 do
+        rs[i] = pool:apply_async(function(x) require("ffi").C.usleep(100); return x end, { i })
+        if handler() ~= host then same = false end
+      end
+      for i = 1, 2000 do
+        assert(rs[i]:get() == i)
+        if handler() ~= host then same = false end
+      end
+      pool:close()
+      print("same", same, handler() == host)
+    ]=], 60)
+    assert.is_true(ok, out)
+    assert.matches("same\ttrue\ttrue", out)
+  end)
+
   it("SIGINT while get() waits on a batch raises interrupted promptly; every call fails, the pool recovers", function()
     local ok, out = util.run_lua([[
       local forkpool = require "forkpool"

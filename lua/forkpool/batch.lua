@@ -35,7 +35,12 @@
 --   job.exhausted is true exactly when the queue is empty (the pull that
 --     empties it sets it, an append clears it), so the job finishes as soon
 --     as its last call is answered, and a finished job takes no more calls.
---   pool._batches[fn]: the open batch job of fn (dropped when it ends).
+--   pool._batches[fn], and pool._batches[job.pkey] when the job has one
+--     (the name of fn's prototype: proto_key): the open batch job of fn
+--     (dropped when it ends).  A function literal in a loop makes a new
+--     closure at each turn; without upvalues they all run the same code,
+--     so a call of another closure of the same prototype (in the same
+--     environment) joins the batch too.
 
 local J = require "forkpool.job"
 local D = require "forkpool.dispatch"
@@ -44,6 +49,8 @@ local deaths = require "forkpool.deaths"
 local results = require "forkpool.results"
 
 local getupvalue, rawget, next, type = debug.getupvalue, rawget, next, type
+local ok_jutil, jutil = pcall(require, "jit.util")
+local funcinfo = ok_jutil and jutil.funcinfo
 
 local M = {}
 
@@ -85,6 +92,27 @@ function M.batchable(fn, args, opts)
     if not plain_arg(v) then return false end
   end
   return true
+end
+
+-- The name of a Lua function's prototype ("proto: 0x..."), or nil.  A
+-- prototype is kept alive by the batch's job.fn while the batch is open,
+-- so its address names no other prototype meanwhile.
+local function proto_key(fn)
+  if not funcinfo then return nil end
+  local p = funcinfo(fn).proto
+  return p ~= nil and tostring(p) or nil
+end
+
+-- The open batch fn may join: its own, or that of another closure of its
+-- prototype with the same environment.
+local function find(pool, fn)
+  local batches = pool._batches
+  local job = batches[fn]
+  if job then return job end
+  local key = proto_key(fn)
+  job = key and batches[key]
+  if job and getfenv(job.fn) == getfenv(fn) then return job end
+  return nil
 end
 
 -- The outcome of a call reached the parent: err (an error object) or value.
@@ -163,7 +191,11 @@ end
 -- and when it failed every call still waiting gets its error.
 local function on_finish(job)
   local pool = job.pool
-  if pool and pool._batches[job.fn] == job then pool._batches[job.fn] = nil end
+  if pool then
+    local batches = pool._batches
+    if batches[job.fn] == job then batches[job.fn] = nil end
+    if job.pkey and batches[job.pkey] == job then batches[job.pkey] = nil end
+  end
   local err = job.err
   if not err then return end
   for i, a in pairs(job.calls) do
@@ -242,7 +274,7 @@ end
 -- -> its AsyncResult.
 function M.apply_async(pool, fn, args, opts)
   local a = results.batched(pool, opts)
-  local job = pool._batches[fn]
+  local job = find(pool, fn)
   if job and not job.finished and not job.err then
     a.bjob = job
     append(job, args, a)
@@ -259,6 +291,8 @@ function M.apply_async(pool, fn, args, opts)
   a.bjob = job
   append(job, args, a)
   pool._batches[fn] = job
+  job.pkey = proto_key(fn)
+  if job.pkey then pool._batches[job.pkey] = job end
   local ok, e = pcall(call.start_job, pool, job, NO_OPTS, true)
   if not ok then
     results.forget(a)
