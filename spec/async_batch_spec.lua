@@ -196,6 +196,23 @@ describe("batched apply_async", function()
     end
   end)
 
+  it("arguments are taken when the call is made: changing them afterwards changes nothing, sinks nothing", function()
+    local busy = occupy(pool, 0.2)
+    local rs, lists, tabs = {}, {}, {}
+    for i = 1, 100 do
+      tabs[i] = { v = i }
+      lists[i] = { i, tabs[i] }
+      rs[i] = pool:apply_async(function(x, t) return x * 1000 + t.v end, lists[i])
+    end
+    for i = 1, 100 do
+      -- queued behind the sleepers: not sent yet
+      lists[i][1] = -1
+      tabs[i].v = coroutine.create(print)
+    end
+    for i = 1, 100 do assert.are.equal(i * 1000 + i, rs[i]:get()) end
+    for w = 1, 2 do busy[w]:get() end
+  end)
+
   it("arguments: none, several with holes (n), tables of scalars", function()
     local rs = {}
     for i = 1, 100 do

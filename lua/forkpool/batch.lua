@@ -1,7 +1,7 @@
 -- forkpool.batch: apply_async calls batched into one job.
 --
 -- A call of a function without upvalues, whose arguments are plain values
--- (see batchable) and whose only options are its callbacks, joins the open
+-- (see M.args) and whose only options are its callbacks, joins the open
 -- batch job of that function (one is opened when there is none).  The
 -- batch's source is an iterator over a queue of such calls: its items are
 -- the calls' argument lists, and its chunks grow and shrink with their
@@ -60,38 +60,46 @@ local TAGGED = -1
 -- The options of a batch job: none of forkpool.job's.
 local NO_OPTS = {}
 
--- A value the parent's codec sends as it is, whatever happens meanwhile:
--- a scalar, or a table of scalars without a metatable (one level).
-local function plain_arg(v)
+-- v itself when it is a scalar, a copy when it is a table of scalars
+-- without a metatable (one level), else nil.
+local function plain_copy(v)
   local tv = type(v)
-  if tv == "number" or tv == "string" or tv == "boolean" then return true end
-  if tv ~= "table" or getmetatable(v) ~= nil then return false end
+  if tv == "number" or tv == "string" or tv == "boolean" then return v end
+  if tv ~= "table" or getmetatable(v) ~= nil then return nil end
+  local c = {}
   for k, x in next, v do
     local tk, tx = type(k), type(x)
     if (tk ~= "number" and tk ~= "string" and tk ~= "boolean")
       or (tx ~= "number" and tx ~= "string" and tx ~= "boolean") then
-      return false
+      return nil
     end
+    c[k] = x
   end
-  return true
+  return c
 end
 
--- May this call join a batch?  fn a Lua function without upvalues; args nil
--- or a table without a metatable whose keys are its positions (or "n") and
--- whose values are plain (so sending them cannot fail for one call and sink
--- the others of its chunk); no option but the callbacks.
-function M.batchable(fn, args, opts)
-  if type(fn) ~= "function" or getupvalue(fn, 1) ~= nil then return false end
+-- args(fn, args, opts) -> the argument list a call joins a batch with, or
+-- nil when it may not.  fn: a Lua function without upvalues; args: nil, or
+-- a table without a metatable whose keys are its positions (or "n") and
+-- whose values are plain; no option but the callbacks.  The list is a copy
+-- made now (tables of scalars too): sending it later cannot fail, so one
+-- call can never sink the others of its chunk, and a caller that changes
+-- its tables after the call does not change the call.
+function M.args(fn, args, opts)
+  if type(fn) ~= "function" or getupvalue(fn, 1) ~= nil then return nil end
   for k in next, opts do
-    if k ~= "callback" and k ~= "error_callback" then return false end
+    if k ~= "callback" and k ~= "error_callback" then return nil end
   end
-  if args == nil then return true end
-  if type(args) ~= "table" or getmetatable(args) ~= nil then return false end
+  if args == nil then return {} end
+  if type(args) ~= "table" or getmetatable(args) ~= nil then return nil end
+  local c = {}
   for k, v in next, args do
-    if type(k) ~= "number" and k ~= "n" then return false end
-    if not plain_arg(v) then return false end
+    if type(k) ~= "number" and k ~= "n" then return nil end
+    local x = plain_copy(v)
+    if x == nil then return nil end
+    c[k] = x
   end
-  return true
+  return c
 end
 
 -- The name of a Lua function's prototype ("proto: 0x..."), or nil.  A
@@ -242,7 +250,7 @@ end
 -- empty at its next pull).
 local function append(job, args, a)
   local t = job.q_tail + 1
-  job.q_args[t], job.q_calls[t] = args or {}, a
+  job.q_args[t], job.q_calls[t] = args, a
   job.exhausted = false
   job.q_tail = t
 end
@@ -270,8 +278,8 @@ local function kick(pool, job)
   D.dispatch(pool)
 end
 
--- apply_async(pool, fn, args, opts) for a batchable call (the pool checked):
--- -> its AsyncResult.
+-- apply_async(pool, fn, args, opts) for a call that may join a batch (the
+-- pool checked; args: from M.args) -> its AsyncResult.
 function M.apply_async(pool, fn, args, opts)
   local a = results.batched(pool, opts)
   local job = find(pool, fn)

@@ -198,7 +198,8 @@ end
 function Pool:apply_async(fn, args, opts)
   opts = begin_call(self, "apply_async", opts, options.ASYNC)
   -- calls of one plain function with plain arguments share a job
-  if batch.batchable(fn, args, opts) then return batch.apply_async(self, fn, args, opts) end
+  local bargs = batch.args(fn, args, opts)
+  if bargs then return batch.apply_async(self, fn, bargs, opts) end
   local job = apply_job(self, "apply_async", fn, args, opts, 2)
   local a = results.async(self, job, opts)
   -- a value that cannot be sent fails the job here or at a later dispatch:
