@@ -312,8 +312,8 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       base_value = ("feeds %s calls"):format(fmt_rate(1 / t_async)),
       ratio = ("%d-item map at c=1: %s/item"):format(N, fmt_time(per_item("map1", N))),
       target = "report", result = "info",
-      note = "apply_async: parent CPU of the submit loop and the get loop together, per call (one "
-        .. "call = one job of one chunk of one item)." }
+      note = "apply_async: parent CPU of the submit loop and the get loop together, per call (the "
+        .. "outstanding calls of one function share a job whose chunks grow: forkpool.batch)." }
 
     -- the parent's cost per chunk against the number of workers
     local sweep = {}

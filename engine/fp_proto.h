@@ -41,6 +41,11 @@ enum fp_msg {
                                    doubles, or a string.buffer encoding of an array of
                                    scalars): lua/forkpool/pack.lua */
 
+/* RESULTS index of a chunk run item by item with its errors caught (the
+ * runner's per-item mode, lua/forkpool/run.lua: batched apply_async calls)
+ * when some item failed: every result is tagged, {value} or {e = error}. */
+#define FP_RESULTS_TAGGED (-1)
+
 /* Header of CHUNK and of every chunk reply.  start/index are 1-based item
  * indexes of the job's input.  fn names the function to run: the job id
  * the worker was forked for (its function came through fork), or an id
@@ -49,7 +54,8 @@ typedef struct fp_chunk_hdr {
   uint64_t job;
   uint64_t fn;
   int64_t start;
-  int64_t index;   /* replies: the item an error is about; 0 otherwise */
+  int64_t index;   /* replies: the item an error is about; 0 otherwise, or
+                      FP_RESULTS_TAGGED on a RESULTS record */
   uint32_t count;
   uint32_t flags;
 } fp_chunk_hdr;

@@ -390,7 +390,7 @@ static void w_reply_failure(W *w, const char *kind, const fp_chunk_hdr *h, int b
 
 /* Results of a chunk that are all scalars: one string.buffer encoding made
  * by forkpool.pack.results.  Returns 1 when sent that way. */
-static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx) {
+static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx, int64_t index) {
   lua_State *L = w->L;
   lua_pushvalue(L, S_PACK);
   lua_pushvalue(L, out_idx);
@@ -402,14 +402,15 @@ static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx) {
   const void *body = (const void *)(uintptr_t)lua_tonumber(L, -2);
   size_t blen = (size_t)lua_tonumber(L, -1);
   lua_pop(L, 2);
-  w_reply_raw(w, FP_M_RESULTS, h, 0, FP_CHUNK_PACKED, body, blen);
+  w_reply_raw(w, FP_M_RESULTS, h, index, FP_CHUNK_PACKED, body, blen);
   return 1;
 }
 
 /* The results out[1..count] of a chunk that ran to its end: packed when
  * they all are scalars, else through the codec; a result that cannot be
- * sent fails the chunk with a "marshal" CHUNK_ERROR naming it. */
-static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
+ * sent fails the chunk with a "marshal" CHUNK_ERROR naming it.  index goes
+ * into the RESULTS header: 0, or FP_RESULTS_TAGGED. */
+static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx, int64_t index) {
   lua_State *L = w->L;
   fp_worker_io *io = w->io;
   atomic_store(&io->st->cur_index, h->start);
@@ -418,7 +419,7 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
   fp_codec_err err;
   w_enc_opts(&o);
   w->enc.len = 0;
-  if (w_reply_packed(w, h, out_idx)) return;
+  if (w_reply_packed(w, h, out_idx, index)) return;
   int rc = FP_OK;
   int64_t bad = 0;
   for (uint32_t k = 0; k < h->count && rc == FP_OK; k++) {
@@ -430,7 +431,7 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
     if (rc != FP_OK) bad = h->start + k;
   }
   if (rc == FP_OK) {
-    w_reply(w, FP_M_RESULTS, h, 0);
+    w_reply(w, FP_M_RESULTS, h, index);
     return;
   }
   lua_createtable(L, 0, 2);
@@ -442,6 +443,11 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx) {
   } else {
     lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
     lua_setfield(L, -2, "message");
+  }
+  if (index == FP_RESULTS_TAGGED) {
+    /* the path runs through the tag ({value}: "[1]" after the index) */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "tagged");
   }
   w_encode_error(w, "marshal");
   w_reply(w, FP_M_CHUNK_ERROR, h, bad);
@@ -622,8 +628,12 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
     w->enc.len = 0;
     w_reply(w, FP_M_CANCELLED, &h, 0);
   } else {
+    /* A number instead of true: the runner caught that many task errors
+     * itself (its per-item mode, forkpool.run) and tagged every result
+     * ({value} or {e = error}); the reply says so. */
+    int64_t index = lua_type(L, -1) == LUA_TNUMBER ? FP_RESULTS_TAGGED : 0;
     lua_pop(L, 1);
-    w_reply_results(w, &h, base + 3);
+    w_reply_results(w, &h, base + 3, index);
   }
   /* Only now, with the reply sent, does the worker hold no item. */
   atomic_store(&io->st->cur_index, 0);
@@ -718,7 +728,8 @@ static int w_body(lua_State *L) {
   void *stamp_p;
   memcpy(&stamp_p, &stamp, sizeof stamp_p);
   lua_pushlightuserdata(L, stamp_p);
-  lua_call(L, 3, 1);                                      /* S_RUNNER */
+  lua_pushcfunction(L, w_msgh); /* per-item errors: the same tables as a chunk's */
+  lua_call(L, 4, 1);                                      /* S_RUNNER */
   lua_pushcfunction(L, w_msgh);                           /* S_MSGH */
   lua_getfield(L, S_CTX, "cdata_kind");                   /* S_CKIND */
   lua_getfield(L, S_CTX, "cdata_new");                    /* S_CNEW */

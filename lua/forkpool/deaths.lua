@@ -93,7 +93,22 @@ local function died_running(pool, w, rec, death, info, held_by, give_back)
   local culprit = death.job and pool._jobs[death.job]
   if culprit and not holds_item(rec, culprit.id, death.index) then culprit = nil end
   for job, list in pairs(held_by) do
-    if job == culprit then
+    if job == culprit and job.batch then
+      -- apply_async calls batched into one job (forkpool.batch): the call
+      -- that ran fails as it would alone (its own item 1), the others of
+      -- its chunk run again
+      local own = {}
+      for k, v in pairs(death) do own[k] = v end
+      own.index = 1
+      local own_info = death_info(w, own)
+      for _, ch in ipairs(list) do
+        if death.index >= ch.start and death.index < ch.start + ch.count then
+          job.batch.lost(job, ch, death.index, w, function() return death_error(w, own, { own_info }) end)
+        else
+          D.requeue(job, ch, w)
+        end
+      end
+    elseif job == culprit then
       job.deaths[#job.deaths + 1] = info
       local over = job.max_retries == 0 or #job.deaths > (job.max_retries + 1) * pool._n
       for _, ch in ipairs(list) do

@@ -34,14 +34,14 @@ end
 -- job.pending counts items pulled and not yet answered; job.active those
 -- pulled and not yet handed to the caller (lazy sinks hand them over when
 -- taken).
-local function on_results(pool, w, rec, job, jobid, start, value)
+local function on_results(pool, w, rec, job, jobid, start, value, index)
   local ch = take_chunk(rec, jobid, start)
   if ch and job and ch.job == job and value then
     local n = ch.count
     job.done = job.done + n
     job.pending = job.pending - n
     if not job.sink.lazy then job.active = job.active - n end
-    job.sink:deliver(start, n, value)
+    job.sink:deliver(start, n, value, index, w, rec)
     D.adapt(pool, job, ch)
     if job.progress then job.progress:update(job.done) end
     J.check_complete(pool, job)
@@ -55,7 +55,7 @@ local function handle(pool, kind, w, jobid, start, _, index, value)
   local rec = w and pool._workers[w]
   local job = jobid and pool._jobs[jobid] or nil
   if kind == "results" then
-    on_results(pool, w, rec, job, jobid, start, value)
+    on_results(pool, w, rec, job, jobid, start, value, index)
   elseif kind == "cancelled" then
     take_chunk(rec, jobid, start)
   elseif kind == "chunk_error" then
@@ -63,7 +63,14 @@ local function handle(pool, kind, w, jobid, start, _, index, value)
     local ch = take_chunk(rec, jobid, start)
     if ch and job and ch.job == job then
       local ekind = type(value) == "table" and errors.KINDS[value.kind] and value.kind or "task"
-      J.fail(job, deaths.worker_error(ekind, w, rec, index, value))
+      if job.batch then
+        -- batched apply_async calls: only the call at index fails
+        job.batch.lost(job, ch, index, w, function()
+          return deaths.worker_error(ekind, w, rec, 1, job.batch.as_own(value, index))
+        end)
+      else
+        J.fail(job, deaths.worker_error(ekind, w, rec, index, value))
+      end
     end
   elseif kind == "setup_error" then
     if job then

@@ -36,21 +36,23 @@ local CHUNKS_PER_WORKER = 64
 -- checked options.  Options that do not fit the input raise, naming fname,
 -- at level (as for error(), counted from the caller of new).
 -- The workers' options of a job (what forkpool.run sees): timed = stamp
--- each item's start, star = items are argument lists.  One shared,
+-- each item's start, star = items are argument lists, each = every item is
+-- a call of its own whose error is caught (forkpool.batch).  One shared,
 -- read-only table per combination, so that equal options are the same
 -- table (dispatch's setup cache compares them by identity).  A new option
 -- the workers must see goes here.
 local WOPTS = {}
-local function wopts_for(timed, star)
-  timed, star = not not timed, not not star
-  local k = (timed and 1 or 0) + (star and 2 or 0)
+local function wopts_for(timed, star, each)
+  timed, star, each = not not timed, not not star, not not each
+  local k = (timed and 1 or 0) + (star and 2 or 0) + (each and 4 or 0)
   local w = WOPTS[k]
   if not w then
-    w = { timed = timed, star = star }
+    w = { timed = timed, star = star, each = each }
     WOPTS[k] = w
   end
   return w
 end
+M.wopts_for = wopts_for
 
 function M.new(pool, kind, fn, source, total, opts, star, fname, level)
   local n = pool._n

@@ -14,6 +14,7 @@ local D = require "forkpool.dispatch"
 local E = require "forkpool.events"
 local call = require "forkpool.call"
 local results = require "forkpool.results"
+local batch = require "forkpool.batch"
 local pack = require "forkpool.pack"
 local cdata = require "forkpool.cdata"
 
@@ -66,6 +67,7 @@ function M.new(opts)
     _imap = setmetatable({}, { __mode = "v" }), -- [1] = the open imap iterator (results)
     _settle = {},             -- apply_async results whose job is over (results)
     _asyncs = {},             -- outstanding apply_async results (results)
+    _batches = {},            -- [fn] = open batch job of apply_async calls (batch)
     -- stopping
     _exit_results = {},       -- worker_exit results of this generation (events, call.prepare)
     _exit_timeout = nil,      -- worker_exit_timeout of the latest call (call.prepare)
@@ -195,6 +197,9 @@ end
 -- pool:apply_async(fn [, args [, options]]) -> AsyncResult
 function Pool:apply_async(fn, args, opts)
   opts = begin_call(self, "apply_async", opts, options.ASYNC)
+  -- calls of one plain function with plain arguments share a job
+  local bargs = batch.args(fn, args, opts)
+  if bargs then return batch.apply_async(self, fn, bargs, opts) end
   local job = apply_job(self, "apply_async", fn, args, opts, 2)
   local a = results.async(self, job, opts)
   -- a value that cannot be sent fails the job here or at a later dispatch:

@@ -110,8 +110,31 @@ end
 local Async = {}
 Async.__index = Async
 
+-- A call of its own (a.job) is done when its job is; a batched one
+-- (forkpool.batch) when its outcome arrived (a.arrived).
 local function async_done(a)
-  return a.job.finished or a.job.err ~= nil
+  local job = a.job
+  if job then return job.finished or job.err ~= nil end
+  return a.arrived == true
+end
+
+-- A batched call's outcome (a.berr or a.bvalue).  When its whole batch
+-- failed (an interrupt, a function that cannot be sent), the batch is
+-- abandoned here, once, as a call's own failed job would be.
+local function settle_batched(a)
+  local pool, err = a.pool, a.berr
+  if err then
+    local job = a.bjob
+    if job.err and not job.finished and not pool._closed then
+      local kill = errors.is_error(err) and (err.kind == "interrupted" or err.kind == "spawn")
+      E.abandon(pool, job, kill)
+    end
+    a.error = err
+    if a.error_callback then a.error_callback(err) end
+  else
+    a.value = a.bvalue
+    if a.callback then a.callback(a.value) end
+  end
 end
 
 -- Collect the outcome of a finished or failed job once: callbacks run here.
@@ -121,6 +144,7 @@ local function settle(a)
   if a.settled or not async_done(a) then return end
   a.settled = true
   local job, pool = a.job, a.pool
+  if not job then return settle_batched(a) end
   if job.err then
     local err = job.err
     if not job.finished and not pool._closed then
@@ -238,6 +262,16 @@ function M.async(pool, job, opts)
       pool._settle[#pool._settle + 1] = a
     end
   end
+  return a
+end
+
+-- batched(pool, opts) -> the AsyncResult of a call that joins a batch.
+-- Instead of job it has (written by forkpool.batch) bjob, the batch job,
+-- and arrived (its outcome reached the parent) with berr or bvalue.
+function M.batched(pool, opts)
+  local a = setmetatable({ pool = pool, callback = opts.callback,
+    error_callback = opts.error_callback }, Async)
+  pool._asyncs[a] = a
   return a
 end
 

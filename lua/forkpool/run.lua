@@ -67,20 +67,97 @@ local function snapshot(t)
 end
 M.snapshot = snapshot
 
--- make_runner(cur, cancel, stamp): cur and cancel are light userdata
+------------------------------------------------------------------------
+-- Per-item mode (opts.each: apply_async calls batched into one job,
+-- forkpool.batch): every item is one call of its own, so a task error is
+-- caught and kept as that item's outcome, and the other items run on.
+------------------------------------------------------------------------
+
+-- An error value that the worker's codec (no functions, no userdata) is
+-- sure to encode: scalars, and tables of them (nested, acyclic, no
+-- metatables).  Anything else is dropped from the error (its message and
+-- traceback stay), as the C side does for a chunk's error.
+local function plain(v, depth)
+  local tv = type(v)
+  if tv == "string" or tv == "number" or tv == "boolean" then return true end
+  if tv ~= "table" or depth > 8 or getmt(v) ~= nil then return false end
+  for k, x in next, v do
+    if not plain(k, depth + 1) or not plain(x, depth + 1) then return false end
+  end
+  return true
+end
+
+-- The results of a chunk in which some item failed, tagged in place:
+-- {value} for a success, {e = error table} for a failure (errs[k]).
+local function tag_results(out, n, errs)
+  for k = 1, n do
+    local e = errs[k]
+    if e then
+      if type(e) ~= "table" then e = { message = tostring(e) } end
+      if e.value ~= nil and not plain(e.value, 0) then e.value = nil end
+      out[k] = { e = e }
+    else
+      out[k] = { out[k] }
+    end
+  end
+end
+
+-- run_each(cur, cancel, stamp, msgh, <the runner's arguments>): the runner
+-- below, for a starred job, each item under xpcall.  Returns true when every
+-- item succeeded (out holds plain values), the number of failures when some
+-- failed (out is tagged: engine/fp_worker.c marks the reply), false when the
+-- job was cancelled.
+local function run_each(cur, cancel, stamp, msgh, fn, items, first, last, off, job, out, opts,
+                        nlead, a1, a2, a3)
+  local k, timed, errs, failed = 1 - first, opts.timed, nil, 0
+  for i = first, last do
+    cur[0] = i + off
+    if timed then stamp() end
+    if cancel[0] == job then return false end
+    local it = rawget(items, i)
+    local ok, r
+    if type(it) ~= "table" then
+      ok, r = false, { message = ("item %d is a %s, not a table of arguments"):format(i + off, type(it)) }
+    else
+      local n = rawget(it, "n") or #it
+      if nlead == 0 then ok, r = xpcall(fn, msgh, unpack(it, 1, n))
+      elseif nlead == 1 then ok, r = xpcall(fn, msgh, a1, unpack(it, 1, n))
+      elseif nlead == 2 then ok, r = xpcall(fn, msgh, a1, a2, unpack(it, 1, n))
+      else ok, r = xpcall(fn, msgh, a1, a2, a3, unpack(it, 1, n)) end
+    end
+    if ok then
+      if type(r) == "table" and i ~= last then r = snapshot(r) end
+      out[i + k] = r
+    else
+      errs = errs or {}
+      errs[i + k] = r
+      failed = failed + 1
+    end
+  end
+  if failed == 0 then return true end
+  tag_results(out, last - first + 1, errs)
+  return failed
+end
+
+-- make_runner(cur, cancel, stamp, msgh): cur and cancel are light userdata
 -- pointing at the worker's status block, stamp a C function that records
 -- when an item begins (used only for timed chunks, when a task_timeout is
 -- set).  The runner returns true when every item ran, false when the job
 -- was cancelled; errors propagate (the C side catches them).  Every table
 -- result but the chunk's last is snapshot when its task returns.
 -- opts: the job's worker options (forkpool.job's wopts): timed (stamp each
--- item's start), star (each item is an argument list).
-function M.make_runner(cur_p, cancel_p, stamp_p)
+-- item's start), star (each item is an argument list), each (per-item
+-- mode, above: msgh, the C message handler, builds the error tables).
+function M.make_runner(cur_p, cancel_p, stamp_p, msgh)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
   local stamp = ffi.cast(stamp_fn_t, stamp_p)
   local unpack, rawget = unpack, rawget
   return function(fn, items, first, last, off, job, out, opts, nlead, a1, a2, a3)
+    if opts.each then
+      return run_each(cur, cancel, stamp, msgh, fn, items, first, last, off, job, out, opts,
+        nlead, a1, a2, a3)
+    end
     local k = 1 - first
     local r
     local timed, star = opts.timed, opts.star

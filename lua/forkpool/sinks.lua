@@ -6,6 +6,8 @@
 --   "imap"            imap, istarmap                 yielded in input order (lazy)
 --   "imap_unordered"  imap_unordered, ...            yielded in completion order (lazy)
 --   "apply"           apply, apply_async             one value
+--   "batch"           apply_async calls batched      each to its own call
+--                     (forkpool.batch)               (route(job, ...), job: set by it)
 --
 -- Every sink has the same small interface:
 --   sink:target()        what the engine decodes a chunk's results into
@@ -15,7 +17,9 @@
 --                        to deliver.  Asked once, when the job is submitted
 --                        (a map's big table is made then, while the first
 --                        chunks run).
---   sink:deliver(start, count, chunk)   a chunk's results arrived
+--   sink:deliver(start, count, chunk, index, w, rec)   a chunk's results
+--                        arrived (index, w, rec: the reply's index field and
+--                        the worker that sent it; only "batch" looks at them)
 --   sink:take(job) -> ok, value, index  (lazy sinks) the next result
 --                        ready (job.active drops by the items passed); the
 --                        caller gets the only reference (a result it drops
@@ -188,6 +192,19 @@ function Single.deliver() end
 function Single:result() return self.t[1] end
 
 ------------------------------------------------------------------------
+-- batch: one result per apply_async call, handed to forkpool.batch's route
+------------------------------------------------------------------------
+
+local Batch = {}
+Batch.__index = Batch
+
+function Batch.target() return PER_CHUNK end
+function Batch:deliver(start, count, chunk, index, w, rec)
+  self.route(self.job, start, count, chunk, index, w, rec)
+end
+function Batch.result() return nil end
+
+------------------------------------------------------------------------
 
 -- new(kind, total) -> a sink for a job of that kind (total: its number of
 -- items when known).
@@ -202,6 +219,8 @@ function M.new(kind, total)
     return setmetatable({ q = {}, head = 1, tail = 1 }, ImapUnordered)
   elseif kind == "apply" then
     return setmetatable({ t = {} }, Single)
+  elseif kind == "batch" then
+    return setmetatable({ route = nil, job = nil }, Batch)
   end
   error("unknown sink kind " .. tostring(kind))
 end
