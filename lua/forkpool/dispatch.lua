@@ -16,7 +16,9 @@
 -- last); init_timeout; and, set by the event loop: ready (worker_init
 -- done), bye (the reason it said it leaves), stopping / stop_pending /
 -- retired (a graceful stop asked: forkpool.deaths), killed ({reason, ...}:
--- we killed it); fq (which feed queue it is in, below).
+-- we killed it); fq (which feed queue it is in, below); answered (items
+-- it answered, all jobs: forkpool.events); cpu_seen, cpu_items (its CPU
+-- time and answered when last read: adapt).
 --
 -- The feed queues (pool._feed_idle, pool._feed_room: head .. tail, oldest
 -- first) hold the workers that may take a chunk now, so that after an
@@ -54,11 +56,11 @@ local FAST_CHUNK, SLOW_CHUNK, MAX_ADAPTIVE = 0.002, 0.05, 4096
 -- Growing chunks (maps over arrays with the default chunk size, job.grow):
 -- a chunk should carry at least MIN_CHUNK_TIME seconds of work (the
 -- parent spends some microseconds per chunk whatever its size: at 2 ms a
--- chunk that is under 1% per worker); the work per item is measured over
--- windows of at least GROW_WINDOW seconds of results; a grown chunk has
--- at most MAX_GROWN items (the adaptive chunks' bound: results of one
--- chunk travel as one record).  A field, so that specs can make every
--- map's items look fast (huge) or slow (0).
+-- chunk that is under 1% per worker); the work per item is measured at
+-- most once per GROW_WINDOW seconds; a grown chunk has at most MAX_GROWN
+-- items (the adaptive chunks' bound: results of one chunk travel as one
+-- record).  A field, so that specs can make every map's items look fast
+-- (huge) or slow (0).
 M.MIN_CHUNK_TIME = 0.002
 local GROW_WINDOW, MAX_GROWN = 0.005, 4096
 
@@ -93,7 +95,27 @@ end
 -- The feed queues
 ------------------------------------------------------------------------
 
-local function push(q, w)
+-- Drop the stale entries of queue q (whose records' fq is kind), keeping
+-- one entry per worker, in order.
+local function compact(pool, q, kind)
+  local workers, seen, n = pool._workers, {}, 0
+  for i = q.head, q.tail do
+    local w = q[i]
+    q[i] = nil
+    if workers[w].fq == kind and not seen[w] then
+      seen[w] = true
+      n = n + 1
+      q[n] = w
+    end
+  end
+  q.head, q.tail = 1, n
+end
+
+local function push(pool, q, kind, w)
+  -- stale entries are dropped as dispatch meets them; a queue that holds
+  -- many more than there are workers is cleaned at once, so that its
+  -- length stays O(n_jobs) whatever the order of events
+  if q.tail - q.head > 4 * pool._n + 64 then compact(pool, q, kind) end
   q.tail = q.tail + 1
   q[q.tail] = w
 end
@@ -119,9 +141,9 @@ function M.note(pool, w)
   if not takes_work(rec) then return end
   local n = #rec.chunks
   if n == 0 then
-    if rec.fq ~= "idle" then rec.fq = "idle"; push(pool._feed_idle, w) end
+    if rec.fq ~= "idle" then rec.fq = "idle"; push(pool, pool._feed_idle, "idle", w) end
   elseif n < J.INFLIGHT then
-    if rec.fq ~= "room" then rec.fq = "room"; push(pool._feed_room, w) end
+    if rec.fq ~= "room" then rec.fq = "room"; push(pool, pool._feed_room, "room", w) end
   end
 end
 
@@ -378,6 +400,7 @@ function M.dispatch(pool)
   -- goes to the back of its queue
   local q = pool._feed_idle
   for _ = 1, q.tail - q.head + 1 do
+    if q.head > q.tail then break end
     local w = pop(q)
     local rec = workers[w]
     if dbg then dbg.looked = (dbg.looked or 0) + 1 end
@@ -392,6 +415,7 @@ function M.dispatch(pool)
   if pool._vacant > 0 then return pool._job_ends ~= ends end
   q = pool._feed_room
   for _ = 1, q.tail - q.head + 1 do
+    if q.head > q.tail then break end
     local w = pop(q)
     local rec = workers[w]
     if dbg then dbg.looked = (dbg.looked or 0) + 1 end
@@ -417,32 +441,68 @@ local function parallelism(pool)
   return min(pool._n, usable_cpus)
 end
 
--- A chunk came back: adapt the chunk size of an iterator of unknown
--- length, or grow that of a map over an array.
+-- The CPU time (seconds) process pid has run, or nil when unknown
+-- (/proc/<pid>/schedstat: nanoseconds on a CPU first; ~8 us to read).
+local function cpu_time(pid)
+  local f = io.open("/proc/" .. pid .. "/schedstat", "r")
+  if not f then return nil end
+  local ns = f:read("*n")
+  f:close()
+  return ns and ns * 1e-9
+end
+
+-- Seconds of work per item of a growing job, measured when a chunk of it
+-- came back from the worker rec; nil when this result gives no measure.
+-- The worker's own CPU time per item answered since its last reading
+-- (all jobs; its own overhead included, so chunks err on the small side).
+-- Wall time would not do: with more workers than cores (or other
+-- processes on them) a chunk's wall time is mostly waiting for a core,
+-- and the pool's items per second fall when the parent is the bottleneck,
+-- which is when chunks should grow.  Without /proc: wall time of the
+-- window * parallelism / items answered in it.
+local function work_per_item(pool, job, rec, now, window_over)
+  local cpu = rec.pid and cpu_time(rec.pid)
+  if cpu then
+    local per_item
+    if rec.cpu_seen and rec.answered > rec.cpu_items then
+      per_item = (cpu - rec.cpu_seen) / (rec.answered - rec.cpu_items)
+      job.grow_t = now
+    end
+    rec.cpu_seen, rec.cpu_items = cpu, rec.answered
+    return per_item
+  end
+  if window_over and job.done > job.grow_done then
+    local per_item = (now - job.grow_t) * parallelism(pool) / (job.done - job.grow_done)
+    job.grow_t, job.grow_done = now, job.done
+    return per_item
+  end
+  return nil
+end
+
+-- A chunk came back from worker rec: adapt the chunk size of an iterator
+-- of unknown length, or grow that of a map over an array.
 --
--- Growing: over a window of results (from one result event to the first
--- one GROW_WINDOW seconds later) the job's items took at most wall * p /
--- items each (p: parallelism; a bound for what each one cost a worker,
--- the parent's and other jobs' time included, so chunks err on the small
--- side).  Wall time from send to result would not do: with more workers
--- than cores it is mostly waiting for a core.  The chunk size becomes what
--- holds MIN_CHUNK_TIME of that, at most twice the last one, never below
--- the default size; build_chunk keeps it to the tail bound.
-function M.adapt(pool, job, ch)
+-- Growing: at most once per GROW_WINDOW (and for a worker not yet read,
+-- to have a first reading), the work per item is measured
+-- (work_per_item); the chunk size becomes what holds MIN_CHUNK_TIME of
+-- it, at most twice the last one, never below the default size;
+-- build_chunk keeps it to the tail bound.
+function M.adapt(pool, job, ch, rec)
   if job.adaptive and ch.sent_at then
     local dt = core.now() - ch.sent_at
     if dt < FAST_CHUNK then job.chunk_size = min(job.chunk_size * 2, MAX_ADAPTIVE)
     elseif dt > SLOW_CHUNK then job.chunk_size = max(1, floor(job.chunk_size / 2)) end
     job.max_active = max(job.max_active, job.chunk_size * pool._n * J.INFLIGHT)
   elseif job.grow then
-    local now, t0 = core.now(), job.grow_t
-    if not t0 then
-      job.grow_t, job.grow_done = now, job.done
-    elseif now - t0 >= GROW_WINDOW then
-      local per_item = (now - t0) * parallelism(pool) / (job.done - job.grow_done)
-      job.grow_t, job.grow_done = now, job.done
-      local want = floor(M.MIN_CHUNK_TIME / per_item)
-      job.chunk_size = max(job.min_chunk, min(job.chunk_size * 2, MAX_GROWN, want))
+    local now = core.now()
+    if not job.grow_t then job.grow_t, job.grow_done = now, job.done end
+    local window_over = now - job.grow_t >= GROW_WINDOW
+    if window_over or (rec.pid and not rec.cpu_seen) then
+      local per_item = work_per_item(pool, job, rec, now, window_over)
+      if per_item then
+        local want = floor(M.MIN_CHUNK_TIME / per_item)
+        job.chunk_size = max(job.min_chunk, min(job.chunk_size * 2, MAX_GROWN, want))
+      end
     end
   end
 end
@@ -497,7 +557,7 @@ local function spawn(pool, w, job)
   end
   pool._workers[w] = {
     pid = pid, born_job = job.id, chunks = {}, dispatched = 0, fns = {},
-    init_timeout = job.init_timeout,
+    init_timeout = job.init_timeout, answered = 0,
   }
   pool._vacant = pool._vacant - 1
   M.note(pool, w)

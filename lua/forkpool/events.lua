@@ -44,7 +44,8 @@ local function on_results(pool, w, rec, job, jobid, start, value)
     job.pending = job.pending - n
     if not job.sink.lazy then job.active = job.active - n end
     job.sink:deliver(start, n, value)
-    D.adapt(pool, job, ch)
+    if rec.pid then rec.answered = rec.answered + n end
+    D.adapt(pool, job, ch, rec)
     if job.progress then job.progress:update(job.done) end
     J.check_complete(pool, job)
   end
