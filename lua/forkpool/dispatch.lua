@@ -17,8 +17,9 @@
 -- done), bye (the reason it said it leaves), stopping / stop_pending /
 -- retired (a graceful stop asked: forkpool.deaths), killed ({reason, ...}:
 -- we killed it); fq (which feed queue it is in, below); answered (items
--- it answered, all jobs: forkpool.events); cpu_seen, cpu_items (its CPU
--- time and answered when last read: adapt).
+-- it answered, all jobs: forkpool.events); cpu_job, cpu_first, items_first,
+-- cpu_seen, cpu_items (its CPU time and answered when first and last read
+-- for job cpu_job: adapt).
 --
 -- The feed queues (pool._feed_idle, pool._feed_room: head .. tail, oldest
 -- first) hold the workers that may take a chunk now, so that after an
@@ -453,22 +454,31 @@ end
 
 -- Seconds of work per item of a growing job, measured when a chunk of it
 -- came back from the worker rec; nil when this result gives no measure.
--- The worker's own CPU time per item answered since its last reading
--- (all jobs; its own overhead included, so chunks err on the small side).
--- Wall time would not do: with more workers than cores (or other
--- processes on them) a chunk's wall time is mostly waiting for a core,
--- and the pool's items per second fall when the parent is the bottleneck,
--- which is when chunks should grow.  Without /proc: wall time of the
--- window * parallelism / items answered in it.
+-- The worker's own CPU time per item answered (its own overhead included,
+-- so chunks err on the small side), the larger of: since its last reading
+-- (quick to see items get slower) and since its first one in this job (a
+-- reading also counts the part of the next chunk the worker has run, so
+-- one window alone can be well off).  Wall time would not do: with more
+-- workers than cores (or other processes on them) a chunk's wall time is
+-- mostly waiting for a core, and the pool's items per second fall when
+-- the parent is the bottleneck, which is when chunks should grow.
+-- Without /proc: wall time of the window * parallelism / items answered
+-- in it.
 local function work_per_item(pool, job, rec, now, window_over)
   local cpu = rec.pid and cpu_time(rec.pid)
   if cpu then
+    local n = rec.answered
+    if rec.cpu_job ~= job.id then
+      rec.cpu_job, rec.cpu_first, rec.items_first = job.id, cpu, n
+      rec.cpu_seen, rec.cpu_items = cpu, n
+      return nil
+    end
     local per_item
-    if rec.cpu_seen and rec.answered > rec.cpu_items then
-      per_item = (cpu - rec.cpu_seen) / (rec.answered - rec.cpu_items)
+    if n > rec.cpu_items then
+      per_item = max((cpu - rec.cpu_seen) / (n - rec.cpu_items), (cpu - rec.cpu_first) / (n - rec.items_first))
       job.grow_t = now
     end
-    rec.cpu_seen, rec.cpu_items = cpu, rec.answered
+    rec.cpu_seen, rec.cpu_items = cpu, n
     return per_item
   end
   if window_over and job.done > job.grow_done then
@@ -482,8 +492,8 @@ end
 -- A chunk came back from worker rec: adapt the chunk size of an iterator
 -- of unknown length, or grow that of a map over an array.
 --
--- Growing: at most once per GROW_WINDOW (and for a worker not yet read,
--- to have a first reading), the work per item is measured
+-- Growing: at most once per GROW_WINDOW (and for a worker not yet read in
+-- this job, to have a first reading), the work per item is measured
 -- (work_per_item); the chunk size becomes what holds MIN_CHUNK_TIME of
 -- it, at most twice the last one, never below the default size;
 -- build_chunk keeps it to the tail bound.
@@ -497,7 +507,7 @@ function M.adapt(pool, job, ch, rec)
     local now = core.now()
     if not job.grow_t then job.grow_t, job.grow_done = now, job.done end
     local window_over = now - job.grow_t >= GROW_WINDOW
-    if window_over or (rec.pid and not rec.cpu_seen) then
+    if window_over or (rec.pid and rec.cpu_job ~= job.id) then
       local per_item = work_per_item(pool, job, rec, now, window_over)
       if per_item then
         local want = floor(M.MIN_CHUNK_TIME / per_item)
