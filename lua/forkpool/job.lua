@@ -120,7 +120,10 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
   -- not taken lazily (imap's window stays what it was), no max_tasks_active
   -- (a chunk must fit in it) and no order_tasks (chunk k goes to worker
   -- k mod n: the chunks stay what that rule was given).
-  if default_size and job.items and not lazy and not opts.max_tasks_active and not pool._order_tasks then
+  -- And only when the tail bound leaves room to grow (not for apply_async,
+  -- a job of one item, nor for maps too small to gain from it).
+  if default_size and job.items and not lazy and not opts.max_tasks_active and not pool._order_tasks
+    and floor(total / (M.TAIL_SHARE * n)) > cs then
     job.grow, job.min_chunk, job.tail_div = true, cs, M.TAIL_SHARE * n
   end
   if opts.max_tasks_active then
