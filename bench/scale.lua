@@ -116,15 +116,26 @@ local function fit(points)
 end
 
 -- Default chunk size of a map of n items on w workers (forkpool.job:
--- ceil(n / (n_jobs * 64))).
+-- ceil(n / (n_jobs * 64))): the size a map starts with.
 local function default_chunk(n, w) return math.max(1, math.ceil(n / (w * 64))) end
+
+-- The chunk size a map of n items of t seconds each settles at on w
+-- workers (with w cores): forkpool.dispatch grows the default size to hold
+-- MIN_CHUNK_TIME (2 ms) of work, at most 4096 items, and forkpool.job keeps
+-- a grown chunk to 1 / (4 w) of the items not yet sent; taken here half way
+-- through the map (n / 2 left: n / (8 w)).
+local MIN_CHUNK_TIME, MAX_GROWN = 0.002, 4096
+local function grown_chunk(n, w, t)
+  local want = t > 0 and math.ceil(MIN_CHUNK_TIME / t) or math.huge
+  return math.max(default_chunk(n, w), math.min(want, MAX_GROWN, math.floor(n / (8 * w))))
+end
 
 -- The most workers one parent keeps busy on tasks of t seconds: a worker
 -- needs c * t to run a chunk of c items, the parent b + c * a to send it
 -- and take its results (a per item, b per chunk), and the parent serves
 -- the chunks one after another, so it keeps w workers busy while
 -- w * (b + c * a) <= c * t.  chunk(w) gives c for w workers (the default
--- chunking shrinks chunks as workers are added).  The worker's own costs
+-- chunking starts smaller as workers are added; grown_chunk).  The worker's own costs
 -- per chunk and per item are left out: they only lengthen a chunk, so the
 -- figure is a lower bound in that respect.
 local function workers_busy(a, b, t, chunk)
@@ -140,7 +151,7 @@ local function workers_busy(a, b, t, chunk)
   end
   return lo
 end
-M.workers_busy, M.default_chunk, M.fit = workers_busy, default_chunk, fit
+M.workers_busy, M.default_chunk, M.grown_chunk, M.fit = workers_busy, default_chunk, grown_chunk, fit
 
 local function fmt_w(w)
   if w == math.huge then return "∞" end
@@ -273,12 +284,15 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
     end
     local function feed(a, b, c) return 1 / (a + b / c) end
     local dc_n, dc_r = default_chunk(N, ctx.n_jobs), default_chunk(NR, ctx.n_jobs)
+    -- what the default chunks grow to (x*x and returning a record: the
+    -- workers' time per item is next to nothing)
+    local gc_n, gc_r = grown_chunk(N, ctx.n_jobs, 0), grown_chunk(NR, ctx.n_jobs, 0)
     local t_async = med.async.cpu / NA
 
     rows[#rows + 1] = { title = q and ("parent CPU per item / per chunk (QUICK, %d items)"):format(N) or nil,
       forkpool = fit_cell(a_n, b_n, w_n), baseline = "map(x*x), chunk_size 1, 8, 64, 1024",
       base_value = ("%s items/map"):format(N),
-      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_n, b_n, dc_n)), dc_n,
+      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_n, b_n, gc_n)), gc_n,
         fmt_rate(feed(a_n, b_n, 1024))),
       target = "report", result = "info",
       note = ("parent CPU = getrusage(RUSAGE_SELF) user+system of the parent (= os.clock(); the workers "
@@ -290,7 +304,7 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
         table.concat(cells_n, "; ")) }
     rows[#rows + 1] = { forkpool = fit_cell(a_r, b_r, w_r),
       baseline = "map(records), chunk_size 1, 8, 64, 1024", base_value = ("%d records/map"):format(NR),
-      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_r, b_r, dc_r)), dc_r,
+      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_r, b_r, gc_r)), gc_r,
         fmt_rate(feed(a_r, b_r, 1024))),
       target = "report", result = "info",
       note = ("records {id=, name=, tags={3 strings}, score=}, fn returns its record (the codec both "
@@ -302,11 +316,15 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       note = ("imap over a closure counting 1..n (length unknown), results consumed as they come "
         .. "(index checked). Per chunk size: %s"):format(table.concat(cells_i, "; ")) }
     rows[#rows + 1] = { forkpool = ("%s/item (default chunks)"):format(fmt_time(per_item("map_default", N))),
-      baseline = ("map(x*x), default chunk size %d"):format(dc_n),
-      base_value = ("fit predicts %s/item"):format(fmt_time(a_n + b_n / dc_n)),
-      ratio = ("imap(iterator), adaptive chunks: %s/item; records, default chunk %d: %s/record"):format(
-        fmt_time(per_item("imap_default", N)), dc_r, fmt_time(per_item("rec_default", NR))),
-      target = "report", result = "info" }
+      baseline = ("map(x*x), default chunk size %d, grown to %d"):format(dc_n, gc_n),
+      base_value = ("fit predicts %s/item at %d, %s at %d"):format(fmt_time(a_n + b_n / dc_n), dc_n,
+        fmt_time(a_n + b_n / gc_n), gc_n),
+      ratio = ("imap(iterator), adaptive chunks: %s/item; records, default chunk %d (grown to %d): %s/record")
+        :format(fmt_time(per_item("imap_default", N)), dc_r, gc_r, fmt_time(per_item("rec_default", NR))),
+      target = "report", result = "info",
+      note = "maps over arrays with no chunk_size start at the default size, ceil(n / (64 n_jobs)), and "
+        .. "grow it while the items prove fast (to 2 ms of work, at most 4096 items, at most 1 / (4 n_jobs) "
+        .. "of the items not yet sent: 'grown to' is that bound half way through)." }
     rows[#rows + 1] = { forkpool = ("%s/call"):format(fmt_time(t_async)),
       baseline = ("apply_async(x*x, {i}) ×%d, then get() each"):format(NA),
       base_value = ("feeds %s calls"):format(fmt_rate(1 / t_async)),
@@ -346,17 +364,18 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
     -- workers one parent keeps busy
     local NT = 1e6
     for _, t in ipairs(TASKS) do
-      local wn = workers_busy(a_n, b_n, t, function(w) return default_chunk(NT, w) end)
-      local wr = workers_busy(a_r, b_r, t, function(w) return default_chunk(NT, w) end)
+      local function chunk_of(n) return function(w) return grown_chunk(n, w, t) end end
+      local wn = workers_busy(a_n, b_n, t, chunk_of(NT))
+      local wr = workers_busy(a_r, b_r, t, chunk_of(NT))
       local wa = workers_busy(0, t_async, t, function() return 1 end)
       -- the same with b as measured with 128 workers (the sweep above)
-      local wn128 = workers_busy(a_n, b_n + (b128 - b2), t, function(w) return default_chunk(NT, w) end)
-      local wr128 = workers_busy(a_r, b_r + (b128 - b2), t, function(w) return default_chunk(NT, w) end)
+      local wn128 = workers_busy(a_n, b_n + (b128 - b2), t, chunk_of(NT))
+      local wr128 = workers_busy(a_r, b_r + (b128 - b2), t, chunk_of(NT))
       local pass = math.min(wn, wr) >= 64
       local function lim(a) return a > 0 and fmt_w(math.floor(t / a)) or "∞" end
       -- and for a map of 1e5 items (smaller chunks for the same workers)
-      local wn5 = workers_busy(a_n, b_n, t, function(w) return default_chunk(1e5, w) end)
-      local wr5 = workers_busy(a_r, b_r, t, function(w) return default_chunk(1e5, w) end)
+      local wn5 = workers_busy(a_n, b_n, t, chunk_of(1e5))
+      local wr5 = workers_busy(a_r, b_r, t, chunk_of(1e5))
       rows[#rows + 1] = { forkpool = ("numbers %s, records %s (n = 1e5: %s, %s)"):format(fmt_w(wn), fmt_w(wr),
         fmt_w(wn5), fmt_w(wr5)),
         baseline = ("workers kept busy, tasks of %s"):format(fmt_time(t)),
@@ -366,8 +385,10 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
         result = t >= 10e-6 and verdict(pass) or "info",
         note = "workers one parent keeps busy = the largest w with w * (b + c * a) ≤ c * t: a worker "
           .. "runs a chunk of c items in c * t, the parent spends b + c * a on each chunk and serves "
-          .. "chunks one after another; c = the default chunk size for w workers, ceil(n / (64 w)), "
-          .. "n = 1e6 items (in brackets n = 1e5; a, b from the fits above, measured at n_jobs = 2). As c grows the "
+          .. "chunks one after another; c = the chunk size a map of n items settles at on w workers: the "
+          .. "default ceil(n / (64 w)) grown to hold 2 ms of work, at most 4096 items and n / (8 w) (the "
+          .. "tail bound half way through), n = 1e6 items (in brackets n = 1e5; a, b from the fits above, "
+          .. "measured at n_jobs = 2). As c grows the "
           .. "limit is t / a. apply_async: t / (its CPU per call). The workers' own costs are left "
           .. "out (they lengthen a chunk: more workers fit). 'b of 128 workers': the same with b "
           .. "raised by what the parent's CPU per chunk grew from n_jobs = 2 to 128 (the n_jobs row)." }
@@ -441,7 +462,9 @@ M.oversub = { id = "oversub", title = "oversubscribed: n_jobs 2..128 on 2 cores"
         end
       end
     end
-    local first, warm, wcpu, mem = {}, {}, {}, {}
+    local first, warm, wcpu, mem, shape = {}, {}, {}, {}, {}
+    -- forkpool.dispatch's debug record: the warm map's chunks (count, largest)
+    local dispatch = require "forkpool.dispatch"
     -- the runs: each n_jobs, and the largest again with niced workers
     local top = jobs[#jobs]
     local variants = {}
@@ -467,14 +490,22 @@ M.oversub = { id = "oversub", title = "oversubscribed: n_jobs 2..128 on 2 cores"
           gc()
           local c0 = usage()
           local t_c = now()
+          local log = r == 1 and { chunks = {} } or nil
+          dispatch.debug = log
           res = pool:map(task, items, opts)     -- the warm pool
+          dispatch.debug = nil
           local t_d = now()
           local c1 = usage()
           check(res, ("warm map, n_jobs=%d"):format(nj))
           first[v][#first[v] + 1] = t_b - t_a
           warm[v][#warm[v] + 1] = t_d - t_c
           wcpu[v][#wcpu[v] + 1] = c1 - c0
-          if r == 1 then mem[v] = pool_memory(pool) end
+          if r == 1 then
+            mem[v] = pool_memory(pool)
+            local biggest = 0
+            for _, ch in ipairs(log.chunks) do biggest = math.max(biggest, ch.count) end
+            shape[v] = ("%d chunks, largest %d"):format(#log.chunks, biggest)
+          end
         end)
         pool:close()
         if not ok then error(err, 0) end
@@ -489,7 +520,8 @@ M.oversub = { id = "oversub", title = "oversubscribed: n_jobs 2..128 on 2 cores"
       rows[#rows + 1] = {
         title = i == 1 and (ctx.quick and ("oversubscribed: %d tasks of %s, n_jobs %s"):format(N,
           fmt_time(secs), table.concat(jobs, ", ")) or nil) or nil,
-        forkpool = ("n_jobs=%d: warm %s (%.0f tasks/s), first %s"):format(nj, fmt_time(tw), N / tw, fmt_time(tf)),
+        forkpool = ("n_jobs=%d: warm %s (%.0f tasks/s), first %s; %s"):format(nj, fmt_time(tw), N / tw,
+          fmt_time(tf), shape[nj] or "?"),
         baseline = nj == 2 and "n_jobs = 2" or "vs n_jobs = 2",
         base_value = ("parent CPU %s/task; workers PSS %s (%s each), RSS %s"):format(
           fmt_time(median(wcpu[nj]) / N), fmt_bytes(m.pss), fmt_bytes(m.pss / m.n), fmt_bytes(m.rss)),
@@ -498,7 +530,8 @@ M.oversub = { id = "oversub", title = "oversubscribed: n_jobs 2..128 on 2 cores"
         target = nj == 2 and "" or "warm ≥ 0.8×",
         result = nj == 2 and "info" or verdict(rel >= 0.8),
         note = i == 1 and ("%d tasks of ~%s CPU (%d Park-Miller steps, calibrated; sequential loop "
-          .. "%s) mapped with the default chunk size (ceil(n / (64 n_jobs))) on a fresh keep_alive "
+          .. "%s) mapped with the default chunks (starting at ceil(n / (64 n_jobs)), grown while the items "
+          .. "prove fast; 'chunks, largest': the warm map of round 1) on a fresh keep_alive "
           .. "pool per n_jobs: 'first' = forkpool.new + the first map, which forks the workers; "
           .. "'warm' = a second map on the same pool. Ratios are throughput relative to n_jobs = 2 "
           .. "(higher is better; the target: the warm map at n_jobs = 8, 32, 128 keeps at least 0.8× "
@@ -513,8 +546,8 @@ M.oversub = { id = "oversub", title = "oversubscribed: n_jobs 2..128 on 2 cores"
     do
       local tf, tw = median(first.nice), median(warm.nice)
       rows[#rows + 1] = {
-        forkpool = ("n_jobs=%d, workers at nice 10: warm %s (%.0f tasks/s), first %s"):format(top,
-          fmt_time(tw), N / tw, fmt_time(tf)),
+        forkpool = ("n_jobs=%d, workers at nice 10: warm %s (%.0f tasks/s), first %s; %s"):format(top,
+          fmt_time(tw), N / tw, fmt_time(tf), shape.nice or "?"),
         baseline = "vs n_jobs = 2",
         base_value = ("parent CPU %s/task"):format(fmt_time(median(wcpu.nice) / N)),
         ratio = ("warm %s, first %s"):format(fmt_ratio(base_warm / tw), fmt_ratio(base_first / tf)),
@@ -533,7 +566,8 @@ M.oversub = { id = "oversub", title = "oversubscribed: n_jobs 2..128 on 2 cores"
         ratio = ("warm %s"):format(fmt_ratio(base_warm / tw)),
         target = "(experiment)", result = "info",
         note = ("the warm map of n_jobs = %d with the chunk size n_jobs = 2 gets by default "
-          .. "(ceil(n / 128) = %d items, ~%s of work a chunk, instead of ceil(n / (64 n_jobs)) = %d): "
+          .. "(ceil(n / 128) = %d items, ~%s of work a chunk; the default starts at ceil(n / (64 n_jobs)) = %d "
+          .. "and grows): "
           .. "whether the small chunks of the default rule cost the throughput when the workers "
           .. "outnumber the cores; an experiment for the design, not something forkpool does.")
           :format(top, big_cs, fmt_time(big_cs * secs), default_chunk(N, top)) }

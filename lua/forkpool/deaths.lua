@@ -141,7 +141,7 @@ end
 -- nobody planned (nil for a goodbye or a kill of ours): joining collects it.
 function M.on_exit(pool, w, death)
   local rec = pool._workers[w]
-  pool._workers[w] = D.empty_slot()
+  D.vacate(pool, w)
   if pool._ins then pool._ins:exit(w) end
   -- held chunks by job; chunks of jobs that are over are forgotten
   local held_by = {}

@@ -16,7 +16,24 @@
 -- last); init_timeout; and, set by the event loop: ready (worker_init
 -- done), bye (the reason it said it leaves), stopping / stop_pending /
 -- retired (a graceful stop asked: forkpool.deaths), killed ({reason, ...}:
--- we killed it).
+-- we killed it); fq (which feed queue it is in, below); answered (items
+-- it answered, all jobs: forkpool.events); cpu_job, cpu_first, items_first,
+-- cpu_seen, cpu_items (its CPU time and answered when first and last read
+-- for job cpu_job: adapt).
+--
+-- The feed queues (pool._feed_idle, pool._feed_room: head .. tail, oldest
+-- first) hold the workers that may take a chunk now, so that after an
+-- event dispatch looks at those, not at every slot (its cost per chunk
+-- does not grow with n_jobs).  Invariant: a live worker that takes work
+-- (takes_work) and holds no chunk has rec.fq == "idle" and its id is in
+-- _feed_idle; one holding 1 .. INFLIGHT - 1 chunks has fq == "room" and is
+-- in _feed_room; apart from the worker dispatch is feeding at the moment.
+-- An entry whose record's fq names the other queue (or nothing) is stale
+-- (the worker moved, or its slot has a new process that was queued anew)
+-- and is skipped.  A worker that stops taking work (bye, killed,
+-- stopping: never undone for a record) is dropped when met.  Whoever takes
+-- a chunk off a worker's list calls M.note.  pool._vacant counts the slots
+-- without a process (spawn, M.vacate).
 
 local core = require "forkpool.core"
 local errors = require "forkpool.errors"
@@ -25,6 +42,7 @@ local modmap = require "forkpool.modmap"
 local pack = require "forkpool.pack"
 local run = require "forkpool.run"
 local cdata = require "forkpool.cdata"
+local cpus = require "forkpool.cpus"
 
 local min, max, floor = math.min, math.max, math.floor
 local getupvalue = debug.getupvalue
@@ -36,6 +54,16 @@ local MAX_FNS = 4
 -- Adaptive chunks (iterators of unknown length): grow while a chunk comes
 -- back faster than this, shrink when slower than SLOW_CHUNK.
 local FAST_CHUNK, SLOW_CHUNK, MAX_ADAPTIVE = 0.002, 0.05, 4096
+-- Growing chunks (maps over arrays with the default chunk size, job.grow):
+-- a chunk should carry at least MIN_CHUNK_TIME seconds of work (the
+-- parent spends some microseconds per chunk whatever its size: at 2 ms a
+-- chunk that is under 1% per worker); the work per item is measured at
+-- most once per GROW_WINDOW seconds; a grown chunk has at most MAX_GROWN
+-- items (the adaptive chunks' bound: results of one chunk travel as one
+-- record).  A field, so that specs can make every map's items look fast
+-- (huge) or slow (0).
+M.MIN_CHUNK_TIME = 0.002
+local GROW_WINDOW, MAX_GROWN = 0.005, 4096
 
 -- Put the job in the run queue (once).
 function M.make_runnable(job)
@@ -64,6 +92,68 @@ local function prune_runnable(pool)
   end
 end
 
+------------------------------------------------------------------------
+-- The feed queues
+------------------------------------------------------------------------
+
+-- Drop the stale entries of queue q (whose records' fq is kind), keeping
+-- one entry per worker, in order.
+local function compact(pool, q, kind)
+  local workers, seen, n = pool._workers, {}, 0
+  for i = q.head, q.tail do
+    local w = q[i]
+    q[i] = nil
+    if workers[w].fq == kind and not seen[w] then
+      seen[w] = true
+      n = n + 1
+      q[n] = w
+    end
+  end
+  q.head, q.tail = 1, n
+end
+
+local function push(pool, q, kind, w)
+  -- stale entries are dropped as dispatch meets them; a queue that holds
+  -- many more than there are workers is cleaned at once, so that its
+  -- length stays O(n_jobs) whatever the order of events
+  if q.tail - q.head > 4 * pool._n + 64 then compact(pool, q, kind) end
+  q.tail = q.tail + 1
+  q[q.tail] = w
+end
+
+local function pop(q)
+  local h = q.head
+  local w = q[h]
+  q[h] = nil
+  if h == q.tail then q.head, q.tail = 1, 0 else q.head = h + 1 end
+  return w
+end
+
+-- Can worker slot w take chunks now?
+local function takes_work(rec)
+  return rec.pid and not rec.bye and not rec.killed and not rec.stopping
+end
+
+-- Worker w is new, or one of its chunks was taken off its list: queue it
+-- where its count of chunks now puts it (nothing when it is full or takes
+-- no work).
+function M.note(pool, w)
+  local rec = pool._workers[w]
+  if not takes_work(rec) then return end
+  local n = #rec.chunks
+  if n == 0 then
+    if rec.fq ~= "idle" then rec.fq = "idle"; push(pool, pool._feed_idle, "idle", w) end
+  elseif n < J.INFLIGHT then
+    if rec.fq ~= "room" then rec.fq = "room"; push(pool, pool._feed_room, "room", w) end
+  end
+end
+
+-- Slot w's process is gone: an empty record there (forkpool.deaths).
+function M.vacate(pool, w)
+  if pool._workers[w].pid then pool._vacant = pool._vacant + 1 end
+  pool._workers[w] = M.empty_slot()
+end
+
 -- The next chunk for worker w, within the worker's lifespan budget.
 local function next_chunk(pool, job, w, budget)
   if job.wq then
@@ -74,8 +164,10 @@ local function next_chunk(pool, job, w, budget)
       if not ch then break end
       local tq = job.wq[(ch.no - 1) % pool._n + 1]
       tq[#tq + 1] = ch
+      job.wq_n = job.wq_n + 1
     end
     if #q == 0 or q[1].count > budget then return nil end
+    job.wq_n = job.wq_n - 1
     return table.remove(q, 1)
   end
   local q = job.queue
@@ -208,6 +300,12 @@ local function send_chunk(pool, job, w, ch)
     rec.chunks[#rec.chunks + 1] = ch
     rec.dispatched = rec.dispatched + ch.count
     if job.adaptive then ch.sent_at = core.now() end
+    local dbg = M.debug
+    if dbg then
+      dbg.sent = (dbg.sent or 0) + 1
+      local l = dbg.chunks
+      if l then l[#l + 1] = { job = job.id, start = ch.start, count = ch.count, worker = w } end
+    end
   end
   return ok
 end
@@ -228,34 +326,34 @@ local function try_send_chunk(pool, job, w, ch)
   return false
 end
 
--- Can worker slot w take chunks now?
-local function takes_work(rec)
-  return rec.pid and not rec.bye and not rec.killed and not rec.stopping
-end
-
 -- Send worker w one chunk of the oldest job that has one it may take.
--- Returns true when one was sent.
+-- Returns true when one was sent; else false and whether no worker could
+-- get one now either (no job has a chunk to give: then dispatch stops
+-- looking; not so when the cause may be this worker's: its lifespan
+-- budget, its queue of ordered tasks, its lane full, a send that failed).
 local function feed(pool, w)
   local rec = pool._workers[w]
   local budget = pool._lifespan and (pool._lifespan - rec.dispatched) or math.huge
+  local anyone = budget == math.huge
   local rq = pool._rq
   prune_runnable(pool)
   for i = rq.head, rq.tail do
     local job = rq[i]
     if J.has_work(job) then
+      if job.wq then anyone = false end
       local ch = next_chunk(pool, job, w, budget)
       if ch then
         if try_send_chunk(pool, job, w, ch) then return true end
         M.requeue(job, ch, w)
-        return false
+        return false, false
       end
-      if job.err then return false end
+      if job.err then return false, false end
       -- an iterator found empty with every chunk answered: nothing
       -- else would notice that the job is complete
       if J.source_done(job) then J.check_complete(pool, job) end
     end
   end
-  return false
+  return false, anyone
 end
 
 -- Send the stop records that found their lane full (forkpool.deaths).
@@ -271,6 +369,12 @@ local function send_pending_stops(pool)
   pool._stops_pending = left
 end
 
+-- Debugging and specs: a table here gets counts of what dispatch does
+-- (looked: feed-queue entries examined; sent: chunks sent) and, in .chunks,
+-- one { job =, start =, count =, worker = } per chunk sent.  nil: nothing
+-- is recorded.
+M.debug = nil
+
 -- Give workers chunks of the jobs that have some, oldest job first, in two
 -- rounds.  First every idle worker (holding no chunk) gets one.  Then, only
 -- when no worker is idle, each gets its second (prefetched) chunk: work is
@@ -280,6 +384,8 @@ end
 -- first round found nothing it may take (ordered tasks pin chunks to
 -- workers, a lifespan budget may be too small), so it does not hold back
 -- the others; an empty slot does (fill is about to start a worker there).
+-- Only the workers in the feed queues are looked at, and a round stops at
+-- the first worker for which no job had a chunk at all (feed).
 -- Returns true when a job failed or finished meanwhile (so the caller must
 -- not wait for an event that may never come: a job that failed while being
 -- dispatched, or one whose iterator turned out to be empty, has nothing to
@@ -290,31 +396,124 @@ function M.dispatch(pool)
   prune_runnable(pool)
   local rq = pool._rq
   if rq.head > rq.tail then return false end
-  local workers, empty_slot_seen = pool._workers, false
-  for w = 1, pool._n do
+  local workers, dbg = pool._workers, M.debug
+  -- each queue is walked at most once around: a worker that got nothing
+  -- goes to the back of its queue
+  local q = pool._feed_idle
+  for _ = 1, q.tail - q.head + 1 do
+    if q.head > q.tail then break end
+    local w = pop(q)
     local rec = workers[w]
-    if not rec.pid then
-      empty_slot_seen = true
-    elseif takes_work(rec) and #rec.chunks == 0 then
-      feed(pool, w)
+    if dbg then dbg.looked = (dbg.looked or 0) + 1 end
+    if rec.fq == "idle" then
+      rec.fq = nil
+      local sent, nobody = false, false
+      if takes_work(rec) then sent, nobody = feed(pool, w) end
+      M.note(pool, w)
+      if not sent and nobody then break end
     end
   end
-  if empty_slot_seen then return pool._job_ends ~= ends end
-  for w = 1, pool._n do
-    while takes_work(workers[w]) and #workers[w].chunks < J.INFLIGHT do
-      if not feed(pool, w) then break end
+  if pool._vacant > 0 then return pool._job_ends ~= ends end
+  q = pool._feed_room
+  for _ = 1, q.tail - q.head + 1 do
+    if q.head > q.tail then break end
+    local w = pop(q)
+    local rec = workers[w]
+    if dbg then dbg.looked = (dbg.looked or 0) + 1 end
+    if rec.fq == "room" then
+      rec.fq = nil
+      local nobody = false
+      while takes_work(rec) and #rec.chunks < J.INFLIGHT do
+        local sent, none = feed(pool, w)
+        if not sent then nobody = none; break end
+      end
+      M.note(pool, w)
+      if nobody then break end
     end
   end
   return pool._job_ends ~= ends
 end
 
--- A chunk came back: adapt the chunk size of an iterator of unknown length.
-function M.adapt(pool, job, ch)
+-- How many workers can run at once: n_jobs, or fewer when the process may
+-- use fewer CPUs (forkpool.cpus; read once).
+local usable_cpus
+local function parallelism(pool)
+  usable_cpus = usable_cpus or cpus.usable()
+  return min(pool._n, usable_cpus)
+end
+
+-- The CPU time (seconds) process pid has run, or nil when unknown
+-- (/proc/<pid>/schedstat: nanoseconds on a CPU first; ~8 us to read).
+local function cpu_time(pid)
+  local f = io.open("/proc/" .. pid .. "/schedstat", "r")
+  if not f then return nil end
+  local ns = f:read("*n")
+  f:close()
+  return ns and ns * 1e-9
+end
+
+-- Seconds of work per item of a growing job, measured when a chunk of it
+-- came back from the worker rec; nil when this result gives no measure.
+-- The worker's own CPU time per item answered (its own overhead included,
+-- so chunks err on the small side), the larger of: since its last reading
+-- (quick to see items get slower) and since its first one in this job (a
+-- reading also counts the part of the next chunk the worker has run, so
+-- one window alone can be well off).  Wall time would not do: with more
+-- workers than cores (or other processes on them) a chunk's wall time is
+-- mostly waiting for a core, and the pool's items per second fall when
+-- the parent is the bottleneck, which is when chunks should grow.
+-- Without /proc: wall time of the window * parallelism / items answered
+-- in it.
+local function work_per_item(pool, job, rec, now, window_over)
+  local cpu = rec.pid and cpu_time(rec.pid)
+  if cpu then
+    local n = rec.answered
+    if rec.cpu_job ~= job.id then
+      rec.cpu_job, rec.cpu_first, rec.items_first = job.id, cpu, n
+      rec.cpu_seen, rec.cpu_items = cpu, n
+      return nil
+    end
+    local per_item
+    if n > rec.cpu_items then
+      per_item = max((cpu - rec.cpu_seen) / (n - rec.cpu_items), (cpu - rec.cpu_first) / (n - rec.items_first))
+      job.grow_t = now
+    end
+    rec.cpu_seen, rec.cpu_items = cpu, n
+    return per_item
+  end
+  if window_over and job.done > job.grow_done then
+    local per_item = (now - job.grow_t) * parallelism(pool) / (job.done - job.grow_done)
+    job.grow_t, job.grow_done = now, job.done
+    return per_item
+  end
+  return nil
+end
+
+-- A chunk came back from worker rec: adapt the chunk size of an iterator
+-- of unknown length, or grow that of a map over an array.
+--
+-- Growing: at most once per GROW_WINDOW (and for a worker not yet read in
+-- this job, to have a first reading), the work per item is measured
+-- (work_per_item); the chunk size becomes what holds MIN_CHUNK_TIME of
+-- it, at most twice the last one, never below the default size;
+-- build_chunk keeps it to the tail bound.
+function M.adapt(pool, job, ch, rec)
   if job.adaptive and ch.sent_at then
     local dt = core.now() - ch.sent_at
     if dt < FAST_CHUNK then job.chunk_size = min(job.chunk_size * 2, MAX_ADAPTIVE)
     elseif dt > SLOW_CHUNK then job.chunk_size = max(1, floor(job.chunk_size / 2)) end
     job.max_active = max(job.max_active, job.chunk_size * pool._n * J.INFLIGHT)
+  elseif job.grow then
+    local now = core.now()
+    if not job.grow_t then job.grow_t, job.grow_done = now, job.done end
+    local window_over = now - job.grow_t >= GROW_WINDOW
+    if window_over or (rec.pid and rec.cpu_job ~= job.id) then
+      local per_item = work_per_item(pool, job, rec, now, window_over)
+      if per_item then
+        local want = floor(M.MIN_CHUNK_TIME / per_item)
+        job.chunk_size = max(job.min_chunk, min(job.chunk_size * 2, MAX_GROWN, want))
+      end
+    end
   end
 end
 
@@ -368,14 +567,17 @@ local function spawn(pool, w, job)
   end
   pool._workers[w] = {
     pid = pid, born_job = job.id, chunks = {}, dispatched = 0, fns = {},
-    init_timeout = job.init_timeout,
+    init_timeout = job.init_timeout, answered = 0,
   }
+  pool._vacant = pool._vacant - 1
+  M.note(pool, w)
   return herr
 end
 
 -- Make sure every slot has a worker (spawning where empty) while some job
 -- has work.  Workers are born for the oldest job with work.
 function M.fill(pool)
+  if pool._vacant == 0 then return end
   local birth
   local rq = pool._rq
   for i = rq.head, rq.tail do
@@ -383,6 +585,7 @@ function M.fill(pool)
   end
   if not birth then return end
   for w = 1, pool._n do
+    if pool._vacant == 0 then break end
     if not pool._workers[w].pid then
       local err = spawn(pool, w, birth)
       if err then

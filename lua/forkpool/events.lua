@@ -17,12 +17,14 @@ local function interrupted_error()
 end
 M.interrupted_error = interrupted_error
 
--- Find and remove the chunk (job id, start) from a worker's list.
-local function take_chunk(rec, jobid, start)
+-- Find and remove the chunk (job id, start) from worker w's list; the
+-- worker may then take another (dispatch's feed queues).
+local function take_chunk(pool, w, rec, jobid, start)
   if not rec.chunks then return nil end
   for i, ch in ipairs(rec.chunks) do
     if ch.job.id == jobid and ch.start == start then
       table.remove(rec.chunks, i)
+      D.note(pool, w)
       return ch
     end
   end
@@ -35,14 +37,15 @@ end
 -- pulled and not yet handed to the caller (lazy sinks hand them over when
 -- taken).
 local function on_results(pool, w, rec, job, jobid, start, value, index)
-  local ch = take_chunk(rec, jobid, start)
+  local ch = take_chunk(pool, w, rec, jobid, start)
   if ch and job and ch.job == job and value then
     local n = ch.count
     job.done = job.done + n
     job.pending = job.pending - n
     if not job.sink.lazy then job.active = job.active - n end
     job.sink:deliver(start, n, value, index, w, rec)
-    D.adapt(pool, job, ch)
+    if rec.pid then rec.answered = rec.answered + n end
+    D.adapt(pool, job, ch, rec)
     if job.progress then job.progress:update(job.done) end
     J.check_complete(pool, job)
   end
@@ -57,10 +60,10 @@ local function handle(pool, kind, w, jobid, start, _, index, value)
   if kind == "results" then
     on_results(pool, w, rec, job, jobid, start, value, index)
   elseif kind == "cancelled" then
-    take_chunk(rec, jobid, start)
+    take_chunk(pool, w, rec, jobid, start)
   elseif kind == "chunk_error" then
     -- the worker names the error's kind (engine/fp_worker.c)
-    local ch = take_chunk(rec, jobid, start)
+    local ch = take_chunk(pool, w, rec, jobid, start)
     if ch and job and ch.job == job then
       local ekind = type(value) == "table" and errors.KINDS[value.kind] and value.kind or "task"
       if job.batch then

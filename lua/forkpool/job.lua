@@ -20,15 +20,20 @@
 local sinks = require "forkpool.sinks"
 local table_new = require "table.new"
 
-local min, max, ceil = math.min, math.max, math.ceil
+local min, max, ceil, floor = math.min, math.max, math.ceil, math.floor
 
 local M = {}
 
 -- How many chunks a worker holds at once: one running, one queued, so it
 -- never waits for the parent between chunks.
 M.INFLIGHT = 2
--- Default chunking: about this many chunks per worker (mpire's rule).
+-- Default chunking: about this many chunks per worker (mpire's rule) to
+-- start with; a map over an array may then grow its chunks (job.grow).
 local CHUNKS_PER_WORKER = 64
+-- A grown chunk holds at most 1 / (TAIL_SHARE * n_jobs) of the items not
+-- yet sent, so that the end of the map stays balanced over the workers
+-- whatever the items cost there.
+M.TAIL_SHARE = 4
 
 -- new(pool, kind, fn, source, total, opts, star, fname, level) -> job.
 -- kind is a sink kind (forkpool.sinks); source an array (total: its
@@ -73,6 +78,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     chunk_no = 0,           -- chunks built so far (ordered tasks pin chunk k to a worker)
     queue = {},             -- chunks to (re)send, oldest first
     wq = nil,               -- order_tasks: per-worker queues instead of queue
+    wq_n = 0,               -- chunks in those queues (dispatch, requeue)
     deaths = {},            -- death infos of workers lost running this job's items
     max_retries = opts.max_retries or 0,
     task_timeout = opts.task_timeout,
@@ -81,8 +87,13 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     -- shipped once with the function (dispatch), handed to the runner with
     -- every chunk.
     wopts = wopts_for(opts.task_timeout ~= nil or pool._insights, star),
-    chunk_size = nil,       -- items per chunk (adaptive jobs change it: dispatch)
+    chunk_size = nil,       -- items per chunk (adaptive and growing jobs change it: dispatch)
     adaptive = false,       -- chunk size follows chunk round-trip times
+    -- A map over an array with the default chunk size: chunks grow while
+    -- the items prove fast (dispatch.adapt), never below min_chunk (the
+    -- default size) and never past the tail bound (build_chunk).  grow_t,
+    -- grow_done: the start of the current measuring window (dispatch).
+    grow = false, min_chunk = nil, tail_div = nil, grow_t = nil, grow_done = nil,
     max_active = nil,       -- cap on job.active (max_tasks_active, or lazy windows)
     progress = nil,         -- progress bar
     sink = nil,             -- where results go (forkpool.sinks)
@@ -101,12 +112,23 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     end
     cs = max(1, ceil(total / opts.n_splits))
   end
+  local default_size = false
   if not cs then
-    if total then cs = max(1, ceil(total / (n * CHUNKS_PER_WORKER)))
+    if total then cs, default_size = max(1, ceil(total / (n * CHUNKS_PER_WORKER))), true
     else cs, job.adaptive = 1, true end
   end
   job.chunk_size = cs
   local lazy = sinks.lazy[kind]
+  -- Only an array source (pulling from an iterator has effects), results
+  -- not taken lazily (imap's window stays what it was), no max_tasks_active
+  -- (a chunk must fit in it) and no order_tasks (chunk k goes to worker
+  -- k mod n: the chunks stay what that rule was given).
+  -- And only when the tail bound leaves room to grow (not for apply_async,
+  -- a job of one item, nor for maps too small to gain from it).
+  if default_size and job.items and not lazy and not opts.max_tasks_active and not pool._order_tasks
+    and floor(total / (M.TAIL_SHARE * n)) > cs then
+    job.grow, job.min_chunk, job.tail_div = true, cs, M.TAIL_SHARE * n
+  end
   if opts.max_tasks_active then
     if opts.max_tasks_active < cs then
       error(("bad option 'max_tasks_active' to '%s' (must be at least the chunk size, %d; got %d)")
@@ -144,10 +166,7 @@ M.source_done = source_done
 -- Are chunks waiting to be (re)sent?
 local function has_queued(job)
   if #job.queue > 0 then return true end
-  if job.wq then
-    for w = 1, #job.wq do if #job.wq[w] > 0 then return true end end
-  end
-  return false
+  return job.wq_n > 0
 end
 
 -- Has the job something to send (pull or resend)?
@@ -183,7 +202,11 @@ end
 -- as CPython's imap does; any other job fails at once.
 function M.build_chunk(job, limit)
   if source_done(job) then return nil end
-  local count = min(job.chunk_size, limit, job.max_active - job.active)
+  local cs = job.chunk_size
+  if job.grow and cs > job.min_chunk then
+    cs = max(job.min_chunk, min(cs, floor((job.total - job.next + 1) / job.tail_div)))
+  end
+  local count = min(cs, limit, job.max_active - job.active)
   if job.total then count = min(count, job.total - job.next + 1) end
   if count <= 0 then return nil end
   -- chunk fields: job, start (first item index), count, attempts (deaths
@@ -223,6 +246,7 @@ end
 function M.requeue(job, ch, w)
   if job.wq then
     table.insert(job.wq[w], 1, ch)
+    job.wq_n = job.wq_n + 1
   else
     table.insert(job.queue, 1, ch)
   end
