@@ -16,6 +16,24 @@ local function child(code, timeout)
 end
 
 describe("dispatch", function()
+  it("gives the next chunk to the worker whose chunk just came back", function()
+    -- one map after another, one item each: the worker that answered is
+    -- awake and hot; handing the next item to a sleeping one instead made
+    -- the single-item round trip 4x slower (35 us against 9 us)
+    child([[
+      local forkpool = require "forkpool"
+      local pool = forkpool.new{ n_jobs = 4, keep_alive = true, pass_worker_id = true }
+      pool:map(function(id) return id end, { 1, 2, 3, 4, 5, 6, 7, 8 }) -- all four started
+      local first = pool:map(function(id) return id end, { 0 })[1]
+      for i = 1, 200 do
+        local got = pool:map(function(id) return id end, { i })[1]
+        assert(got == first, ("map %d ran on worker %d, the last answer came from %d"):format(i, got, first))
+      end
+      pool:close()
+      print("OK")
+    ]])
+  end)
+
   it("apply_async does not queue behind a blocked worker while another is idle", function()
     -- A blocks (bounded: 20 s) until B has run; with B queued behind A on
     -- A's worker, A gives up waiting and reports it

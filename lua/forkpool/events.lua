@@ -24,7 +24,7 @@ local function take_chunk(pool, w, rec, jobid, start)
   for i, ch in ipairs(rec.chunks) do
     if ch.job.id == jobid and ch.start == start then
       table.remove(rec.chunks, i)
-      D.note(pool, w)
+      D.note(pool, w, true)
       return ch
     end
   end
