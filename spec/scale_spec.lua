@@ -4,7 +4,7 @@
 -- the items prove fast, within the tail bound.  What dispatch did is read
 -- from forkpool.dispatch's debug record (every chunk sent: job, start,
 -- count, worker).  Whether items count as fast is forced through
--- dispatch.MIN_CHUNK_TIME (huge: every item is fast; 0: none is), so no
+-- chunking.MIN_CHUNK_TIME (huge: every item is fast; 0: none is), so no
 -- assertion depends on how fast this machine is.  Each case runs in a
 -- child process with a deadline (a worker never fed again would hang).
 local util = require "support.util"
@@ -13,11 +13,12 @@ local util = require "support.util"
 local PRELUDE = [==[
 local forkpool = require "forkpool"
 local D = require "forkpool.dispatch"
+local chunking = require "forkpool.chunking"
 local J = require "forkpool.job"
 local ffi = require "ffi"
 pcall(ffi.cdef, "int usleep(unsigned int); void _exit(int);")
 
-local DEFAULT_MIN = D.MIN_CHUNK_TIME
+local DEFAULT_MIN = chunking.MIN_CHUNK_TIME
 
 local function range(n)
   local t = {}
@@ -29,9 +30,9 @@ end
 -- (nil: the default); both restored afterwards whatever happens.
 local function recording(min_time, fn)
   local log = { chunks = {} }
-  D.debug, D.MIN_CHUNK_TIME = log, min_time or DEFAULT_MIN
+  D.debug, chunking.MIN_CHUNK_TIME = log, min_time or DEFAULT_MIN
   local ok, err = pcall(fn, log)
-  D.debug, D.MIN_CHUNK_TIME = nil, DEFAULT_MIN
+  D.debug, chunking.MIN_CHUNK_TIME = nil, DEFAULT_MIN
   if not ok then error(err, 0) end
   return log
 end

@@ -5,7 +5,7 @@
 -- batch job of that function (one is opened when there is none).  The
 -- batch's source is an iterator over a queue of such calls: its items are
 -- the calls' argument lists, and its chunks grow and shrink with their
--- round-trip times as an imap's do (forkpool.dispatch.adapt), from one
+-- round-trip times as an imap's do (forkpool.chunking), from one
 -- call per chunk when calls come one at a time to thousands when many are
 -- outstanding.  Sending, polling and decoding are then paid per chunk, not
 -- per call, and a call that only joins a batch whose workers are busy

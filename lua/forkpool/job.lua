@@ -90,7 +90,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     chunk_size = nil,       -- items per chunk (adaptive and growing jobs change it: dispatch)
     adaptive = false,       -- chunk size follows chunk round-trip times
     -- A map over an array with the default chunk size: chunks grow while
-    -- the items prove fast (dispatch.adapt), never below min_chunk (the
+    -- the items prove fast (forkpool.chunking), never below min_chunk (the
     -- default size) and never past the tail bound (build_chunk).  grow_t,
     -- grow_done: the start of the current measuring window (dispatch).
     grow = false, min_chunk = nil, tail_div = nil, grow_t = nil, grow_done = nil,
