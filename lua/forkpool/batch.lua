@@ -301,12 +301,7 @@ function M.apply_async(pool, fn, args, opts)
   pool._batches[fn] = job
   job.pkey = proto_key(fn)
   if job.pkey then pool._batches[job.pkey] = job end
-  local ok, e = pcall(call.start_job, pool, job, NO_OPTS, true)
-  if not ok then
-    results.forget(a)
-    error(e, 0)
-  end
-  return a
+  return results.start(pool, job, NO_OPTS, a)
 end
 
 return M

@@ -204,15 +204,7 @@ function Pool:apply_async(fn, args, opts)
   local bargs = batch.args(fn, args, opts)
   if bargs then return batch.apply_async(self, fn, bargs, opts) end
   local job = apply_job(self, "apply_async", fn, args, opts, 2)
-  local a = results.async(self, job, opts)
-  -- a value that cannot be sent fails the job here or at a later dispatch:
-  -- the AsyncResult is then ready, its error a marshal error
-  local ok, e = pcall(call.start_job, self, job, opts, true)
-  if not ok then
-    results.forget(a)
-    error(e, 0)
-  end
-  return a
+  return results.start(self, job, opts, results.async(self, job, opts))
 end
 
 -- pool:join(): wait for every outstanding apply_async call (callbacks run).

@@ -118,22 +118,22 @@ local function async_done(a)
   return a.arrived == true
 end
 
--- A batched call's outcome (a.berr or a.bvalue).  When its whole batch
--- failed (an interrupt, a function that cannot be sent), the batch is
--- abandoned here, once, as a call's own failed job would be.
-local function settle_batched(a)
-  local pool, err = a.pool, a.berr
+-- Store a call's outcome and run its callback: err (an error object) or
+-- value.  job failed (err set) and is not over yet: it failed for this
+-- call only (a call of its own), or for every call of its batch (an
+-- interrupt, a function that cannot be sent: forkpool.batch); either way
+-- it is abandoned here, once, and the pool carries on.
+local function conclude(a, job, err, value)
   if err then
-    local job = a.bjob
-    if job.err and not job.finished and not pool._closed then
+    if job.err and not job.finished and not a.pool._closed then
       local kill = errors.is_error(err) and (err.kind == "interrupted" or err.kind == "spawn")
-      E.abandon(pool, job, kill)
+      E.abandon(a.pool, job, kill)
     end
     a.error = err
     if a.error_callback then a.error_callback(err) end
   else
-    a.value = a.bvalue
-    if a.callback then a.callback(a.value) end
+    a.value = value
+    if a.callback then a.callback(value) end
   end
 end
 
@@ -143,21 +143,11 @@ end
 local function settle(a)
   if a.settled or not async_done(a) then return end
   a.settled = true
-  local job, pool = a.job, a.pool
-  if not job then return settle_batched(a) end
-  if job.err then
-    local err = job.err
-    if not job.finished and not pool._closed then
-      -- a failure of this call only: the pool carries on
-      local kill = errors.is_error(err) and (err.kind == "interrupted" or err.kind == "spawn")
-      E.abandon(pool, job, kill)
-    end
-    a.error = err
-    if a.error_callback then a.error_callback(err) end
-  else
-    a.value = job.sink:result(job)
-    if a.callback then a.callback(a.value) end
-  end
+  local job = a.job
+  -- a batched call (no job of its own): its outcome, and the batch job
+  if not job then return conclude(a, a.bjob, a.berr, a.bvalue) end
+  if job.err then return conclude(a, job, job.err) end
+  conclude(a, job, nil, job.sink:result(job))
 end
 
 -- Settle the apply_async results whose jobs ended (callbacks run here).
@@ -272,6 +262,19 @@ function M.batched(pool, opts)
   local a = setmetatable({ pool = pool, callback = opts.callback,
     error_callback = opts.error_callback }, Async)
   pool._asyncs[a] = a
+  return a
+end
+
+-- start(pool, job, opts, a) -> a: start the job of the AsyncResult a.
+-- A value that cannot be sent fails the job here or at a later dispatch
+-- (a is then ready, its error a marshal error); an error raised while
+-- starting forgets a and is raised again.
+function M.start(pool, job, opts, a)
+  local ok, e = pcall(call.start_job, pool, job, opts, true)
+  if not ok then
+    M.forget(a)
+    error(e, 0)
+  end
   return a
 end
 
