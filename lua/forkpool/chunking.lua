@@ -4,7 +4,7 @@
 -- over an array with the default chunk size (job.grow, set by
 -- forkpool.job) grows its chunks to MIN_CHUNK_TIME of the workers' own CPU
 -- time per chunk.  Called by the event loop for every chunk that comes
--- back (forkpool.events, through dispatch.adapt); forkpool.job's
+-- back (forkpool.events); forkpool.job's
 -- build_chunk keeps a grown size within the tail bound.
 
 local core = require "forkpool.core"

@@ -43,7 +43,6 @@ local modmap = require "forkpool.modmap"
 local pack = require "forkpool.pack"
 local run = require "forkpool.run"
 local cdata = require "forkpool.cdata"
-local chunking = require "forkpool.chunking"
 
 local getupvalue = debug.getupvalue
 
@@ -434,9 +433,6 @@ function M.dispatch(pool)
   end
   return pool._job_ends ~= ends
 end
-
--- A chunk came back: adapt the job's chunk size (forkpool.chunking).
-M.adapt = chunking.adapt
 
 ------------------------------------------------------------------------
 -- Starting workers

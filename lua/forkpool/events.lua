@@ -8,6 +8,7 @@ local core = require "forkpool.core"
 local errors = require "forkpool.errors"
 local J = require "forkpool.job"
 local D = require "forkpool.dispatch"
+local chunking = require "forkpool.chunking"
 local deaths = require "forkpool.deaths"
 
 local M = {}
@@ -45,7 +46,7 @@ local function on_results(pool, w, rec, job, jobid, start, value, index)
     if not job.sink.lazy then job.active = job.active - n end
     job.sink:deliver(start, n, value, index, w, rec)
     if rec.pid then rec.answered = rec.answered + n end
-    D.adapt(pool, job, ch, rec)
+    chunking.adapt(pool, job, ch, rec)
     if job.progress then job.progress:update(job.done) end
     J.check_complete(pool, job)
   end

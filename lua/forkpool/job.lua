@@ -87,7 +87,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     -- shipped once with the function (dispatch), handed to the runner with
     -- every chunk.
     wopts = wopts_for(opts.task_timeout ~= nil or pool._insights, star),
-    chunk_size = nil,       -- items per chunk (adaptive and growing jobs change it: dispatch)
+    chunk_size = nil,       -- items per chunk (adaptive and growing jobs change it: forkpool.chunking)
     adaptive = false,       -- chunk size follows chunk round-trip times
     -- A map over an array with the default chunk size: chunks grow while
     -- the items prove fast (forkpool.chunking), never below min_chunk (the
