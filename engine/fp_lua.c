@@ -399,6 +399,21 @@ static int l_send_chunk_packed(lua_State *L) {
   return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, body, blen);
 }
 
+/* pool:send_chunk_lines(wid, job, fn, start, count, text): like
+ * send_chunk, the items being the count lines of the string text (each
+ * ending in "\n" but perhaps the last; forkpool.lines).  The worker cuts
+ * them and checks that there are exactly count. */
+static int l_send_chunk_lines(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  fp_chunk_hdr h;
+  check_chunk_args(L, &h);
+  h.flags |= FP_CHUNK_LINES;
+  size_t blen;
+  const char *body = luaL_checklstring(L, 7, &blen);
+  return send_record(L, p, w, FP_M_CHUNK, &h, sizeof h, body, blen);
+}
+
 /* pool:send_stop(wid) */
 static int l_send_stop(lua_State *L) {
   fp_pool *p = check_pool(L);
@@ -613,6 +628,16 @@ static int l_self_pid(lua_State *L) {
   return 1;
 }
 
+/* core.cfunction(f) -> a light userdata naming f's C function (equal for
+ * every closure of one C function), or nil when f is not a C function:
+ * forkpool.lines tells the iterators of io.lines from other functions. */
+static int l_cfunction(lua_State *L) {
+  lua_CFunction f = lua_tocfunction(L, 1);
+  if (!f) return 0;
+  lua_pushlightuserdata(L, (void *)(uintptr_t)f);
+  return 1;
+}
+
 /* core.hot_held() -> bytes of freed result arrays kept mapped (fp_hotmem.h) */
 static int l_hot_held(lua_State *L) {
   lua_pushnumber(L, (lua_Number)fp_hot_held(L));
@@ -751,6 +776,7 @@ static const luaL_Reg pool_methods[] = {
   {"spawn", l_spawn},           {"send_setup", l_send_setup},
   {"encode", l_encode},           {"send_chunk_packed", l_send_chunk_packed},
   {"send_chunk", l_send_chunk}, {"send_stop", l_send_stop},
+  {"send_chunk_lines", l_send_chunk_lines},
   {"cancel", l_cancel},         {"poll", l_poll},
   {"kill", l_kill},             {"worker_status", l_worker_status},
   {"sigint_guard", l_sigint_guard}, {"worker_insights", l_worker_insights},
@@ -763,6 +789,7 @@ static const luaL_Reg funcs[] = {
   {"hot_held", l_hot_held},
   {"hot_table", l_hot_table},
   {"self_pid", l_self_pid},
+  {"cfunction", l_cfunction},
   {"shared_alloc", l_shared_alloc},
   {"shared_free", l_shared_free},
   {"shared_contains", l_shared_contains},

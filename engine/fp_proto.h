@@ -40,6 +40,10 @@ enum fp_msg {
 #define FP_CHUNK_PACKED    0x8u /* CHUNK items / RESULTS values are packed by Lua (raw
                                    doubles, or a string.buffer encoding of an array of
                                    scalars): lua/forkpool/pack.lua */
+#define FP_CHUNK_LINES     0x10u /* CHUNK items are count lines of text, each ending in
+                                    "\n" except perhaps the last: read from a file by
+                                    the parent without making a string per line
+                                    (lua/forkpool/lines.lua); the worker cuts them */
 
 /* RESULTS index of a chunk run item by item with its errors caught (the
  * runner's per-item mode, lua/forkpool/run.lua: batched apply_async calls)

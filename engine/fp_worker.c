@@ -489,6 +489,34 @@ static void w_push_fn(W *w, uint64_t fn) {
  * run: inherited through fork, or decoded from the task record (packed by
  * forkpool.pack, or by the codec).  Releases the task record either way.
  * FP_OK, or a failure with its message pushed instead. */
+/* The items of a FP_CHUNK_LINES chunk: the count lines of text[0..n),
+ * without their "\n", pushed as a new array.  Every line but the last
+ * must end in "\n" and the text must hold exactly count lines; anything
+ * else is FP_ECORRUPT. */
+static int w_push_lines(lua_State *L, uint32_t count, const unsigned char *text, size_t n,
+                        fp_codec_err *err) {
+  /* (every line takes at least one byte: a bigger count is corrupt and
+   * must not size the table) */
+  lua_createtable(L, (int)(count <= n ? count : 0), 0);
+  const unsigned char *s = text, *end = text + n;
+  for (uint32_t k = 1; k <= count; k++) {
+    const unsigned char *nl = s < end ? memchr(s, '\n', (size_t)(end - s)) : NULL;
+    const unsigned char *stop = nl ? nl : end;
+    if (!nl && (k < count || s == end)) break; /* too few lines */
+    lua_pushlstring(L, (const char *)s, (size_t)(stop - s));
+    lua_rawseti(L, -2, (int)k);
+    s = nl ? nl + 1 : end;
+    if (k == count) {
+      if (s == end) return FP_OK;
+      break; /* bytes after the last line */
+    }
+  }
+  lua_pop(L, 1);
+  snprintf(err->msg, sizeof err->msg, "a block of text does not hold %u lines", (unsigned)count);
+  err->path[0] = 0;
+  return FP_ECORRUPT;
+}
+
 static int w_push_items(W *w, const fp_chunk_hdr *h, const unsigned char *p, size_t len,
                         w_range *rg) {
   lua_State *L = w->L;
@@ -518,6 +546,8 @@ static int w_push_items(W *w, const fp_chunk_hdr *h, const unsigned char *p, siz
                lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a table");
       err.path[0] = 0;
     }
+  } else if (h->flags & FP_CHUNK_LINES) {
+    rc = w_push_lines(L, h->count, p + sizeof *h, len - sizeof *h, &err);
   } else {
     lua_createtable(L, (int)h->count, 0);
     size_t pos = sizeof *h;

@@ -277,11 +277,13 @@ local function send_chunk(pool, job, w, ch)
   local ok, _, msg, path
   -- items the worker does not have in memory: packed when all are scalars
   local addr, len
-  if not job.star and (ch.items or rec.born_job ~= job.id) then
+  if not job.star and not ch.text and (ch.items or rec.born_job ~= job.id) then
     if ch.items then addr, len = pack.items(ch.items, 1, ch.count)
     else addr, len = pack.items(job.items, ch.start, ch.count) end
   end
-  if addr then
+  if ch.text then
+    ok, _, msg = c:send_chunk_lines(w, job.id, fn, ch.start, ch.count, ch.text)
+  elseif addr then
     ok, _, msg = c:send_chunk_packed(w, job.id, fn, ch.start, ch.count, addr, len)
   elseif ch.items then
     ok, _, msg, path = c:send_chunk(w, job.id, fn, ch.start, ch.count, ch.items, modmap.get(), 1)

@@ -18,6 +18,7 @@
 --     items and no metamethod runs while a chunk is built.
 
 local sinks = require "forkpool.sinks"
+local lines = require "forkpool.lines"
 local table_new = require "table.new"
 
 local min, max, ceil, floor = math.min, math.max, math.ceil, math.floor
@@ -70,6 +71,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     init = opts.worker_init, exit = opts.worker_exit,
     items = nil,            -- array source (read raw), or
     iter = nil,             -- iterator source
+    lines = nil,            -- ... read as blocks of lines (forkpool.lines) when it is io.lines'
     total = total,          -- number of items when known
     next = 1,               -- index of the next item to pull (build_chunk)
     done = 0,               -- items answered (sink delivery)
@@ -103,7 +105,13 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     -- cancelled (events.abandon), orphaned (an imap iterator collected),
     -- on_finish (apply_async's settle hook: forkpool.results).
   }
-  if type(source) == "table" then job.items = source else job.iter = source end
+  if type(source) == "table" then job.items = source
+  else
+    job.iter = source
+    -- the lines of a file: read in blocks, cut by the workers (not for
+    -- starred jobs: their items must be argument tables)
+    if not star then job.lines = lines.reader(source) end
+  end
   local cs = opts.chunk_size
   if not cs and opts.n_splits then
     if not total then
@@ -211,14 +219,27 @@ function M.build_chunk(job, limit)
   if count <= 0 then return nil end
   -- chunk fields: job, start (first item index), count, attempts (deaths
   -- while running it), no (sequence number), items (pulled items, for
-  -- iterator sources: no worker has them in memory, and retries need them),
+  -- iterator sources: no worker has them in memory, and retries need them;
+  -- or text, the block of lines they are, for a job.lines source),
   -- fn (the id the worker runs it with) and sent_at (adaptive jobs): dispatch
   local ch = { job = job, start = job.next, count = count, attempts = 0 }
   if job.iter then
     -- one protected call per chunk, not per item; the items pulled
     -- before an error are kept
-    local its = table_new(count, 0)
-    local ok, n_or_err = pcall(pull, job.iter, its, count)
+    local its, text
+    local ok, n_or_err
+    if job.lines then
+      -- a block of lines (text), or lines as items (NUL bytes), or none
+      local t, a, b
+      ok, t, a, b = pcall(job.lines.next_block, job.lines, count)
+      if not ok then n_or_err, its = t, {}
+      elseif t then text, n_or_err = t, a
+      elseif a then its, n_or_err = a, b
+      else n_or_err = 0 end
+    else
+      its = table_new(count, 0)
+      ok, n_or_err = pcall(pull, job.iter, its, count)
+    end
     local n = ok and n_or_err or #its
     if not ok then
       job.exhausted = true
@@ -231,7 +252,7 @@ function M.build_chunk(job, limit)
       job.exhausted = true
     end
     if n == 0 then return nil end
-    ch.count, ch.items = n, its
+    ch.count, ch.items, ch.text = n, its, text
   end
   job.next = job.next + ch.count
   job.active = job.active + ch.count
