@@ -517,6 +517,16 @@ static int l_worker_status(lua_State *L) {
   return 1;
 }
 
+/* pool:worker_work(wid) -> seconds the process in slot wid has spent
+ * running chunks (its runner's calls, wall time: st->work_ns), without
+ * making a table (forkpool.chunking reads it per chunk). */
+static int l_worker_work(lua_State *L) {
+  fp_pool *p = check_pool(L);
+  int w = check_wid(L, p, 2);
+  lua_pushnumber(L, (double)atomic_load(&p->stats[w].work_ns) * 1e-9);
+  return 1;
+}
+
 /* pool:worker_insights(wid) -> {start_up=, init=, waiting=, working=,
  * exit=, tasks=, slow = {{index=, job=, duration=}, ...}} (seconds) for the
  * process now or last in slot wid. */
@@ -780,6 +790,7 @@ static const luaL_Reg pool_methods[] = {
   {"cancel", l_cancel},         {"poll", l_poll},
   {"kill", l_kill},             {"worker_status", l_worker_status},
   {"sigint_guard", l_sigint_guard}, {"worker_insights", l_worker_insights},
+  {"worker_work", l_worker_work},
   {"close", l_close},           {NULL, NULL},
 };
 

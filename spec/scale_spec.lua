@@ -79,7 +79,39 @@ local function assert_queued(pool)
     end
   end
   assert(vacant == pool._vacant, ("%d slots empty, pool._vacant = %d"):format(vacant, pool._vacant))
+  -- pool._holding counts the live workers holding chunks (saturation's cap)
+  local holding = 0
+  for w = 1, pool._n do
+    local rec = pool._workers[w]
+    if rec.pid then
+      assert((rec.holding or false) == (#rec.chunks > 0),
+        ("worker %d holds %d chunks, holding = %s"):format(w, #rec.chunks, tostring(rec.holding)))
+      if rec.holding then holding = holding + 1 end
+    end
+  end
+  assert(holding == pool._holding, ("%d workers hold chunks, pool._holding = %d"):format(holding, pool._holding))
 end
+
+-- Run fn with the saturation reading's threshold and window set (nil: the
+-- defaults); both restored afterwards.
+local SAT0, WIN0 = chunking.SATURATED, chunking.SAT_WINDOW
+local function saturation(threshold, window, fn)
+  chunking.SATURATED, chunking.SAT_WINDOW = threshold or SAT0, window or WIN0
+  local ok, err = pcall(fn)
+  chunking.SATURATED, chunking.SAT_WINDOW = SAT0, WIN0
+  if not ok then error(err, 0) end
+end
+
+-- A task that only computes, for about ms milliseconds.
+local function busy(ms)
+  return function(x)
+    local t0 = os.clock()
+    while os.clock() - t0 < ms * 1e-3 do end
+    return x * 2
+  end
+end
+
+local cpus = require("forkpool.cpus").usable()
 
 local N = 4000
 local slow = function(x) ffi.C.usleep(100); return x * 2 end
@@ -285,5 +317,129 @@ describe("chunk growth", function()
       end
       assert(by[1] and by[2], "one worker ran every slow item")
     ]=])
+  end)
+end)
+
+describe("saturation: more workers than CPUs, tasks that only compute", function()
+  it("holds at most as many workers busy as there are CPUs, chunks sized for them", function()
+    child([=[
+      local n = cpus * 2 + 2
+      local pool = forkpool.new{ n_jobs = n, keep_alive = true }
+      local M = 600
+      saturation(0, 0, function()
+        -- the first map forks the workers and finds the CPUs saturated ...
+        check_doubles(pool:map(slow, range(M)), M)
+        assert(pool._saturated, "not saturated after the first map")
+        assert(pool._cap == nil, "the cap outlived its job")
+        assert_queued(pool)
+        -- ... so the next one starts capped: never more than cpus workers hold chunks
+        local most = 0
+        local log = recording(nil, function()
+          check_doubles(pool:map(slow, range(M)), M)
+        end)
+        local chunks = last_chunks(log, pool)
+        assert_cover(chunks, M)
+        for _, ch in ipairs(chunks) do most = math.max(most, ch.holding) end
+        assert(most <= cpus, ("%d workers held chunks at once, %d CPUs"):format(most, cpus))
+        -- chunks as a pool of cpus workers gets them (the default size for
+        -- cpus workers), not n_jobs' small ones
+        local want = math.ceil(M / (cpus * 64))
+        for k = 1, #chunks - 1 do
+          assert(chunks[k].count >= want, ("chunk %d has %d items, want %d"):format(k, chunks[k].count, want))
+        end
+        assert_queued(pool)
+      end)
+      pool:close()
+    ]=])
+  end)
+
+  it("is not entered by tasks that block, nor with no more workers than CPUs", function()
+    child([=[
+      local n = cpus * 2 + 2
+      local pool = forkpool.new{ n_jobs = n, keep_alive = true }
+      saturation(nil, 0.001, function()
+        local sleepy = function(x) ffi.C.usleep(2000); return x * 2 end
+        for _ = 1, 2 do
+          local log = recording(nil, function() check_doubles(pool:map(sleepy, range(300)), 300) end)
+          assert(not pool._saturated, "tasks that sleep read as saturating")
+          local got = {}
+          for _, ch in ipairs(last_chunks(log, pool)) do got[ch.worker] = true end
+          for w = 1, n do assert(got[w], "worker " .. w .. " got no chunk") end
+        end
+      end)
+      pool:close()
+      local small = forkpool.new{ n_jobs = cpus, keep_alive = true }
+      saturation(0, 0, function()
+        check_doubles(small:map(slow, range(300)), 300)
+        check_doubles(small:map(slow, range(300)), 300)
+        assert(not small._saturated and small._cap == nil, "capped with no more workers than CPUs")
+      end)
+      small:close()
+    ]=])
+  end)
+
+  it("reads tasks that only compute as saturating, and lifts the cap when they start to block", function()
+    child([=[
+      local n = cpus * 2 + 2
+      local pool = forkpool.new{ n_jobs = n, keep_alive = true }
+      saturation(nil, 0.02, function()
+        check_doubles(pool:map(busy(2), range(200)), 200)
+        assert(pool._saturated, "tasks that only compute did not read as saturating")
+        -- now blocking tasks: the map starts capped and the readings lift it
+        local log = recording(nil, function()
+          check_doubles(pool:map(function(x) ffi.C.usleep(3000); return x * 2 end, range(400)), 400)
+        end)
+        assert(not pool._saturated, "still saturated after tasks that sleep")
+        local got, k = {}, 0
+        for _, ch in ipairs(last_chunks(log, pool)) do
+          if not got[ch.worker] then got[ch.worker] = true; k = k + 1 end
+        end
+        assert(k > cpus, ("only %d workers ran the sleeping tasks"):format(k))
+      end)
+      pool:close()
+    ]=])
+  end)
+
+  it("never stalls a capped map: deaths, task errors, lifespans, apply_async beside it", function()
+    child([=[
+      local n = cpus * 2 + 2
+      local pool = forkpool.new{ n_jobs = n, keep_alive = true, worker_lifespan = 40 }
+      local mark = os.tmpname()
+      os.remove(mark)
+      saturation(0, 0, function()
+        check_doubles(pool:map(slow, range(400)), 400)
+        assert(pool._saturated)
+        -- a worker dies on item 77 the first time
+        local r = pool:map(function(x)
+          if x == 77 then
+            local f = io.open(mark, "r")
+            if not f then
+              f = io.open(mark, "w"); f:write("x"); f:close()
+              ffi.C._exit(3)
+            end
+            f:close()
+          end
+          return x * 2
+        end, range(400), { max_retries = 1 })
+        check_doubles(r, 400)
+        assert_queued(pool)
+        -- a task error fails the map and lifts the cap
+        local ok, e = pcall(pool.map, pool, function(x)
+          if x == 150 then error("item 150 failed", 0) end
+          return x
+        end, range(400))
+        assert(not ok and tostring(e.message):find("item 150 failed", 1, true), tostring(e))
+        assert(pool._cap == nil, "the cap outlived a failed job")
+        assert_queued(pool)
+        -- calls of their own beside a capped map
+        local as = {}
+        for i = 1, 20 do as[i] = pool:apply_async(function(x) return x + 1 end, { i }, { max_retries = 0 }) end
+        check_doubles(pool:map(slow, range(400)), 400)
+        for i = 1, 20 do assert(as[i]:get() == i + 1) end
+        assert_queued(pool)
+      end)
+      os.remove(mark)
+      pool:close()
+    ]=], 180)
   end)
 end)

@@ -11,7 +11,7 @@ local core = require "forkpool.core"
 local cpus = require "forkpool.cpus"
 local J = require "forkpool.job"
 
-local min, max, floor = math.min, math.max, math.floor
+local min, max, floor, ceil = math.min, math.max, math.floor, math.ceil
 
 local M = {}
 
@@ -37,14 +37,46 @@ local function parallelism(pool)
   return min(pool._n, usable_cpus)
 end
 
--- The CPU time (seconds) process pid has run, or nil when unknown
--- (/proc/<pid>/schedstat: nanoseconds on a CPU first; ~8 us to read).
+-- The CPU time (seconds) process pid has run and the time it has waited
+-- for a CPU while runnable, or nil when unknown (/proc/<pid>/schedstat:
+-- nanoseconds on a CPU, then nanoseconds on a run queue; ~8 us to read).
 local function cpu_time(pid)
   local f = io.open("/proc/" .. pid .. "/schedstat", "r")
   if not f then return nil end
-  local ns = f:read("*n")
+  local ns, wait = f:read("*n", "*n")
   f:close()
-  return ns and ns * 1e-9
+  return ns and ns * 1e-9, (wait or 0) * 1e-9
+end
+
+-- A worker that was running or waiting for a CPU this share of its time
+-- running chunks never blocked: its tasks want CPU, not I/O.  A field, so
+-- that specs can force either answer (0: always; huge: never).
+M.SATURATED = 0.9
+
+-- Saturation: a growing job whose workers outnumber the usable CPUs and
+-- whose tasks only want CPU gains nothing from more workers running at
+-- once than there are CPUs, and loses to them (on 2 cores, 128 workers
+-- each holding a chunk ran a map at 0.50x the throughput of 2 workers:
+-- every chunk a switch into a cold process).  So dispatch holds back:
+-- while pool._cap is set, at most that many workers hold chunks (the
+-- others stay idle), and the job's chunks are sized as for that many
+-- workers.  Lifted as soon as a reading says the tasks block (I/O, sleep),
+-- and when the job ends (forkpool.dispatch).
+local function saturate(pool, job, on)
+  pool._saturated = on
+  if on then
+    if pool._cap_job == job then return end
+    local cap = parallelism(pool)
+    pool._cap, pool._cap_job = cap, job
+    job.min_chunk0 = job.min_chunk0 or job.min_chunk
+    job.min_chunk = max(job.min_chunk0, ceil(job.total / (cap * J.CHUNKS_PER_WORKER)))
+    job.chunk_size = max(job.chunk_size, job.min_chunk)
+    job.tail_div = J.TAIL_SHARE * cap
+  elseif pool._cap_job == job then
+    pool._cap, pool._cap_job = nil, nil
+    job.min_chunk = job.min_chunk0
+    job.tail_div = J.TAIL_SHARE * pool._n
+  end
 end
 
 -- Seconds of work per item of a growing job, measured when a chunk of it
@@ -59,9 +91,38 @@ end
 -- the parent is the bottleneck, which is when chunks should grow.
 -- Without /proc: wall time of the window * parallelism / items answered
 -- in it.
+-- A growing job starts capped when the last reading of the pool said its
+-- CPUs were saturated (the next map of a pool mapping CPU-bound tasks):
+-- otherwise each of its workers would get a chunk before the first one
+-- comes back.  Its own readings lift the cap if its tasks block.
+function M.submitted(pool, job)
+  if job.grow and pool._saturated and not pool._cap then saturate(pool, job, true) end
+end
+
+-- A reading of worker rec for saturation (above): its time running
+-- chunks (wall, the worker's own count) against its CPU time plus its
+-- time waiting for a CPU, since its last decision (across jobs: between
+-- jobs it neither works nor runs; from its start for its first), once
+-- that spans SAT_WINDOW of work (schedstat's CPU time of a running
+-- process lags by up to a scheduler tick, a few ms: windows of 5 ms of work
+-- read some CPU-bound workers as blocked).  Only with more workers than
+-- CPUs.  A field for the specs.
+M.SAT_WINDOW = 0.05
+local function saturation_reading(pool, job, rec, cpu, wait)
+  if pool._n <= parallelism(pool) then return end
+  local work = pool._core:worker_work(rec.wid)
+  local dw = work - (rec.work_seen or 0)
+  if dw >= M.SAT_WINDOW then
+    saturate(pool, job, (cpu - (rec.sat_cpu or 0) + wait - (rec.wait_seen or 0)) >= M.SATURATED * dw)
+    rec.work_seen, rec.sat_cpu, rec.wait_seen = work, cpu, wait
+  end
+end
+
 local function work_per_item(pool, job, rec, now, window_over)
-  local cpu = rec.pid and cpu_time(rec.pid)
+  local cpu, wait
+  if rec.pid then cpu, wait = cpu_time(rec.pid) end
   if cpu then
+    saturation_reading(pool, job, rec, cpu, wait)
     local n = rec.answered
     if rec.cpu_job ~= job.id then
       rec.cpu_job, rec.cpu_first, rec.items_first = job.id, cpu, n

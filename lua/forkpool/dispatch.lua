@@ -9,7 +9,7 @@
 -- and popped when it reaches the front.  job.runnable: the job is in it.
 --
 -- A worker record (pool._workers[w], made by spawn here, emptied by
--- forkpool.deaths when its process is gone) has: pid; born_job (the job it
+-- forkpool.deaths when its process is gone) has: wid (w); pid; born_job (the job it
 -- was forked for: it has that job's function and array items through
 -- fork); chunks (sent, not answered, oldest first); dispatched (items sent,
 -- for worker_lifespan); fns (setup cache: {bytes, id} most recently used
@@ -19,7 +19,10 @@
 -- we killed it); fq (which feed queue it is in, below); answered (items
 -- it answered, all jobs: forkpool.events); cpu_job, cpu_first, items_first,
 -- cpu_seen, cpu_items (its CPU time and answered when first and last read
--- for job cpu_job: forkpool.chunking).
+-- for job cpu_job), sat_cpu, wait_seen, work_seen (its CPU time, time
+-- waiting for a CPU and time running chunks at its last saturation
+-- reading): forkpool.chunking; holding (it holds a chunk: counted in
+-- pool._holding).
 --
 -- The feed queues (pool._feed_idle, pool._feed_room: head .. tail, served
 -- from the head; a worker whose chunk just came back joins the idle queue
@@ -135,8 +138,12 @@ end
 -- of the idle queue; a worker dispatch found nothing for goes to the back).
 function M.note(pool, w, answered)
   local rec = pool._workers[w]
-  if not takes_work(rec) then return end
   local n = #rec.chunks
+  if n == 0 and rec.holding then
+    rec.holding = false
+    pool._holding = pool._holding - 1
+  end
+  if not takes_work(rec) then return end
   if n == 0 then
     if rec.fq ~= "idle" then
       rec.fq = "idle"
@@ -150,7 +157,9 @@ end
 
 -- Slot w's process is gone: an empty record there (forkpool.deaths).
 function M.vacate(pool, w)
-  if pool._workers[w].pid then pool._vacant = pool._vacant + 1 end
+  local rec = pool._workers[w]
+  if rec.pid then pool._vacant = pool._vacant + 1 end
+  if rec.holding then pool._holding = pool._holding - 1 end
   pool._workers[w] = M.empty_slot()
 end
 
@@ -299,6 +308,10 @@ local function send_chunk(pool, job, w, ch)
     return false
   end
   if ok then
+    if not rec.holding then
+      rec.holding = true
+      pool._holding = pool._holding + 1
+    end
     rec.chunks[#rec.chunks + 1] = ch
     rec.dispatched = rec.dispatched + ch.count
     if job.adaptive then ch.sent_at = core.now() end
@@ -306,7 +319,9 @@ local function send_chunk(pool, job, w, ch)
     if dbg then
       dbg.sent = (dbg.sent or 0) + 1
       local l = dbg.chunks
-      if l then l[#l + 1] = { job = job.id, start = ch.start, count = ch.count, worker = w } end
+      if l then
+        l[#l + 1] = { job = job.id, start = ch.start, count = ch.count, worker = w, holding = pool._holding }
+      end
     end
   end
   return ok
@@ -373,7 +388,8 @@ end
 
 -- Debugging and specs: a table here gets counts of what dispatch does
 -- (looked: feed-queue entries examined; sent: chunks sent) and, in .chunks,
--- one { job =, start =, count =, worker = } per chunk sent.  nil: nothing
+-- one { job =, start =, count =, worker =, holding = } per chunk sent
+-- (holding: workers holding chunks once it was sent).  nil: nothing
 -- is recorded.
 M.debug = nil
 
@@ -399,11 +415,14 @@ function M.dispatch(pool)
   local rq = pool._rq
   if rq.head > rq.tail then return false end
   local workers, dbg = pool._workers, M.debug
+  -- saturation (forkpool.chunking): at most pool._cap workers hold chunks
+  -- while the job that set it goes on (forkpool.job lifts it when it ends)
+  local cap = pool._cap
   -- each queue is walked at most once around: a worker that got nothing
   -- goes to the back of its queue
   local q = pool._feed_idle
   for _ = 1, q.tail - q.head + 1 do
-    if q.head > q.tail then break end
+    if q.head > q.tail or (cap and pool._holding >= cap) then break end
     local w = pop(q)
     local rec = workers[w]
     if dbg then dbg.looked = (dbg.looked or 0) + 1 end
@@ -485,7 +504,7 @@ local function spawn(pool, w, job)
     return errors.new("spawn", { message = msg, worker_id = w, errno = errno })
   end
   pool._workers[w] = {
-    pid = pid, born_job = job.id, chunks = {}, dispatched = 0, fns = {},
+    wid = w, pid = pid, born_job = job.id, chunks = {}, dispatched = 0, fns = {},
     init_timeout = job.init_timeout, answered = 0,
   }
   pool._vacant = pool._vacant - 1

@@ -201,6 +201,7 @@ function M.submit(pool, job)
   pool._active = pool._active + 1
   if job.task_timeout or job.init_timeout then pool._timed_jobs = pool._timed_jobs + 1 end
   if job.progress then pool._progress_jobs = pool._progress_jobs + 1 end
+  chunking.submitted(pool, job)
   D.make_runnable(job)
   D.fill(pool)
   -- results are only decoded by poll, after this: a big results table is

@@ -31,6 +31,7 @@ M.INFLIGHT = 2
 -- Default chunking: about this many chunks per worker (mpire's rule) to
 -- start with; a map over an array may then grow its chunks (job.grow).
 local CHUNKS_PER_WORKER = 64
+M.CHUNKS_PER_WORKER = CHUNKS_PER_WORKER
 -- A grown chunk holds at most 1 / (TAIL_SHARE * n_jobs) of the items not
 -- yet sent, so that the end of the map stays balanced over the workers
 -- whatever the items cost there.
@@ -186,7 +187,11 @@ end
 function M.fail(job, err)
   if not job.err then
     job.err = err
-    if job.pool then job.pool._job_ends = job.pool._job_ends + 1 end
+    local pool = job.pool
+    if pool then
+      pool._job_ends = pool._job_ends + 1
+      if pool._cap_job == job then pool._cap, pool._cap_job = nil, nil end
+    end
     if job.on_finish then job.on_finish(job) end
   end
 end
@@ -289,6 +294,7 @@ function M.finish(pool, job)
   if job.finished then return end
   job.finished = true
   pool._job_ends = pool._job_ends + 1
+  if pool._cap_job == job then pool._cap, pool._cap_job = nil, nil end -- (forkpool.chunking)
   pool._jobs[job.id] = nil
   pool._stages[job.id] = nil
   pool._active = pool._active - 1
