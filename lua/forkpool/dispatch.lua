@@ -1,7 +1,7 @@
 -- forkpool.dispatch: handing work to workers.  The run queue of jobs that
 -- may have chunks to send, the choice of which worker gets which chunk,
--- the setup-function cache (which task functions each worker holds), and
--- starting worker processes.
+-- and starting worker processes (which task functions each worker holds:
+-- forkpool.setup).
 --
 -- pool._rq: a queue (rq.head .. rq.tail) of the jobs that may have chunks
 -- to send, oldest first.  Jobs whose work is all sent are popped from the
@@ -46,13 +46,9 @@ local modmap = require "forkpool.modmap"
 local pack = require "forkpool.pack"
 local run = require "forkpool.run"
 local cdata = require "forkpool.cdata"
-
-local getupvalue = debug.getupvalue
+local setup = require "forkpool.setup"
 
 local M = {}
-
--- A worker keeps at most this many shipped functions.
-local MAX_FNS = 4
 
 -- Put the job in the run queue (once).
 function M.make_runnable(job)
@@ -188,98 +184,13 @@ local function next_chunk(pool, job, w, budget)
 end
 
 ------------------------------------------------------------------------
--- The setup-function cache
-------------------------------------------------------------------------
-
--- The wire encoding of the job's function, worker_exit and worker options,
--- made once per job; equal bytes mean a worker already has exactly this
--- function with these upvalue values and options.
---
--- A function without upvalues encodes to its prototype only, so jobs with
--- the same such function, no worker_exit and the same worker options (one
--- table per combination: forkpool.job) share their bytes: apply_async in a
--- loop encodes its function once.  (With upvalues, their values at each
--- call are what travels: encoded again.)  Weak keys: a function collected
--- takes its bytes along.
-local fn_bytes = setmetatable({}, { __mode = "k" })
-
-local function setup_bytes(pool, job)
-  if job.setup_bytes then return job.setup_bytes end
-  local fn = job.fn
-  local plain = job.exit == nil and type(fn) == "function" and getupvalue(fn, 1) == nil
-  if plain then
-    local per = fn_bytes[fn]
-    local b = per and per[job.wopts]
-    if b then
-      job.setup_bytes = b
-      return b
-    end
-  end
-  local v = { fn = fn, exit = job.exit, opts = job.wopts }
-  local bytes, _, msg, path = pool._core:encode(v, modmap.get())
-  if not bytes then bytes, _, msg, path = pool._core:encode(v, modmap.get(true)) end
-  if not bytes then
-    msg = msg:gsub("^%.", "")
-    J.fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
-      .. "; pass such values through worker_init or shared_objects",
-      path = path and (path:gsub("^%.", "")) }))
-    return nil
-  end
-  job.setup_bytes = bytes
-  if plain then
-    local per = fn_bytes[fn]
-    if not per then
-      per = {}
-      fn_bytes[fn] = per
-    end
-    per[job.wopts] = bytes
-  end
-  return bytes
-end
-
--- The id under which worker w runs the job's function: the job itself for
--- a worker forked for it, else a function shipped now or earlier.  Returns
--- nil when it cannot be shipped now (lane full) or at all (job.err).
-local function setup_worker(pool, w, job)
-  local rec = pool._workers[w]
-  if rec.born_job == job.id then return job.id end
-  local bytes = setup_bytes(pool, job)
-  if not bytes then return nil end
-  local fns = rec.fns
-  for i, e in ipairs(fns) do
-    if e.bytes == bytes then
-      if i ~= #fns then table.remove(fns, i); fns[#fns + 1] = e end
-      return e.id
-    end
-  end
-  -- forget the least recently used function no queued chunk still needs
-  local drop_at
-  if #fns >= MAX_FNS then
-    for i, e in ipairs(fns) do
-      local used = false
-      for _, ch in ipairs(rec.chunks) do if ch.fn == e.id then used = true end end
-      if not used then drop_at = i; break end
-    end
-  end
-  local ok, _, msg = pool._core:send_setup(w, job.id, drop_at and fns[drop_at].id or 0, bytes)
-  if ok == nil then
-    J.fail(job, errors.new("marshal", { message = msg, worker_id = w }))
-    return nil
-  end
-  if not ok then return nil end
-  if drop_at then table.remove(fns, drop_at) end
-  fns[#fns + 1] = { bytes = bytes, id = job.id }
-  return job.id
-end
-
-------------------------------------------------------------------------
 -- Sending chunks
 ------------------------------------------------------------------------
 
 -- Send one chunk to worker w.  Returns true when sent.
 local function send_chunk(pool, job, w, ch)
   local rec = pool._workers[w]
-  local fn = setup_worker(pool, w, job)
+  local fn = setup.worker(pool, w, job)
   if not fn then return false end
   ch.fn = fn
   local c = pool._core
