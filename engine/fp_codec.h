@@ -58,7 +58,8 @@ typedef struct fp_codec_err {
  *     "shptr:<ctype>" for a pointer into the shared arena (sent as its
  *     address and ctype: SHPTR), or any other string (the ctype's name) to
  *     refuse the value with "cannot send cdata<...>".  Absent: every cdata
- *     is refused.  It must not modify the value being encoded.
+ *     is refused.  It must not modify the value being encoded.  Only ever
+ *     pushed, so a pseudo-index (lua_upvalueindex) names it too.
  * (The path prefix of errors is the encode call's root argument.)
  */
 typedef struct fp_enc_opts {

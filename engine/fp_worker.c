@@ -75,6 +75,15 @@ typedef struct W {
    * not.) */
   fp_fd_id bell_id, big_id;
   int fds_lost;
+  /* Results encoded as they come (w_put): the running chunk's first item
+   * index and size, how many of its results out[1..enc_done] are already
+   * in enc, and the first that could not be encoded (enc_rc != FP_OK: item
+   * enc_bad, enc_err; nothing more is encoded for the chunk after it). */
+  int64_t chunk_start;
+  uint32_t chunk_count, enc_done;
+  int enc_rc;
+  int64_t enc_bad;
+  fp_codec_err enc_err;
 } W;
 
 static fp_wstat *w_stat; /* for os.exit's last words */
@@ -128,11 +137,16 @@ static void w_stamp_item(void) {
   atomic_store_explicit(&w_stat->item_ns, now, memory_order_relaxed);
 }
 
+/* Test hook: die by the armed signal on the armed entry into phase ph. */
+static void w_fault(uint32_t ph) {
+  if (fault_sig && ph == fault_phase && --fault_after == 0) raise(fault_sig);
+}
+
 /* Enter a phase, stamping when it began (the parent's timeouts read it). */
 static void w_phase(W *w, uint32_t ph) {
   atomic_store(&w->io->st->phase_ns, fp_now_ns());
   atomic_store(&w->io->st->phase, ph);
-  if (fault_sig && ph == fault_phase && --fault_after == 0) raise(fault_sig);
+  w_fault(ph);
 }
 
 /* Free the task record just read; wake the parent if it claimed a sleep
@@ -406,39 +420,106 @@ static int w_reply_packed(W *w, const fp_chunk_hdr *h, int out_idx, int64_t inde
   return 1;
 }
 
+/* Append the encodings of out[from..to] (out at stack index out_idx) to
+ * w->enc, with the codec options o, and count them in w->enc_done.  The
+ * first that cannot be encoded is recorded (w->enc_rc, enc_bad, enc_err)
+ * and ends the encoding; returns its code or FP_OK. */
+static int w_encode_results(W *w, lua_State *L, int out_idx, uint32_t from, uint32_t to,
+                            const fp_enc_opts *o) {
+  fp_wstat *st = w->io->st;
+  for (uint32_t k = from; k <= to; k++) {
+    /* A death while encoding is reported against the item encoded. */
+    atomic_store_explicit(&st->cur_index, w->chunk_start + (int64_t)k - 1,
+                          memory_order_relaxed);
+    lua_rawgeti(L, out_idx, (int)k);
+    int rc = fp_encode_value(L, lua_gettop(L), &w->enc, o, "", &w->enc_err);
+    lua_pop(L, 1);
+    if (rc != FP_OK) {
+      w->enc_rc = rc;
+      w->enc_bad = w->chunk_start + (int64_t)k - 1;
+      return rc;
+    }
+    w->enc_done = k;
+  }
+  return FP_OK;
+}
+
+/* put(out, k), called by the chunk runner (forkpool.run) right after the
+ * task of out[k] returned a table: encode out[enc_done+1 .. k] now (the
+ * scalars stored since the last put, then that table), so that a later
+ * task of the chunk changing the table cannot change the result.  Encoding
+ * when the task returns is what the runner's copies (forkpool.run's
+ * snapshot) did before, without the copies.  After a failure it does
+ * nothing: the chunk runs on, and w_reply_results reports the failure as
+ * it would have found it encoding after the chunk.
+ * Upvalues: the W (light userdata), the codec's cdata_kind helper. */
+static int w_put(lua_State *L) {
+  W *w = (W *)lua_touserdata(L, lua_upvalueindex(1));
+  if (w->enc_rc != FP_OK) return 0;
+  lua_Integer k = lua_tointeger(L, 2);
+  if (k <= (lua_Integer)w->enc_done) return 0;
+  if (!lua_istable(L, 1) || k > (lua_Integer)w->chunk_count)
+    return luaL_error(L, "forkpool internal error: put(out, %d) out of the chunk",
+                      (int)k);
+  /* This function's stack frame is not the worker's (S_CKIND is not the
+   * helper here): the codec reaches the helper by its upvalue index (it
+   * only pushes it). */
+  fp_enc_opts o;
+  w_enc_opts(&o);
+  o.cdata_idx = lua_upvalueindex(2);
+  fp_wstat *st = w->io->st;
+  /* Encoding, not running a task: a death here says "encode" (as after
+   * the chunk), and no task_timeout runs meanwhile.  Plain stores: the
+   * parent reads them while we run or after we died; the phase's start
+   * (phase_ns) only matters for worker_init/worker_exit. */
+  atomic_store_explicit(&st->phase, FP_PH_ENCODE, memory_order_relaxed);
+  w_fault(FP_PH_ENCODE);
+  /* Timed chunks: the encoding does not count in the item's time (its
+   * task_timeout, the insights' slowest items), as after the chunk. */
+  uint64_t t0 = stamp_idx ? fp_now_ns() : 0;
+  w_encode_results(w, L, 1, w->enc_done + 1, (uint32_t)k, &o);
+  if (t0) {
+    uint64_t d = fp_now_ns() - t0;
+    stamp_ns += d;
+    atomic_fetch_add_explicit(&st->item_ns, d, memory_order_relaxed);
+  }
+  atomic_store_explicit(&st->cur_index, w->chunk_start + (int64_t)k - 1,
+                        memory_order_relaxed);
+  atomic_store_explicit(&st->phase, FP_PH_TASK, memory_order_relaxed);
+  return 0;
+}
+
 /* The results out[1..count] of a chunk that ran to its end: packed when
- * they all are scalars, else through the codec; a result that cannot be
- * sent fails the chunk with a "marshal" CHUNK_ERROR naming it.  index goes
- * into the RESULTS header: 0, or FP_RESULTS_TAGGED. */
+ * they all are scalars, else through the codec, appended to what w_put
+ * already encoded (out[1..enc_done]); a result that cannot be sent fails
+ * the chunk with a "marshal" CHUNK_ERROR naming it (the first one, w_put's
+ * included).  index goes into the RESULTS header: 0, or FP_RESULTS_TAGGED. */
 static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx, int64_t index) {
   lua_State *L = w->L;
   fp_worker_io *io = w->io;
   atomic_store(&io->st->cur_index, h->start);
   w_phase(w, FP_PH_ENCODE);
   fp_enc_opts o;
-  fp_codec_err err;
   w_enc_opts(&o);
-  w->enc.len = 0;
-  if (w_reply_packed(w, h, out_idx, index)) return;
-  int rc = FP_OK;
-  int64_t bad = 0;
-  for (uint32_t k = 0; k < h->count && rc == FP_OK; k++) {
-    /* A death while encoding is reported against the item encoded. */
-    atomic_store_explicit(&io->st->cur_index, h->start + k, memory_order_relaxed);
-    lua_rawgeti(L, out_idx, (int)(k + 1));
-    rc = fp_encode_value(L, lua_gettop(L), &w->enc, &o, "", &err);
-    lua_pop(L, 1);
-    if (rc != FP_OK) bad = h->start + k;
+  /* Results already encoded are in w->enc and rule out the packed form
+   * (they are not all scalars anyway: w_put runs only for tables). */
+  if (w->enc_done == 0 && w->enc_rc == FP_OK) {
+    w->enc.len = 0;
+    if (w_reply_packed(w, h, out_idx, index)) return;
   }
+  int rc = w->enc_rc;
+  if (rc == FP_OK) rc = w_encode_results(w, L, out_idx, w->enc_done + 1, h->count, &o);
   if (rc == FP_OK) {
     w_reply(w, FP_M_RESULTS, h, index);
     return;
   }
+  const fp_codec_err *err = &w->enc_err;
+  int64_t bad = w->enc_bad;
   lua_createtable(L, 0, 2);
   if (rc == FP_EMARSHAL) {
-    lua_pushfstring(L, "result[%d]%s: %s", (int)bad, err.path, err.msg);
+    lua_pushfstring(L, "result[%d]%s: %s", (int)bad, err->path, err->msg);
     lua_setfield(L, -2, "message");
-    lua_pushfstring(L, "result[%d]%s", (int)bad, err.path);
+    lua_pushfstring(L, "result[%d]%s", (int)bad, err->path);
     lua_setfield(L, -2, "path");
   } else {
     lua_pushfstring(L, "result[%d]: %s", (int)bad, fp_strerror(rc));
@@ -626,6 +707,10 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   if (len < sizeof h) w_exit_now(FP_EXIT_CORRUPT);
   memcpy(&h, p, sizeof h);
   w->enc.len = 0;
+  w->chunk_start = h.start;
+  w->chunk_count = h.count;
+  w->enc_done = 0;
+  w->enc_rc = FP_OK;
 
   /* From here until the reply is sent, deaths are charged to this job. */
   atomic_store(&io->st->cur_job, h.job);
@@ -759,7 +844,12 @@ static int w_body(lua_State *L) {
   memcpy(&stamp_p, &stamp, sizeof stamp_p);
   lua_pushlightuserdata(L, stamp_p);
   lua_pushcfunction(L, w_msgh); /* per-item errors: the same tables as a chunk's */
-  lua_call(L, 4, 1);                                      /* S_RUNNER */
+  /* put: encodes a chunk's results as its tasks return them.  (w lives
+   * as long as the worker: w_body never returns but through an error.) */
+  lua_pushlightuserdata(L, &w);
+  lua_getfield(L, S_CTX, "cdata_kind");
+  lua_pushcclosure(L, w_put, 2);
+  lua_call(L, 5, 1);                                      /* S_RUNNER */
   lua_pushcfunction(L, w_msgh);                           /* S_MSGH */
   lua_getfield(L, S_CTX, "cdata_kind");                   /* S_CKIND */
   lua_getfield(L, S_CTX, "cdata_new");                    /* S_CNEW */

@@ -208,6 +208,187 @@ describe("results", function()
     local flat = run.snapshot({ 1, 2, x = "y" })
     assert.are.same({ 1, 2, x = "y" }, flat)
   end)
+
+  -- The runner keeps a table result when its task returns: encoded at once
+  -- by the worker (put, engine/fp_worker.c), or, a flat array of scalars
+  -- while the chunk can still travel packed, copied (run.flat_copy).
+
+  it("flat_copy copies flat arrays of scalars only", function()
+    local run = require "forkpool.run"
+    local t = { 1, "two", true }
+    local c = run.flat_copy(t)
+    assert.are_not.equal(t, c)
+    assert.are.same(t, c)
+    assert.are.same({}, run.flat_copy({}))
+    assert.is_nil(run.flat_copy({ 1, { 2 } }))
+    assert.is_nil(run.flat_copy({ 1, 2, x = 3 }))
+    assert.is_nil(run.flat_copy({ x = 1 }))
+    assert.is_nil(run.flat_copy({ 1, nil, 3 }))
+    assert.is_nil(run.flat_copy({ 1, print }))
+    assert.is_nil(run.flat_copy(setmetatable({ 1 }, {})))
+  end)
+
+  -- fn(..., x): the item is the last argument (leading ones: worker id,
+  -- shared objects, state).  Every task changes the same worker-global
+  -- tables and returns one of them: odd x the nested one, even x its flat
+  -- array part.
+  local function changing(...)
+    local x = select(select("#", ...), ...)
+    if type(x) == "table" then x = x[1] end -- starmap: {x} unpacked already
+    local t = _G.__enc_t
+    if not t then
+      t = { sub = {}, flat = {} }
+      _G.__enc_t = t
+    end
+    t.v, t.sub[1], t.flat[1], t.flat[2] = x, x, x, x * 2
+    if x % 2 == 1 then return t end
+    return t.flat
+  end
+  local function expect_changing(x, r, what)
+    if x % 2 == 1 then
+      assert.are.same({ v = x, sub = { x }, flat = { x, x * 2 } }, r, what)
+    else
+      assert.are.same({ x, x * 2 }, r, what)
+    end
+  end
+
+  it("are the value when their task returned, in every runner path and chunk size", function()
+    -- flat arrays first (copied while the chunk could be packed), then
+    -- nested tables and flat arrays mixed (encoded at once)
+    local xs = { 2, 4, 6, 1, 3, 8, 5, 10, 7, 12, 14, 9 }
+    local paths = {
+      { "map", {} },
+      { "map, worker id", { pass_worker_id = true } },
+      { "map, worker id and state", { pass_worker_id = true, use_worker_state = true } },
+      { "map, worker id, shared objects and state",
+        { pass_worker_id = true, use_worker_state = true, shared_objects = { 1 } } },
+      { "starmap", {}, true },
+      { "map, task_timeout (timed chunks)", {}, false, { task_timeout = 30 } },
+    }
+    for _, p in ipairs(paths) do
+      local popts = { n_jobs = 1, keep_alive = true }
+      for k, v in pairs(p[2]) do popts[k] = v end
+      pool = forkpool.new(popts)
+      for _, cs in ipairs{ 1, 5, #xs } do
+        local mopts = { chunk_size = cs }
+        for k, v in pairs(p[4] or {}) do mopts[k] = v end
+        local r
+        if p[3] then
+          local args = {}
+          for i, x in ipairs(xs) do args[i] = { x } end
+          r = pool:starmap(changing, args, mopts)
+        else
+          r = pool:map(changing, xs, mopts)
+        end
+        for i, x in ipairs(xs) do expect_changing(x, r[i], p[1] .. ", chunk_size " .. cs .. ", item " .. i) end
+      end
+      pool:close()
+      pool = nil
+    end
+  end)
+
+  it("keep numbers, strings, booleans, nil and tables of a chunk in their order", function()
+    pool = forkpool.new{ n_jobs = 1, keep_alive = true }
+    local function mixed(i)
+      local m = i % 7
+      if m == 0 then return i
+      elseif m == 1 then return { id = i, tags = { "t" .. i } }
+      elseif m == 2 then return "s" .. i
+      elseif m == 3 then return { i, i + 1 }
+      elseif m == 4 then return nil
+      elseif m == 5 then return i % 2 == 0
+      else return { i } end
+    end
+    local n = 50
+    for _, cs in ipairs{ 1, 7, n } do
+      local r = pool:map(mixed, require("support.util").items(n), { chunk_size = cs })
+      for i = 1, n do assert.are.same(mixed(i), r[i], "chunk_size " .. cs .. ", item " .. i) end
+    end
+    -- a chunk that starts with scalars and ends with a record, and one
+    -- whose only table is its last result
+    local r = pool:map(function(i) return i < 5 and i or { id = i } end, { 1, 2, 3, 4, 5, 6 }, { chunk_size = 6 })
+    assert.are.same({ 1, 2, 3, 4, { id = 5 }, { id = 6 }, n = 6 }, r)
+    r = pool:map(function(i) return i < 6 and i or { id = i } end, { 1, 2, 3, 4, 5, 6 }, { chunk_size = 6 })
+    assert.are.same({ 1, 2, 3, 4, 5, { id = 6 }, n = 6 }, r)
+  end)
+
+  it("come back whole from a large chunk of records", function()
+    pool = forkpool.new{ n_jobs = 2, keep_alive = true }
+    local n = 20000
+    local recs = {}
+    for i = 1, n do
+      recs[i] = { id = i, name = "user" .. i, tags = { "alpha", "beta", "t" .. i % 10 }, score = i * 0.5 }
+    end
+    local r = pool:map(function(x) return x end, recs, { chunk_size = n / 2 })
+    assert.are.equal(n, r.n)
+    for i = 1, n do
+      -- (one record at a time: a failure prints only that one)
+      assert.are.same(recs[i], r[i], "item " .. i)
+    end
+    -- records built by the task, int64 boxes inside (the codec's cdata
+    -- helper is called from put)
+    r = pool:map(function(i) return { id = i, big = i * 1LL, list = { i } } end,
+      require("support.util").items(3000), { chunk_size = 3000 })
+    for i = 1, 3000 do
+      assert.are.equal(i, r[i].id)
+      assert.are.equal(tostring(i * 1LL), tostring(r[i].big))
+      assert.are.same({ i }, r[i].list)
+    end
+  end)
+
+  it("that cannot be sent fail the chunk after it ran, naming the first one, as before", function()
+    pool = forkpool.new{ n_jobs = 1, keep_alive = true }
+    local fn = function(x)
+      _G.__ran = (_G.__ran or 0) + 1
+      if x == 5 or x == 7 then return { id = x, list = { x }, f = function() end } end
+      if x % 2 == 0 then return { x, x } end
+      return { id = x, tags = { "t" .. x } }
+    end
+    for _, cs in ipairs{ 9, 6, 5 } do
+      pool:map(function() _G.__ran = 0 end, { 1 })
+      local ok, err = pcall(pool.map, pool, fn, { 1, 2, 3, 4, 5, 6, 7, 8, 9 }, { chunk_size = cs })
+      assert.is_false(ok)
+      assert.are.equal("marshal", err.kind)
+      assert.are.equal("result[5].f: cannot send function", err.message)
+      assert.are.equal("result[5].f", err.path)
+      assert.are.equal(5, err.index)
+      -- the failing chunk ran to its end (items 1..cs at least)
+      local ran = pool:map(function() return _G.__ran end, { 1 })[1]
+      assert.is_true(ran >= cs, "ran " .. ran .. " of chunk " .. cs)
+    end
+    -- only flat arrays before the bad one (the chunk was still packable)
+    local ok, err = pcall(pool.map, pool, function(x)
+      if x == 3 then return { 1, { f = print } } end
+      return { x, x }
+    end, { 1, 2, 3, 4, 5 }, { chunk_size = 5 })
+    assert.is_false(ok)
+    assert.are.equal("result[3][2].f: cannot send C function", err.message)
+    -- a value nested too deeply, in the middle
+    ok, err = pcall(pool.map, pool, function(x)
+      if x ~= 2 then return { x = x } end
+      local d = {}
+      local c = d
+      for _ = 1, 100000 do c[1] = {}; c = c[1] end
+      return d
+    end, { 1, 2, 3 }, { chunk_size = 3 })
+    assert.is_false(ok)
+    assert.are.equal("marshal", err.kind)
+    assert.are.equal(2, err.index)
+    assert.matches("^result%[2%].*too deep", err.message)
+    -- a task error after a result that cannot be sent: the task error
+    ok, err = pcall(pool.map, pool, function(x)
+      if x == 2 then return { f = print } end
+      if x == 4 then error("boom " .. x, 0) end
+      return { x = x }
+    end, { 1, 2, 3, 4, 5 }, { chunk_size = 5 })
+    assert.is_false(ok)
+    assert.are.equal("task", err.kind)
+    assert.are.equal("boom 4", err.message)
+    assert.are.equal(4, err.index)
+    -- and the worker goes on
+    assert.are.same({ { x = 1 }, { x = 2 }, n = 2 },
+      pool:map(function(x) return { x = x } end, { 1, 2 }, { chunk_size = 2 }))
+  end)
 end)
 
 describe("a process the host forks", function()

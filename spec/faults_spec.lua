@@ -81,6 +81,22 @@ describe("a worker dying", function()
     end)
   end
 
+  it("while encoding a table result as its task returns names that item, in phase encode", function()
+    -- records are encoded as their tasks return (engine/fp_worker.c,
+    -- w_put): the 2nd entry into the encode phase is item 2's record
+    core._set_worker_fault("encode", SIGTERM, 2, 1)
+    local pool = forkpool.new{ n_jobs = 1, keep_alive = true }
+    local err = map_error(pool, function(x) return { id = x } end, items(4), { chunk_size = 4 })
+    core._set_worker_fault("encode", 0)
+    assert.is_true(forkpool.is_error(err, "worker_died"), tostring(err))
+    assert.are.equal("SIGTERM", err.signal)
+    assert.are.equal("encode", err.phase)
+    assert.are.equal(2, err.index)
+    local r = pool:map(function(x) return { id = x } end, items(4), { chunk_size = 4 })
+    for i = 1, 4 do assert.are.same({ id = i }, r[i]) end
+    pool:close()
+  end)
+
   it("in worker_exit is reported by stop_and_join, and the workers are reaped", function()
     local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
     core._set_worker_fault("worker_exit", SIGSEGV, 1, 2)

@@ -24,12 +24,18 @@ local stamp_fn_t = ffi.typeof("void (*)(void)")
 local table_new = require "table.new"
 local getmt, setmt = debug.getmetatable, setmetatable
 
--- A result is its value when its task returned: it is encoded only after
--- the whole chunk ran, so a table a later task of the chunk changes (the
--- same table returned again, worker state, a cache) is copied first, with
--- its sub-tables (sharing and cycles kept) and metatables.  Functions,
--- userdata and cdata are kept as they are.  The last result of a chunk is
--- encoded before anything else runs and needs no copy.
+-- A result is its value when its task returned, though a later task of the
+-- chunk may change a table it returned (the same table returned again,
+-- worker state, a cache), and results are sent once the whole chunk ran.
+-- The runner's plain paths (make_runner) keep a table result either by
+-- having the worker encode it right away (put, engine/fp_worker.c) or, a
+-- flat array of scalars while the chunk can still travel packed, by a
+-- one-level copy (flat_copy).  Per-item mode (run_each) encodes after the
+-- whole chunk ran: every result's form depends on whether any item failed
+-- (tag_results), so a table is copied first (snapshot), with its
+-- sub-tables (sharing and cycles kept) and metatables.  Functions, userdata
+-- and cdata are kept as they are.  The last result of a chunk is encoded
+-- before anything else runs and needs neither.
 local function snap_deep(t, seen)
   local c = seen[t]
   if c then return c end
@@ -66,6 +72,27 @@ local function snapshot(t)
   return c
 end
 M.snapshot = snapshot
+
+-- A copy of t when it is a flat array of scalars (no metatable, keys 1..#t
+-- only, numbers, strings and booleans), else nil: the results forkpool.pack
+-- can still send packed with the chunk (its flat_scalars, the same test),
+-- much cheaper than the codec for both sides.  One level, so a plain copy
+-- is the value when the task returned.
+local function flat_copy(t)
+  if getmt(t) ~= nil then return nil end
+  local m, count = #t, 0
+  local c = table_new(m, 0)
+  for k, v in next, t do
+    if type(k) ~= "number" or k < 1 or k > m or k % 1 ~= 0 then return nil end
+    local tv = type(v)
+    if tv ~= "number" and tv ~= "string" and tv ~= "boolean" then return nil end
+    c[k] = v
+    count = count + 1
+  end
+  if count ~= m then return nil end
+  return c
+end
+M.flat_copy = flat_copy
 
 ------------------------------------------------------------------------
 -- Per-item mode (opts.each: apply_async calls batched into one job,
@@ -139,20 +166,41 @@ local function run_each(cur, cancel, stamp, msgh, fn, items, first, last, off, j
   return failed
 end
 
--- make_runner(cur, cancel, stamp, msgh): cur and cancel are light userdata
--- pointing at the worker's status block, stamp a C function that records
--- when an item begins (used only for timed chunks, when a task_timeout is
--- set).  The runner returns true when every item ran, false when the job
--- was cancelled; errors propagate (the C side catches them).  Every table
--- result but the chunk's last is snapshot when its task returns.
+-- make_runner(cur, cancel, stamp, msgh, put): cur and cancel are light
+-- userdata pointing at the worker's status block, stamp a C function that
+-- records when an item begins (used only for timed chunks, when a
+-- task_timeout is set).  The runner returns true when every item ran, false
+-- when the job was cancelled; errors propagate (the C side catches them).
+-- put(out, k) (a Lua C function) encodes out[1..k] not encoded yet, and
+-- once it ran the chunk's results go through the codec, never packed; a
+-- result put cannot encode fails the chunk once it ran (as when encoding
+-- afterwards: the C side reports it).  The runner keeps a table result
+-- (hold) when its task returns, except for the chunk's last (encoded
+-- before any other task runs): while the chunk could still be packed (no
+-- put yet) a flat array of scalars is copied instead, anything else is
+-- put.  Numbers and strings never leave the JIT-compiled loop (put is a
+-- lua_CFunction: LuaJIT stitches traces around its call).
 -- opts: the job's worker options (forkpool.job's wopts): timed (stamp each
 -- item's start), star (each item is an argument list), each (per-item
 -- mode, above: msgh, the C message handler, builds the error tables).
-function M.make_runner(cur_p, cancel_p, stamp_p, msgh)
+function M.make_runner(cur_p, cancel_p, stamp_p, msgh, put)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
   local stamp = ffi.cast(stamp_fn_t, stamp_p)
   local unpack, rawget = unpack, rawget
+  -- Keep out[j] = r, a table result; returns whether the chunk can still
+  -- be packed.
+  local function hold(out, j, r, packable)
+    if packable then
+      local c = flat_copy(r)
+      if c then
+        out[j] = c
+        return true
+      end
+    end
+    put(out, j)
+    return false
+  end
   return function(fn, items, first, last, off, job, out, opts, nlead, a1, a2, a3)
     if opts.each then
       return run_each(cur, cancel, stamp, msgh, fn, items, first, last, off, job, out, opts,
@@ -160,6 +208,7 @@ function M.make_runner(cur_p, cancel_p, stamp_p, msgh)
     end
     local k = 1 - first
     local r
+    local packable = true
     local timed, star = opts.timed, opts.star
     if timed or star then
       for i = first, last do
@@ -182,40 +231,40 @@ function M.make_runner(cur_p, cancel_p, stamp_p, msgh)
           elseif nlead == 2 then r = fn(a1, a2, it)
           else r = fn(a1, a2, a3, it) end
         end
-        if type(r) == "table" and i ~= last then r = snapshot(r) end
         out[i + k] = r
+        if type(r) == "table" and i ~= last then packable = hold(out, i + k, r, packable) end
       end
     elseif nlead == 0 then
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
         r = fn(rawget(items, i))
-        if type(r) == "table" and i ~= last then r = snapshot(r) end
         out[i + k] = r
+        if type(r) == "table" and i ~= last then packable = hold(out, i + k, r, packable) end
       end
     elseif nlead == 1 then
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
         r = fn(a1, rawget(items, i))
-        if type(r) == "table" and i ~= last then r = snapshot(r) end
         out[i + k] = r
+        if type(r) == "table" and i ~= last then packable = hold(out, i + k, r, packable) end
       end
     elseif nlead == 2 then
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
         r = fn(a1, a2, rawget(items, i))
-        if type(r) == "table" and i ~= last then r = snapshot(r) end
         out[i + k] = r
+        if type(r) == "table" and i ~= last then packable = hold(out, i + k, r, packable) end
       end
     else
       for i = first, last do
         cur[0] = i + off
         if cancel[0] == job then return false end
         r = fn(a1, a2, a3, rawget(items, i))
-        if type(r) == "table" and i ~= last then r = snapshot(r) end
         out[i + k] = r
+        if type(r) == "table" and i ~= last then packable = hold(out, i + k, r, packable) end
       end
     end
     return true
