@@ -323,7 +323,7 @@ end)
 describe("saturation: more workers than CPUs, tasks that only compute", function()
   it("holds at most as many workers busy as there are CPUs, chunks sized for them", function()
     child([=[
-      local n = cpus * 2 + 2
+      local n = cpus + 2
       local pool = forkpool.new{ n_jobs = n, keep_alive = true }
       local M = 600
       saturation(0, 0, function()
@@ -355,7 +355,7 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
 
   it("is not entered by tasks that block, nor with no more workers than CPUs", function()
     child([=[
-      local n = cpus * 2 + 2
+      local n = cpus + 2
       local pool = forkpool.new{ n_jobs = n, keep_alive = true }
       saturation(nil, 0.001, function()
         local sleepy = function(x) ffi.C.usleep(2000); return x * 2 end
@@ -380,7 +380,7 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
 
   it("reads tasks that only compute as saturating, and lifts the cap when they start to block", function()
     child([=[
-      local n = cpus * 2 + 2
+      local n = cpus + 2
       local pool = forkpool.new{ n_jobs = n, keep_alive = true }
       saturation(nil, 0.02, function()
         check_doubles(pool:map(busy(2), range(200)), 200)
@@ -402,7 +402,7 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
 
   it("never stalls a capped map: deaths, task errors, lifespans, apply_async beside it", function()
     child([=[
-      local n = cpus * 2 + 2
+      local n = cpus + 2
       local pool = forkpool.new{ n_jobs = n, keep_alive = true, worker_lifespan = 40 }
       local mark = os.tmpname()
       os.remove(mark)
