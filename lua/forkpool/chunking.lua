@@ -11,7 +11,7 @@ local core = require "forkpool.core"
 local cpus = require "forkpool.cpus"
 local J = require "forkpool.job"
 
-local min, max, floor, ceil = math.min, math.max, math.floor, math.ceil
+local min, max, floor = math.min, math.max, math.floor
 
 local M = {}
 
@@ -69,7 +69,7 @@ local function saturate(pool, job, on)
     local cap = parallelism(pool)
     pool._cap, pool._cap_job = cap, job
     job.min_chunk0 = job.min_chunk0 or job.min_chunk
-    job.min_chunk = max(job.min_chunk0, ceil(job.total / (cap * J.CHUNKS_PER_WORKER)))
+    job.min_chunk = max(job.min_chunk0, J.default_chunk(job.total, cap))
     job.chunk_size = max(job.chunk_size, job.min_chunk)
     job.tail_div = J.TAIL_SHARE * cap
   elseif pool._cap_job == job then

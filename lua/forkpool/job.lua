@@ -31,7 +31,10 @@ M.INFLIGHT = 2
 -- Default chunking: about this many chunks per worker (mpire's rule) to
 -- start with; a map over an array may then grow its chunks (job.grow).
 local CHUNKS_PER_WORKER = 64
-M.CHUNKS_PER_WORKER = CHUNKS_PER_WORKER
+
+-- The default chunk size of n items on w workers (also what a saturated
+-- map sizes its chunks by, for as many workers as CPUs: forkpool.chunking).
+function M.default_chunk(n, w) return max(1, ceil(n / (w * CHUNKS_PER_WORKER))) end
 -- A grown chunk holds at most 1 / (TAIL_SHARE * n_jobs) of the items not
 -- yet sent, so that the end of the map stays balanced over the workers
 -- whatever the items cost there.
@@ -123,7 +126,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
   end
   local default_size = false
   if not cs then
-    if total then cs, default_size = max(1, ceil(total / (n * CHUNKS_PER_WORKER))), true
+    if total then cs, default_size = M.default_chunk(total, n), true
     else cs, job.adaptive = 1, true end
   end
   job.chunk_size = cs

@@ -104,17 +104,21 @@ end
 -- enough, because when #t lies in the hash part, next() from it skips the
 -- hash nodes before it (a table filled with string keys first, integers
 -- after, passed that check with its string keys unchecked).
-local function flat_scalars(t)
+-- into (optional): a table that gets t's items as they are checked (the
+-- workers' runner keeps a copy of such a result this way: forkpool.run).
+local function flat_scalars(t, into)
   if getmetatable(t) ~= nil then return false end
   local m, count = #t, 0
   for k, v in next, t do
     if type(k) ~= "number" or k < 1 or k > m or k % 1 ~= 0 then return false end
     local tv = type(v)
     if tv ~= "number" and tv ~= "string" and tv ~= "boolean" then return false end
+    if into then into[k] = v end
     count = count + 1
   end
   return count == m
 end
+M.flat_scalars = flat_scalars
 
 -- choose(t, first, n, results) -> address, length of the packing of
 -- t[first .. first+n-1] (valid until the next call), or nil when the

@@ -22,6 +22,7 @@ local cancel_ptr_t = ffi.typeof("volatile uint64_t *")
 local stamp_fn_t = ffi.typeof("void (*)(void)")
 
 local table_new = require "table.new"
+local flat_scalars = require("forkpool.pack").flat_scalars
 local getmt, setmt = debug.getmetatable, setmetatable
 
 -- A result is its value when its task returned, though a later task of the
@@ -75,22 +76,13 @@ M.snapshot = snapshot
 
 -- A copy of t when it is a flat array of scalars (no metatable, keys 1..#t
 -- only, numbers, strings and booleans), else nil: the results forkpool.pack
--- can still send packed with the chunk (its flat_scalars, the same test),
--- much cheaper than the codec for both sides.  One level, so a plain copy
--- is the value when the task returned.
+-- can still send packed with the chunk (its flat_scalars makes the copy,
+-- so both use the one test), much cheaper than the codec for both sides.
+-- One level, so a plain copy is the value when the task returned.
 local function flat_copy(t)
-  if getmt(t) ~= nil then return nil end
-  local m, count = #t, 0
-  local c = table_new(m, 0)
-  for k, v in next, t do
-    if type(k) ~= "number" or k < 1 or k > m or k % 1 ~= 0 then return nil end
-    local tv = type(v)
-    if tv ~= "number" and tv ~= "string" and tv ~= "boolean" then return nil end
-    c[k] = v
-    count = count + 1
-  end
-  if count ~= m then return nil end
-  return c
+  local c = table_new(#t, 0)
+  if flat_scalars(t, c) then return c end
+  return nil
 end
 M.flat_copy = flat_copy
 
