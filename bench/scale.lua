@@ -190,6 +190,18 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
     local pool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true })
     pool:map(sq, items) -- warm: workers forked, JIT warm
     pool:map(ident, recs)
+    -- records reduced in the workers (map_reduce): the records as items
+    -- (encoded for these kept-alive workers), and the records given once
+    -- through fork as shared_objects with their indexes as items
+    local function score(r) return r.score end
+    local function add(x, y) return x + y end
+    local want_sum = 0
+    for i = 1, NR do want_sum = want_sum + recs[i].score end
+    local spool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true, shared_objects = recs })
+    local function score_at(shared, i) return shared[i].score end
+    local indexes = range(NR)
+    pool:map_reduce(score, recs, add)
+    spool:map_reduce(score_at, indexes, add)
 
     local function check_sq(res, n, who)
       if res.n ~= nil and res.n ~= n then wrong("%s: results.n = %s, want %d", who, tostring(res.n), n) end
@@ -206,6 +218,9 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
           wrong("%s: record %d differs", who, i)
         end
       end
+    end
+    local function check_sum(r, who)
+      if r ~= want_sum then wrong("%s: %s, want %s", who, tostring(r), tostring(want_sum)) end
     end
     local function counter(n)
       local i = 0
@@ -230,6 +245,12 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       contenders[#contenders + 1] = { name = "rec" .. cs, reps = REPS[k],
         run = function() return pool:map(ident, recs, { chunk_size = cs }) end,
         verify = function(r) check_recs(r, ("records chunk_size=%d"):format(cs)) end }
+      contenders[#contenders + 1] = { name = "red" .. cs, reps = REPS[k],
+        run = function() return pool:map_reduce(score, recs, add, { chunk_size = cs }) end,
+        verify = function(r) check_sum(r, ("map_reduce(records) chunk_size=%d"):format(cs)) end }
+      contenders[#contenders + 1] = { name = "sred" .. cs, reps = REPS[k],
+        run = function() return spool:map_reduce(score_at, indexes, add, { chunk_size = cs }) end,
+        verify = function(r) check_sum(r, ("map_reduce(shared records) chunk_size=%d"):format(cs)) end }
       contenders[#contenders + 1] = { name = "imap" .. cs, reps = REPS[k],
         run = function() return drain_imap(pool:imap(sq, counter(N), { chunk_size = cs })) end,
         verify = function(r) check_sq(r, N, ("imap(iterator) chunk_size=%d"):format(cs)) end }
@@ -279,6 +300,8 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
     local a_n, b_n, w_n, cells_n = path("map", N, "item")
     local a_r, b_r, w_r, cells_r = path("rec", NR, "record")
     local a_i, b_i, w_i, cells_i = path("imap", N, "item")
+    local a_rr, b_rr, w_rr, cells_rr = path("red", NR, "record")
+    local a_sr, b_sr, w_sr, cells_sr = path("sred", NR, "record")
     local function fit_cell(a, b, worst)
       return ("a = %s/item, b = %s/chunk (fit within %.0f%%)"):format(fmt_time(a), fmt_time(b), worst * 100)
     end
@@ -309,6 +332,23 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       target = "report", result = "info",
       note = ("records {id=, name=, tags={3 strings}, score=}, fn returns its record (the codec both "
         .. "ways). Per chunk size: %s"):format(table.concat(cells_r, "; ")) }
+    rows[#rows + 1] = { forkpool = fit_cell(a_rr, b_rr, w_rr),
+      baseline = "map_reduce(records), chunk_size 1, 8, 64, 1024", base_value = ("%d records/map"):format(NR),
+      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_rr, b_rr, gc_r)), gc_r,
+        fmt_rate(feed(a_rr, b_rr, 1024))),
+      target = "report", result = "info",
+      note = ("the same records as items, fn returns the record's score, summed in the workers "
+        .. "(map_reduce: one value per chunk comes back; the items are still encoded for these "
+        .. "kept-alive workers). Per chunk size: %s"):format(table.concat(cells_rr, "; ")) }
+    rows[#rows + 1] = { forkpool = fit_cell(a_sr, b_sr, w_sr),
+      baseline = "map_reduce(shared records), chunk_size 1, 8, 64, 1024",
+      base_value = ("%d records/map"):format(NR),
+      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_sr, b_sr, gc_r)), gc_r,
+        fmt_rate(feed(a_sr, b_sr, 1024))),
+      target = "report", result = "info",
+      note = ("the records given once to the workers through fork (shared_objects of a keep_alive "
+        .. "pool), the items their indexes; fn(shared, i) returns shared[i].score, summed in the "
+        .. "workers. Per chunk size: %s"):format(table.concat(cells_sr, "; ")) }
     rows[#rows + 1] = { forkpool = fit_cell(a_i, b_i, w_i),
       baseline = "imap(x*x, iterator), chunk_size 1, 8, 64, 1024", base_value = ("%d items/imap"):format(N),
       ratio = ("feeds %s at c=1024"):format(fmt_rate(feed(a_i, b_i, 1024))),
@@ -371,6 +411,10 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       -- the same with b as measured with 128 workers (the sweep above)
       local wn128 = workers_busy(a_n, b_n + (b128 - b2), t, chunk_of(NT))
       local wr128 = workers_busy(a_r, b_r + (b128 - b2), t, chunk_of(NT))
+      -- records reduced in the workers: as items, and shared through fork
+      local wrr = workers_busy(a_rr, b_rr, t, chunk_of(NT))
+      local wsr = workers_busy(a_sr, b_sr, t, chunk_of(NT))
+      local wsr128 = workers_busy(a_sr, b_sr + (b128 - b2), t, chunk_of(NT))
       local pass = math.min(wn, wr) >= 64
       local function lim(a) return a > 0 and fmt_w(math.floor(t / a)) or "∞" end
       -- and for a map of 1e5 items (smaller chunks for the same workers)
@@ -379,8 +423,10 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
       rows[#rows + 1] = { forkpool = ("numbers %s, records %s (n = 1e5: %s, %s)"):format(fmt_w(wn), fmt_w(wr),
         fmt_w(wn5), fmt_w(wr5)),
         baseline = ("workers kept busy, tasks of %s"):format(fmt_time(t)),
-        base_value = ("b of 128 workers: %s, %s; apply_async %s"):format(fmt_w(wn128), fmt_w(wr128), fmt_w(wa)),
-        ratio = ("limit t/a: %s, %s"):format(lim(a_n), lim(a_r)),
+        base_value = ("b of 128 workers: %s, %s; apply_async %s; records reduced in the workers: "
+          .. "as items %s, shared %s (b of 128: %s)"):format(fmt_w(wn128), fmt_w(wr128), fmt_w(wa),
+          fmt_w(wrr), fmt_w(wsr), fmt_w(wsr128)),
+        ratio = ("limit t/a: %s, %s; reduced %s, shared %s"):format(lim(a_n), lim(a_r), lim(a_rr), lim(a_sr)),
         target = t >= 10e-6 and "≥ 64 (map)" or "report",
         result = t >= 10e-6 and verdict(pass) or "info",
         note = "workers one parent keeps busy = the largest w with w * (b + c * a) ≤ c * t: a worker "

@@ -217,7 +217,9 @@ static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
       why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "?";
       goto bad;
     }
-  } else if (fp_decode_range(L, lua_gettop(L), at, h->count, d, len, &pos, o, err) != FP_OK) {
+  } else if (fp_decode_range(L, lua_gettop(L), at,
+                             h->index == FP_RESULTS_REDUCED ? 1 : h->count, d, len, &pos, o,
+                             err) != FP_OK) {
     goto bad;
   }
   if (stale) {

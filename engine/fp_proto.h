@@ -49,6 +49,10 @@ enum fp_msg {
  * runner's per-item mode, lua/forkpool/run.lua: batched apply_async calls)
  * when some item failed: every result is tagged, {value} or {e = error}. */
 #define FP_RESULTS_TAGGED (-1)
+/* RESULTS index of a chunk of a map_reduce job (the runner's reduce mode,
+ * lua/forkpool/run.lua): the body holds one value, the chunk's results
+ * folded by the job's reducer in item order, not count of them. */
+#define FP_RESULTS_REDUCED (-2)
 
 /* Header of CHUNK and of every chunk reply.  start/index are 1-based item
  * indexes of the job's input.  fn names the function to run: the job id
@@ -59,7 +63,8 @@ typedef struct fp_chunk_hdr {
   uint64_t fn;
   int64_t start;
   int64_t index;   /* replies: the item an error is about; 0 otherwise, or
-                      FP_RESULTS_TAGGED on a RESULTS record */
+                      FP_RESULTS_TAGGED or FP_RESULTS_REDUCED on a RESULTS
+                      record */
   uint32_t count;
   uint32_t flags;
 } fp_chunk_hdr;

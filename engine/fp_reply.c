@@ -71,8 +71,12 @@ int fp_reply_parse(fp_sentq *q, uint32_t type, const unsigned char *d, size_t le
   const fp_sent *e = &q->q[q->head];
   if (e->job != h->job || e->start != h->start || e->count != h->count)
     return corrupt(why, "a reply that does not answer the chunk sent");
-  if (type == FP_M_RESULTS && !(h->flags & FP_CHUNK_PACKED) && h->count > len - *pos)
+  /* (a reduced chunk carries one value whatever its count) */
+  uint32_t nvals = h->index == FP_RESULTS_REDUCED ? 1 : h->count;
+  if (type == FP_M_RESULTS && !(h->flags & FP_CHUNK_PACKED) && nvals > len - *pos)
     return corrupt(why, "more results than bytes");
+  if (type == FP_M_RESULTS && h->index == FP_RESULTS_REDUCED && (h->flags & FP_CHUNK_PACKED))
+    return corrupt(why, "a reduced chunk is never packed");
   q->head = (q->head + 1) % q->cap;
   q->n--;
   return FP_OK;

@@ -493,7 +493,8 @@ static int w_put(lua_State *L) {
  * they all are scalars, else through the codec, appended to what w_put
  * already encoded (out[1..enc_done]); a result that cannot be sent fails
  * the chunk with a "marshal" CHUNK_ERROR naming it (the first one, w_put's
- * included).  index goes into the RESULTS header: 0, or FP_RESULTS_TAGGED. */
+ * included).  index goes into the RESULTS header: 0, FP_RESULTS_TAGGED, or
+ * FP_RESULTS_REDUCED (out[1] alone is sent: the chunk's folded value). */
 static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx, int64_t index) {
   lua_State *L = w->L;
   fp_worker_io *io = w->io;
@@ -503,12 +504,14 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx, int64_t in
   w_enc_opts(&o);
   /* Results already encoded are in w->enc and rule out the packed form
    * (they are not all scalars anyway: w_put runs only for tables). */
+  int reduced = index == FP_RESULTS_REDUCED;
   if (w->enc_done == 0 && w->enc_rc == FP_OK) {
     w->enc.len = 0;
-    if (w_reply_packed(w, h, out_idx, index)) return;
+    if (!reduced && w_reply_packed(w, h, out_idx, index)) return;
   }
   int rc = w->enc_rc;
-  if (rc == FP_OK) rc = w_encode_results(w, L, out_idx, w->enc_done + 1, h->count, &o);
+  if (rc == FP_OK)
+    rc = w_encode_results(w, L, out_idx, w->enc_done + 1, reduced ? 1 : h->count, &o);
   if (rc == FP_OK) {
     w_reply(w, FP_M_RESULTS, h, index);
     return;
@@ -516,7 +519,13 @@ static void w_reply_results(W *w, const fp_chunk_hdr *h, int out_idx, int64_t in
   const fp_codec_err *err = &w->enc_err;
   int64_t bad = w->enc_bad;
   lua_createtable(L, 0, 2);
-  if (rc == FP_EMARSHAL) {
+  if (rc == FP_EMARSHAL && reduced) {
+    lua_pushfstring(L, "the reduced value of items %d..%d%s: %s", (int)h->start,
+                    (int)(h->start + h->count - 1), err->path, err->msg);
+    lua_setfield(L, -2, "message");
+    lua_pushfstring(L, "reduced%s", err->path);
+    lua_setfield(L, -2, "path");
+  } else if (rc == FP_EMARSHAL) {
     lua_pushfstring(L, "result[%d]%s: %s", (int)bad, err->path, err->msg);
     lua_setfield(L, -2, "message");
     lua_pushfstring(L, "result[%d]%s", (int)bad, err->path);
@@ -745,8 +754,11 @@ static void w_chunk(W *w, const unsigned char *p, size_t len) {
   } else {
     /* A number instead of true: the runner caught that many task errors
      * itself (its per-item mode, forkpool.run) and tagged every result
-     * ({value} or {e = error}); the reply says so. */
-    int64_t index = lua_type(L, -1) == LUA_TNUMBER ? FP_RESULTS_TAGGED : 0;
+     * ({value} or {e = error}); a string: it folded the chunk's results
+     * into out[1] (its reduce mode).  The reply says so. */
+    int rt = lua_type(L, -1);
+    int64_t index = rt == LUA_TNUMBER ? FP_RESULTS_TAGGED
+                    : rt == LUA_TSTRING ? FP_RESULTS_REDUCED : 0;
     lua_pop(L, 1);
     w_reply_results(w, &h, base + 3, index);
   }

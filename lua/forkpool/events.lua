@@ -37,8 +37,25 @@ end
 -- job.pending counts items pulled and not yet answered; job.active those
 -- pulled and not yet handed to the caller (lazy sinks hand them over when
 -- taken).
+local function on_corrupt(pool, w, rec, message, job)
+  local err = errors.new("marshal", { worker_id = w, pid = rec.pid, message = message })
+  deaths.kill(pool, w, { reason = "corrupt" })
+  for _, ch in ipairs(rec.chunks) do J.fail(ch.job, err) end
+  if job then J.fail(job, err) end
+end
+
+-- The RESULTS index of a reduced chunk (FP_RESULTS_REDUCED, engine/fp_proto.h).
+local REDUCED = -2
+
 local function on_results(pool, w, rec, job, jobid, start, value, index)
   local ch = take_chunk(pool, w, rec, jobid, start)
+  -- (one value stands for the chunk only in a map_reduce: anything else
+  -- would leave results missing)
+  if ch and job and ch.job == job and value and (index == REDUCED) ~= (job.kind == "reduce") then
+    return on_corrupt(pool, w, rec, ("worker %d sent a corrupted record: %s"):format(w,
+      index == REDUCED and "one reduced value for the results of a chunk" or "a map_reduce chunk not reduced"),
+      job)
+  end
   if ch and job and ch.job == job and value then
     local n = ch.count
     job.done = job.done + n
@@ -107,9 +124,7 @@ local function handle(pool, kind, w, jobid, start, _, index, value)
     local err = deaths.on_exit(pool, w, value)
     if err and pool._joining then pool._join_error = pool._join_error or err end
   elseif kind == "corrupt" then
-    local err = errors.new("marshal", { worker_id = w, pid = rec.pid, message = value })
-    deaths.kill(pool, w, { reason = "corrupt" })
-    for _, ch in ipairs(rec.chunks) do J.fail(ch.job, err) end
+    on_corrupt(pool, w, rec, value)
   elseif kind == "interrupted" then
     local err = interrupted_error()
     for _, id in ipairs(pool._order) do

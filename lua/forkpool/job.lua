@@ -47,13 +47,16 @@ M.TAIL_SHARE = 4
 -- at level (as for error(), counted from the caller of new).
 -- The workers' options of a job (what forkpool.run sees): timed = stamp
 -- each item's start, star = items are argument lists, each = every item is
--- a call of its own whose error is caught (forkpool.batch).  One shared,
+-- a call of its own whose error is caught (forkpool.batch), reduce = the
+-- reducer of a map_reduce (the chunk's results are folded in the worker).  One shared,
 -- read-only table per combination, so that equal options are the same
 -- table (dispatch's setup cache compares them by identity).  A new option
 -- the workers must see goes here.
 local WOPTS = {}
-local function wopts_for(timed, star, each)
+local function wopts_for(timed, star, each, reduce)
   timed, star, each = not not timed, not not star, not not each
+  -- (a reducer travels with the options: a table of its own per job)
+  if reduce then return { timed = timed, star = star, each = each, reduce = reduce } end
   local k = (timed and 1 or 0) + (star and 2 or 0) + (each and 4 or 0)
   local w = WOPTS[k]
   if not w then
@@ -92,7 +95,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
     -- What the workers' runner (forkpool.run) sees of the job (wopts_for):
     -- shipped once with the function (dispatch), handed to the runner with
     -- every chunk.
-    wopts = wopts_for(opts.task_timeout ~= nil or pool._insights, star),
+    wopts = wopts_for(opts.task_timeout ~= nil or pool._insights, star, false, opts.reducer),
     chunk_size = nil,       -- items per chunk (adaptive and growing jobs change it: forkpool.chunking)
     adaptive = false,       -- chunk size follows chunk round-trip times
     -- A map over an array with the default chunk size: chunks grow while
@@ -153,7 +156,7 @@ function M.new(pool, kind, fn, source, total, opts, star, fname, level)
   else
     job.max_active = math.huge
   end
-  job.sink = sinks.new(kind, total)
+  job.sink = sinks.new(kind, total, opts)
   if pool._order_tasks then
     job.wq = {}
     for w = 1, n do job.wq[w] = {} end

@@ -93,6 +93,9 @@ M.MAP = {
   progress_bar = "boolean", progress_bar_options = "table",
 }
 for k, v in pairs(M.RUN) do M.MAP[k] = v end
+-- ... and map_reduce's initial value.
+M.REDUCE = { initial = "any" }
+for k, v in pairs(M.MAP) do M.REDUCE[k] = v end
 -- ... and apply_async's callbacks.
 M.ASYNC = { callback = "function", error_callback = "function" }
 for k, v in pairs(M.RUN) do M.ASYNC[k] = v end

@@ -157,6 +157,26 @@ function Pool:starmap_unordered(fn, items, opts)
   return sync_call(self, "unordered", "starmap_unordered", fn, items, opts, true)
 end
 
+-- pool:map_reduce(fn, items, reducer [, options]) -> the results of fn
+-- folded by reducer in input order: reducer(...reducer(reducer(r1, r2),
+-- r3)..., rn), or with options.initial, reducer(...reducer(initial, r1)...).
+-- Each worker folds the results of its chunks, so only one value per chunk
+-- comes back; the parent folds those.  reducer must be associative (the
+-- grouping is by chunk); it travels to the workers like fn.  No items:
+-- initial (nil without it).
+function Pool:map_reduce(fn, items, reducer, opts)
+  opts = begin_call(self, "map_reduce", opts, options.REDUCE)
+  local total = options.check_map_args(fn, items, opts, "map_reduce", 2)
+  if type(reducer) ~= "function" then
+    error(("bad argument #3 to 'map_reduce' (function expected, got %s)"):format(type(reducer)), 2)
+  end
+  local o = { reducer = reducer }
+  for k, v in pairs(opts) do o[k] = v end
+  local job = J.new(self, "reduce", fn, items, total, o, false, "map_reduce", 2)
+  guarded(self, call.run_sync, self, job, o)
+  return job.sink:result(job)
+end
+
 -- imap and friends: start the job, return its iterator (forkpool.results).
 local function imap_call(self, kind, fname, fn, items, opts, star)
   opts = begin_call(self, fname, opts, options.MAP)

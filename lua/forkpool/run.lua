@@ -158,6 +158,43 @@ local function run_each(cur, cancel, stamp, msgh, fn, items, first, last, off, j
   return failed
 end
 
+------------------------------------------------------------------------
+-- Reduce mode (opts.reduce: pool:map_reduce): the chunk's results are
+-- folded in item order, acc = reduce(acc, r), starting from the first
+-- result, and only the fold travels back (out[1]; the runner returns
+-- "reduced" so that the reply says so: FP_RESULTS_REDUCED).  An error in
+-- fn or in the reducer fails the chunk like a task error of the item whose
+-- index the status block holds.
+------------------------------------------------------------------------
+
+local function run_reduce(cur, cancel, stamp, fn, items, first, last, off, job, out, opts,
+                          nlead, a1, a2, a3)
+  local reduce, timed, star = opts.reduce, opts.timed, opts.star
+  local acc, r
+  for i = first, last do
+    cur[0] = i + off
+    if timed then stamp() end
+    if cancel[0] == job then return false end
+    local it = rawget(items, i)
+    if star then
+      if type(it) ~= "table" then
+        error(("item %d is a %s, not a table of arguments"):format(i + off, type(it)), 0)
+      end
+      local n = rawget(it, "n") or #it
+      if nlead == 0 then r = fn(unpack(it, 1, n))
+      elseif nlead == 1 then r = fn(a1, unpack(it, 1, n))
+      elseif nlead == 2 then r = fn(a1, a2, unpack(it, 1, n))
+      else r = fn(a1, a2, a3, unpack(it, 1, n)) end
+    elseif nlead == 0 then r = fn(it)
+    elseif nlead == 1 then r = fn(a1, it)
+    elseif nlead == 2 then r = fn(a1, a2, it)
+    else r = fn(a1, a2, a3, it) end
+    if i == first then acc = r else acc = reduce(acc, r) end
+  end
+  out[1] = acc
+  return "reduced"
+end
+
 -- make_runner(cur, cancel, stamp, msgh, put): cur and cancel are light
 -- userdata pointing at the worker's status block, stamp a C function that
 -- records when an item begins (used only for timed chunks, when a
@@ -174,7 +211,8 @@ end
 -- lua_CFunction: LuaJIT stitches traces around its call).
 -- opts: the job's worker options (forkpool.job's wopts): timed (stamp each
 -- item's start), star (each item is an argument list), each (per-item
--- mode, above: msgh, the C message handler, builds the error tables).
+-- mode, above: msgh, the C message handler, builds the error tables),
+-- reduce (the reducer of reduce mode, above).
 function M.make_runner(cur_p, cancel_p, stamp_p, msgh, put)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
@@ -194,6 +232,10 @@ function M.make_runner(cur_p, cancel_p, stamp_p, msgh, put)
     return false
   end
   return function(fn, items, first, last, off, job, out, opts, nlead, a1, a2, a3)
+    if opts.reduce then
+      return run_reduce(cur, cancel, stamp, fn, items, first, last, off, job, out, opts,
+        nlead, a1, a2, a3)
+    end
     if opts.each then
       return run_each(cur, cancel, stamp, msgh, fn, items, first, last, off, job, out, opts,
         nlead, a1, a2, a3)

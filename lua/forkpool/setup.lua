@@ -47,7 +47,10 @@ local function setup_bytes(pool, job)
   if not bytes then bytes, _, msg, path = pool._core:encode(v, modmap.get(true)) end
   if not bytes then
     msg = msg:gsub("^%.", "")
-    J.fail(job, errors.new("marshal", { message = "cannot send the task function: " .. msg
+    -- (a map_reduce's reducer travels in the options)
+    local what = "the task function"
+    if msg:find("^opts%.reduce") then what, msg = "the reducer", msg:gsub("^opts%.reduce%.?", "") end
+    J.fail(job, errors.new("marshal", { message = "cannot send " .. what .. ": " .. msg
       .. "; pass such values through worker_init or shared_objects",
       path = path and (path:gsub("^%.", "")) }))
     return nil

@@ -8,6 +8,7 @@
 --   "apply"           apply, apply_async             one value
 --   "batch"           apply_async calls batched      each to its own call
 --                     (forkpool.batch)               (route(job, ...), job: set by it)
+--   "reduce"          map_reduce                     one value per chunk, folded at the end
 --
 -- Every sink has the same small interface:
 --   sink:target()        what the engine decodes a chunk's results into
@@ -205,10 +206,60 @@ end
 function Batch.result() return nil end
 
 ------------------------------------------------------------------------
+-- reduce: one folded value per chunk (the workers' reduce mode,
+-- forkpool.run), folded again here in input order when the job ends
+------------------------------------------------------------------------
 
--- new(kind, total) -> a sink for a job of that kind (total: its number of
--- items when known).
-function M.new(kind, total)
+local Reduce = {}
+Reduce.__index = Reduce
+
+Reduce.target = Imap.target
+
+-- (the chunk's value alone was sent: chunk[1]; nil is a value too, so
+-- the starts are kept apart from the values)
+function Reduce:deliver(start, _, chunk)
+  local n = self.n + 1
+  self.starts[n], self.vals[start], self.n = start, chunk[1], n
+end
+
+-- The fold runs here, on the caller's stack once the job is over, not in
+-- the middle of event handling: the reducer is user code (it may raise,
+-- or even call the pool).  Chunks are folded in input order, so the
+-- reducer needs to be associative, not commutative.  An error is raised
+-- as a "task" error (phase "reduce", index: the first item of the chunk
+-- whose value was being folded in).
+local function reduce_msgh(e) return { e = e, tb = debug.traceback("", 2):gsub("^\n", "") } end
+
+function Reduce:result()
+  local starts, vals, reduce = self.starts, self.vals, self.reduce
+  table.sort(starts)
+  local acc, have = self.initial, self.initial ~= nil
+  for k = 1, self.n do
+    local st = starts[k]
+    local v = vals[st]
+    if not have then
+      acc, have = v, true
+    else
+      local ok, r = xpcall(reduce, reduce_msgh, acc, v)
+      if not ok then
+        local e = r.e
+        error(require("forkpool.errors").new("task", {
+          message = "in the reducer: " .. (type(e) == "string" and e or tostring(e)),
+          value = e, traceback = r.tb, index = st, phase = "reduce" }), 0)
+      end
+      acc = r
+    end
+  end
+  self.vals, self.starts = nil, nil
+  return acc
+end
+
+------------------------------------------------------------------------
+
+-- new(kind, total, opts) -> a sink for a job of that kind (total: its
+-- number of items when known; opts: the call's options, for "reduce": its
+-- reducer and initial).
+function M.new(kind, total, opts)
   if kind == "map" then
     return setmetatable({ total = total, t = nil }, Ordered)
   elseif kind == "unordered" then
@@ -221,6 +272,9 @@ function M.new(kind, total)
     return setmetatable({ t = {} }, Single)
   elseif kind == "batch" then
     return setmetatable({ route = nil, job = nil }, Batch)
+  elseif kind == "reduce" then
+    return setmetatable({ starts = {}, vals = {}, n = 0, reduce = opts.reducer,
+      initial = opts.initial }, Reduce)
   end
   error("unknown sink kind " .. tostring(kind))
 end
