@@ -4,6 +4,9 @@ local forkpool = require "forkpool"
 local util = require "support.util"
 
 local items = util.items
+local ffi = require "ffi"
+pcall(ffi.cdef, "int usleep(unsigned int);")
+pcall(ffi.cdef, "int getpid(void);")
 
 local function add(a, b) return a + b end
 -- associative, not commutative: shows the order of the fold
@@ -52,6 +55,33 @@ describe("map_reduce", function()
     assert.are.equal(5050 + 7, pool:map_reduce(function(x) return x end, items(100), counted,
       { chunk_size = 10, initial = 7 }))
     assert.are.equal(10, calls)
+    pool:close()
+  end)
+
+  it("folds the chunks' values in the parent while the map runs, not only at its end", function()
+    -- the last item waits (at most 10 s) for a file that only the parent's
+    -- reducer makes: folding at the end would make it time out
+    local marker = tmpfile()
+    local parent = ffi.C.getpid()
+    local pool = forkpool.new{ n_jobs = 2 }
+    local r = pool:map_reduce(function(x)
+      if x == 40 then
+        local deadline = os.time() + 10
+        while not io.open(marker) and os.time() < deadline do require("ffi").C.usleep(10000) end
+        local f = io.open(marker)
+        if not f then return "late" end
+        f:close()
+      end
+      return tostring(x)
+    end, items(40), function(a, b)
+      if ffi.C.getpid() == parent then  -- (the workers fold with it too)
+        local f = io.open(marker, "w")
+        f:close()
+      end
+      return a .. "," .. b
+    end, { chunk_size = 4 })
+    os.remove(marker)
+    assert.are.equal(seq_cat(40), r)
     pool:close()
   end)
 

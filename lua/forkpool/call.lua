@@ -146,9 +146,16 @@ local function prepare(self, opts)
   end
 end
 
+-- (a sink with a fold, map_reduce's, folds what came back between steps:
+-- user code, kept out of event handling)
 local function drive(self, job)
   E.submit(self, job)
-  while not job.finished and not job.err do E.step(self, -1) end
+  local sink = job.sink
+  local fold = sink.fold
+  while not job.finished and not job.err do
+    E.step(self, -1)
+    if fold then fold(sink) end
+  end
 end
 
 -- Run a job to completion (or failure) on the calling stack.  An error

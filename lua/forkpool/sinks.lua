@@ -8,7 +8,8 @@
 --   "apply"           apply, apply_async             one value
 --   "batch"           apply_async calls batched      each to its own call
 --                     (forkpool.batch)               (route(job, ...), job: set by it)
---   "reduce"          map_reduce                     one value per chunk, folded at the end
+--   "reduce"          map_reduce                     one value per chunk, folded in input order
+--                                                    between event-loop steps (sink:fold)
 --
 -- Every sink has the same small interface:
 --   sink:target()        what the engine decodes a chunk's results into
@@ -215,43 +216,51 @@ Reduce.__index = Reduce
 
 Reduce.target = Imap.target
 
--- (the chunk's value alone was sent: chunk[1]; nil is a value too, so
--- the starts are kept apart from the values)
-function Reduce:deliver(start, _, chunk)
-  local n = self.n + 1
-  self.starts[n], self.vals[start], self.n = start, chunk[1], n
+-- (the chunk's value alone was sent: chunk[1]; nil is a value too, so the
+-- counts say which chunks are in)
+function Reduce:deliver(start, count, chunk)
+  self.vals[start], self.counts[start] = chunk[1], count
 end
 
--- The fold runs here, on the caller's stack once the job is over, not in
--- the middle of event handling: the reducer is user code (it may raise,
--- or even call the pool).  Chunks are folded in input order, so the
--- reducer needs to be associative, not commutative.  An error is raised
--- as a "task" error (phase "reduce", index: the first item of the chunk
--- whose value was being folded in).
 local function reduce_msgh(e) return { e = e, tb = debug.traceback("", 2):gsub("^\n", "") } end
 
-function Reduce:result()
-  local starts, vals, reduce = self.starts, self.vals, self.reduce
-  table.sort(starts)
-  local acc, have = self.initial, self.initial ~= nil
-  for k = 1, self.n do
-    local st = starts[k]
+-- Fold the chunks' values that are next in input order (sink:fold, called
+-- between event-loop steps by forkpool.call, and once more by result):
+-- the reducer is user code, so it never runs in the middle of event
+-- handling, and a value is dropped as soon as it is folded (a reduction
+-- over many chunks holds only those that came back early).  The reducer
+-- needs to be associative, not commutative.  An error is raised as a
+-- "task" error (phase "reduce", index: the first item of the chunk whose
+-- value was being folded in).
+function Reduce:fold()
+  local vals, counts, reduce = self.vals, self.counts, self.reduce
+  local st = self.next
+  local cnt = counts[st]
+  while cnt do
     local v = vals[st]
-    if not have then
-      acc, have = v, true
+    vals[st], counts[st] = nil, nil
+    if not self.have then
+      self.acc, self.have = v, true
     else
-      local ok, r = xpcall(reduce, reduce_msgh, acc, v)
+      local ok, r = xpcall(reduce, reduce_msgh, self.acc, v)
       if not ok then
         local e = r.e
+        self.next = st + cnt
         error(require("forkpool.errors").new("task", {
           message = "in the reducer: " .. (type(e) == "string" and e or tostring(e)),
           value = e, traceback = r.tb, index = st, phase = "reduce" }), 0)
       end
-      acc = r
+      self.acc = r
     end
+    st = st + cnt
+    cnt = counts[st]
   end
-  self.vals, self.starts = nil, nil
-  return acc
+  self.next = st
+end
+
+function Reduce:result()
+  self:fold()
+  return self.acc
 end
 
 ------------------------------------------------------------------------
@@ -273,8 +282,8 @@ function M.new(kind, total, opts)
   elseif kind == "batch" then
     return setmetatable({ route = nil, job = nil }, Batch)
   elseif kind == "reduce" then
-    return setmetatable({ starts = {}, vals = {}, n = 0, reduce = opts.reducer,
-      initial = opts.initial }, Reduce)
+    return setmetatable({ vals = {}, counts = {}, next = 1, reduce = opts.reducer,
+      acc = opts.initial, have = opts.initial ~= nil }, Reduce)
   end
   error("unknown sink kind " .. tostring(kind))
 end
