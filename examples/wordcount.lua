@@ -16,7 +16,12 @@
 --        (c1) each task returns its range's counts, the parent merges them;
 --        (c2) each worker adds its ranges into its worker_state (set up by
 --        worker_init) and hands its totals back once, from worker_exit; the
---        parent merges pool:get_exit_results().
+--        parent merges pool:get_exit_results();
+--   (d)  one task per line again, but reduced in the workers:
+--        pool:map_reduce(count_line, io.lines(path), merge).  The parent
+--        reads the file in blocks (the workers cut the lines) and only
+--        merges one table per chunk: the per-line function of (b), without
+--        its per-line cost in the parent.
 -- All approaches must give identical counts (the script exits non-zero if
 -- not).
 
@@ -224,6 +229,16 @@ local ok_run, err = pcall(function()
   end
   times.c1 = now() - t0
   results.c1 = by_range
+
+  -- (d) one task per line, reduced in the workers: the counts of a chunk's
+  -- lines are merged there, one table per chunk comes back
+  t0 = now()
+  results.d = pool:map_reduce(function(line) return count_into({}, line) end, io.lines(path),
+    function(total, counts)
+      merge_into(total, counts)
+      return total
+    end)
+  times.d = now() - t0
   pool:close()
 
   -- (c2) byte ranges with a per-worker reduce: each worker accumulates
@@ -250,14 +265,15 @@ local ok_run, err = pcall(function()
     b = "(b) naive pool:imap, one task per line",
     c1 = "(c1) pool:map over byte ranges, merge per range",
     c2 = "(c2) byte ranges + per-worker reduce (worker_exit)",
+    d = "(d) pool:map_reduce over io.lines, one task per line",
   }
-  for _, k in ipairs{ "a", "a2", "b", "c1", "c2" } do
+  for _, k in ipairs{ "a", "a2", "b", "c1", "c2", "d" } do
     io.write(("%-52s %7.3f s  speedup %5.2fx\n"):format(names[k], times[k], times.a / times[k]))
   end
 
   local distinct, total = 0, 0
   for _, n in pairs(seq) do distinct = distinct + 1; total = total + n end
-  for _, k in ipairs{ "a2", "b", "c1", "c2" } do
+  for _, k in ipairs{ "a2", "b", "c1", "c2", "d" } do
     local r, m = results[k], 0
     for w, n in pairs(r) do
       m = m + 1
