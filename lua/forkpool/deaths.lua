@@ -8,6 +8,7 @@ local core = require "forkpool.core"
 local errors = require "forkpool.errors"
 local J = require "forkpool.job"
 local D = require "forkpool.dispatch"
+local S = require "forkpool.spawn"
 local ffi = require "ffi"
 
 local min = math.min
@@ -191,7 +192,7 @@ function M.on_exit(pool, w, death)
       died_running(pool, w, rec, death, info, held_by, give_back)
     end
   end
-  D.fill(pool)
+  S.fill(pool)
   return unplanned
 end
 

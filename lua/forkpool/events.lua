@@ -8,6 +8,7 @@ local core = require "forkpool.core"
 local errors = require "forkpool.errors"
 local J = require "forkpool.job"
 local D = require "forkpool.dispatch"
+local S = require "forkpool.spawn"
 local chunking = require "forkpool.chunking"
 local deaths = require "forkpool.deaths"
 
@@ -218,7 +219,7 @@ function M.submit(pool, job)
   if job.progress then pool._progress_jobs = pool._progress_jobs + 1 end
   chunking.submitted(pool, job)
   D.make_runnable(job)
-  D.fill(pool)
+  S.fill(pool)
   -- results are only decoded by poll, after this: a big results table is
   -- made (and page-faulted) while the workers run the first chunks
   local target = job.sink:target()
