@@ -76,7 +76,7 @@ M.POOL = {
   order_tasks = "boolean", cpu_ids = "table", enable_insights = "boolean",
   worker_max_memory = "positive integer", idle_timeout = "positive number",
   close_fds = "any", -- true or a list of fds to keep (checked by core.new)
-  -- fork hooks, run around every worker fork (forkpool.dispatch spawn; the
+  -- fork hooks, run around every worker fork (forkpool.spawn; the
   -- child's in the worker, engine/fp_worker.c)
   before_fork = "function", after_fork_parent = "function", after_fork_child = "function",
 }

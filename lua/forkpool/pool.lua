@@ -45,13 +45,13 @@ function M.new(opts)
     _order_tasks = opts.order_tasks or false,
     _cpus = opts.cpu_ids and options.cpu_ids(opts.cpu_ids, n, 2),
     _insights = opts.enable_insights or false,
-    _before_fork = opts.before_fork,             -- fork hooks (dispatch.spawn; the child's
+    _before_fork = opts.before_fork,             -- fork hooks (forkpool.spawn; the child's
     _after_fork_parent = opts.after_fork_parent, -- runs in the worker: engine/fp_worker.c)
     _after_fork_child = opts.after_fork_child,
     _restart = false,         -- a setting changed: restart workers when idle (setters, call)
     -- workers (forkpool.dispatch: record fields)
-    _workers = {},            -- [wid] = worker record: dispatch.spawn, deaths.on_exit
-    _vacant = n,              -- slots without a process (dispatch.spawn, dispatch.vacate)
+    _workers = {},            -- [wid] = worker record: forkpool.spawn, deaths.on_exit
+    _vacant = n,              -- slots without a process (spawn.lua, dispatch.vacate)
     _holding = 0,             -- live workers holding chunks (dispatch: send_chunk, note, vacate)
     _cap = nil, _cap_job = nil, -- saturation: at most _cap workers hold chunks while
                               -- _cap_job goes on (forkpool.chunking)
