@@ -33,7 +33,10 @@ local fn_bytes = setmetatable({}, { __mode = "k" })
 local function setup_bytes(pool, job)
   if job.setup_bytes then return job.setup_bytes end
   local fn = job.fn
+  -- (not a map_reduce's: its options, which carry the reducer, are a
+  -- table of its own per call, and would pile up here as keys)
   local plain = job.exit == nil and type(fn) == "function" and getupvalue(fn, 1) == nil
+    and not job.wopts.reduce
   if plain then
     local per = fn_bytes[fn]
     local b = per and per[job.wopts]
