@@ -133,6 +133,20 @@ describe("map_reduce", function()
     pool:close()
   end)
 
+  it("gives fn the worker id, shared objects and state as map does, and the reducer (acc, r) only", function()
+    local pool = forkpool.new{ n_jobs = 2, pass_worker_id = true, shared_objects = 10, use_worker_state = true }
+    local r = pool:map_reduce(function(wid, shared, state, x)
+      assert(type(wid) == "number" and shared == 10 and type(state) == "table")
+      return x * shared
+    end, items(20), function(...)
+      assert(select("#", ...) == 2, "reducer called with " .. select("#", ...) .. " arguments")
+      local a, b = ...
+      return a + b
+    end, { chunk_size = 3 })
+    assert.are.equal(2100, r)
+    pool:close()
+  end)
+
   it("raises a task error naming the item when fn or the reducer fails in a worker", function()
     local pool = forkpool.new{ n_jobs = 2, keep_alive = true }
     local ok, e = pcall(pool.map_reduce, pool, function(x)
