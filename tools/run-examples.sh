@@ -87,7 +87,7 @@ if ! run wordcount "$LUAJIT" "$ROOT/examples/wordcount.lua" --quick; then
   fail wordcount "exited with an error"
 elif ! last_line "$WORK/wordcount.stdout" | grep -Eq '^ok: [0-9]+ words, [0-9]+ distinct, all approaches agree'; then
   fail wordcount "last line is not 'ok: N words, N distinct, all approaches agree ...'"
-elif ! has wordcount '^\(b\) naive pool:imap' || ! has wordcount '^\(c2\) byte ranges'; then
+elif ! has wordcount '^\(b\) naive pool:imap' || ! has wordcount '^\(c2\) byte ranges' || ! has wordcount '^\(d\) pool:map_reduce'; then
   fail wordcount "missing timing lines"
 elif ! TEXT=$(sed -n 's|^generated \(.*\) ([0-9.]* MB) in .*|\1|p' "$WORK/wordcount.stdout") || [ -z "$TEXT" ]; then
   fail wordcount "no 'generated PATH (N MB) ...' line"
