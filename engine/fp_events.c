@@ -189,9 +189,11 @@ static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
   lua_rawget(L, jobs_idx);
   int64_t at = h->start; /* where the chunk's first result goes */
   int fresh = lua_isboolean(L, -1) && lua_toboolean(L, -1);
+  /* (a reduced chunk's body is one value, whatever its count) */
+  uint32_t nvals = h->index == FP_RESULTS_REDUCED ? 1 : h->count;
   if (fresh) {
     lua_pop(L, 1);
-    lua_createtable(L, h->count > INT_MAX ? INT_MAX : (int)h->count, 0);
+    lua_createtable(L, nvals > INT_MAX ? INT_MAX : (int)nvals, 0);
     at = 1;
   }
   if (!lua_istable(L, -1)) {
@@ -217,9 +219,7 @@ static int deliver_results(lua_State *L, fp_pool *p, int pool_idx, int jobs_idx,
       why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "?";
       goto bad;
     }
-  } else if (fp_decode_range(L, lua_gettop(L), at,
-                             h->index == FP_RESULTS_REDUCED ? 1 : h->count, d, len, &pos, o,
-                             err) != FP_OK) {
+  } else if (fp_decode_range(L, lua_gettop(L), at, nvals, d, len, &pos, o, err) != FP_OK) {
     goto bad;
   }
   if (stale) {
