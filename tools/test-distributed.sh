@@ -507,7 +507,7 @@ else
   elif [ "$rerun" != "$failed1" ]; then
     fail parallel-ssh-resume-failed "--resume-failed ran jobs [$rerun], the failed ones were [$failed1]" "$P4.log"
   elif [ "$k" -le "$n" ] || [ -e "$RES/$((n + 1))" ] || [ "$extra" -ne 0 ]; then
-    fail parallel-ssh-resume-failed "results are not exactly RES/1 .. RES/$n" "$P4.log"
+    fail parallel-ssh-resume-failed "results are not exactly RES/1 .. RES/$n (first missing: $k; RES/$((n + 1)) exists: $([ -e "$RES/$((n + 1))" ] && echo yes || echo no); other entries: $(ls "$RES" | grep -vE '^[0-9]+(\.err|\.seq)?$' | tr '\n' ' '))" "$P4.log"
   elif ! same_records "$P4.final" "$SINGLE_S"; then
     fail parallel-ssh-resume-failed "RES/1 .. RES/$n concatenated is not the single run's output" "$P4.log"
   else
