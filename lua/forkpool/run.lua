@@ -167,6 +167,28 @@ end
 -- index the status block holds.
 ------------------------------------------------------------------------
 
+-- One task: fn(<lead arguments>, item), or for a starred job fn(<lead
+-- arguments>, unpack(item)); idx names the item in the error for a starred
+-- item that is not a table.  Its first result.  (The paths that are not
+-- plain loops share it: timed or starred chunks, reduce mode.)
+local function call_task(fn, it, idx, star, nlead, a1, a2, a3)
+  local r
+  if star then
+    if type(it) ~= "table" then
+      error(("item %d is a %s, not a table of arguments"):format(idx, type(it)), 0)
+    end
+    local n = rawget(it, "n") or #it
+    if nlead == 0 then r = fn(unpack(it, 1, n))
+    elseif nlead == 1 then r = fn(a1, unpack(it, 1, n))
+    elseif nlead == 2 then r = fn(a1, a2, unpack(it, 1, n))
+    else r = fn(a1, a2, a3, unpack(it, 1, n)) end
+  elseif nlead == 0 then r = fn(it)
+  elseif nlead == 1 then r = fn(a1, it)
+  elseif nlead == 2 then r = fn(a1, a2, it)
+  else r = fn(a1, a2, a3, it) end
+  return r
+end
+
 local function run_reduce(cur, cancel, stamp, fn, items, first, last, off, job, out, opts,
                           nlead, a1, a2, a3)
   local reduce, timed, star = opts.reduce, opts.timed, opts.star
@@ -175,20 +197,7 @@ local function run_reduce(cur, cancel, stamp, fn, items, first, last, off, job, 
     cur[0] = i + off
     if timed then stamp() end
     if cancel[0] == job then return false end
-    local it = rawget(items, i)
-    if star then
-      if type(it) ~= "table" then
-        error(("item %d is a %s, not a table of arguments"):format(i + off, type(it)), 0)
-      end
-      local n = rawget(it, "n") or #it
-      if nlead == 0 then r = fn(unpack(it, 1, n))
-      elseif nlead == 1 then r = fn(a1, unpack(it, 1, n))
-      elseif nlead == 2 then r = fn(a1, a2, unpack(it, 1, n))
-      else r = fn(a1, a2, a3, unpack(it, 1, n)) end
-    elseif nlead == 0 then r = fn(it)
-    elseif nlead == 1 then r = fn(a1, it)
-    elseif nlead == 2 then r = fn(a1, a2, it)
-    else r = fn(a1, a2, a3, it) end
+    r = call_task(fn, rawget(items, i), i + off, star, nlead, a1, a2, a3)
     if i == first then acc = r else acc = reduce(acc, r) end
   end
   out[1] = acc
@@ -217,7 +226,7 @@ function M.make_runner(cur_p, cancel_p, stamp_p, msgh, put)
   local cur = ffi.cast(cur_ptr_t, cur_p)
   local cancel = ffi.cast(cancel_ptr_t, cancel_p)
   local stamp = ffi.cast(stamp_fn_t, stamp_p)
-  local unpack, rawget = unpack, rawget
+  local rawget = rawget
   -- Keep out[j] = r, a table result; returns whether the chunk can still
   -- be packed.
   local function hold(out, j, r, packable)
@@ -249,22 +258,7 @@ function M.make_runner(cur_p, cancel_p, stamp_p, msgh, put)
         cur[0] = i + off
         if timed then stamp() end
         if cancel[0] == job then return false end
-        local it = rawget(items, i)
-        if star then
-          if type(it) ~= "table" then
-            error(("item %d is a %s, not a table of arguments"):format(i + off, type(it)), 0)
-          end
-          local n = rawget(it, "n") or #it
-          if nlead == 0 then r = fn(unpack(it, 1, n))
-          elseif nlead == 1 then r = fn(a1, unpack(it, 1, n))
-          elseif nlead == 2 then r = fn(a1, a2, unpack(it, 1, n))
-          else r = fn(a1, a2, a3, unpack(it, 1, n)) end
-        else
-          if nlead == 0 then r = fn(it)
-          elseif nlead == 1 then r = fn(a1, it)
-          elseif nlead == 2 then r = fn(a1, a2, it)
-          else r = fn(a1, a2, a3, it) end
-        end
+        r = call_task(fn, rawget(items, i), i + off, star, nlead, a1, a2, a3)
         out[i + k] = r
         if type(r) == "table" and i ~= last then packable = hold(out, i + k, r, packable) end
       end
