@@ -14,11 +14,7 @@ local SIGSEGV, SIGABRT, SIGKILL, SIGTERM = 11, 6, 9, 15
 
 local items = require("support.util").items
 
-local function tmpfile()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmpfile = require("support.util").tmpfile
 
 local function lines(path)
   local t = {}

@@ -12,11 +12,7 @@ local function add(a, b) return a + b end
 -- associative, not commutative: shows the order of the fold
 local function cat(a, b) return a .. "," .. b end
 
-local function tmpfile()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmpfile = util.tmpfile
 
 local function seq_cat(n)
   local t = {}

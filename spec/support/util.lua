@@ -60,6 +60,14 @@ function M.items(n)
   return t
 end
 
+-- tmpfile() -> a fresh temporary path, with no file there yet (the caller
+-- removes what it makes there).
+function M.tmpfile()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
 -- lua_script(code) -> path of a temporary Lua file that runs code with this
 -- process's module paths (the caller removes it).
 function M.lua_script(code)
