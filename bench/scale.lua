@@ -325,30 +325,26 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
         .. "'fit within' = the largest relative residual. 'feeds' = items/s one parent can send and "
         .. "take back = 1 / (a + b / c). Every result checked. Per chunk size: %s"):format(ctx.n_jobs,
         table.concat(cells_n, "; ")) }
-    rows[#rows + 1] = { forkpool = fit_cell(a_r, b_r, w_r),
-      baseline = "map(records), chunk_size 1, 8, 64, 1024", base_value = ("%d records/map"):format(NR),
-      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_r, b_r, gc_r)), gc_r,
-        fmt_rate(feed(a_r, b_r, 1024))),
-      target = "report", result = "info",
-      note = ("records {id=, name=, tags={3 strings}, score=}, fn returns its record (the codec both "
-        .. "ways). Per chunk size: %s"):format(table.concat(cells_r, "; ")) }
-    rows[#rows + 1] = { forkpool = fit_cell(a_rr, b_rr, w_rr),
-      baseline = "map_reduce(records), chunk_size 1, 8, 64, 1024", base_value = ("%d records/map"):format(NR),
-      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_rr, b_rr, gc_r)), gc_r,
-        fmt_rate(feed(a_rr, b_rr, 1024))),
-      target = "report", result = "info",
-      note = ("the same records as items, fn returns the record's score, summed in the workers "
+    -- a fitted path over the NR records, at its grown default chunk and at 1024
+    local function records_row(a, b, worst, cells, baseline, what)
+      return { forkpool = fit_cell(a, b, worst), baseline = baseline,
+        base_value = ("%d records/map"):format(NR),
+        ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a, b, gc_r)), gc_r,
+          fmt_rate(feed(a, b, 1024))),
+        target = "report", result = "info",
+        note = ("%s. Per chunk size: %s"):format(what, table.concat(cells, "; ")) }
+    end
+    rows[#rows + 1] = records_row(a_r, b_r, w_r, cells_r, "map(records), chunk_size 1, 8, 64, 1024",
+      "records {id=, name=, tags={3 strings}, score=}, fn returns its record (the codec both ways)")
+    rows[#rows + 1] = records_row(a_rr, b_rr, w_rr, cells_rr, "map_reduce(records), chunk_size 1, 8, 64, 1024",
+      "the same records as items, fn returns the record's score, summed in the workers "
         .. "(map_reduce: one value per chunk comes back; the items are still encoded for these "
-        .. "kept-alive workers). Per chunk size: %s"):format(table.concat(cells_rr, "; ")) }
-    rows[#rows + 1] = { forkpool = fit_cell(a_sr, b_sr, w_sr),
-      baseline = "map_reduce(shared records), chunk_size 1, 8, 64, 1024",
-      base_value = ("%d records/map"):format(NR),
-      ratio = ("feeds %s at c=%d, %s at c=1024"):format(fmt_rate(feed(a_sr, b_sr, gc_r)), gc_r,
-        fmt_rate(feed(a_sr, b_sr, 1024))),
-      target = "report", result = "info",
-      note = ("the records given once to the workers through fork (shared_objects of a keep_alive "
+        .. "kept-alive workers)")
+    rows[#rows + 1] = records_row(a_sr, b_sr, w_sr, cells_sr,
+      "map_reduce(shared records), chunk_size 1, 8, 64, 1024",
+      "the records given once to the workers through fork (shared_objects of a keep_alive "
         .. "pool), the items their indexes; fn(shared, i) returns shared[i].score, summed in the "
-        .. "workers. Per chunk size: %s"):format(table.concat(cells_sr, "; ")) }
+        .. "workers")
     rows[#rows + 1] = { forkpool = fit_cell(a_i, b_i, w_i),
       baseline = "imap(x*x, iterator), chunk_size 1, 8, 64, 1024", base_value = ("%d items/imap"):format(N),
       ratio = ("feeds %s at c=1024"):format(fmt_rate(feed(a_i, b_i, 1024))),
