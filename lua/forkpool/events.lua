@@ -50,14 +50,14 @@ local REDUCED = -2
 
 local function on_results(pool, w, rec, job, jobid, start, value, index)
   local ch = take_chunk(pool, w, rec, jobid, start)
-  -- (one value stands for the chunk only in a map_reduce: anything else
-  -- would leave results missing)
-  if ch and job and ch.job == job and value and (index == REDUCED) ~= (job.kind == "reduce") then
-    return on_corrupt(pool, w, rec, ("worker %d sent a corrupted record: %s"):format(w,
-      index == REDUCED and "one reduced value for the results of a chunk" or "a map_reduce chunk not reduced"),
-      job)
-  end
   if ch and job and ch.job == job and value then
+    -- (one value stands for the chunk only in a map_reduce: anything else
+    -- would leave results missing)
+    if (index == REDUCED) ~= (job.kind == "reduce") then
+      return on_corrupt(pool, w, rec, ("worker %d sent a corrupted record: %s"):format(w,
+        index == REDUCED and "one reduced value for the results of a chunk" or "a map_reduce chunk not reduced"),
+        job)
+    end
     local n = ch.count
     job.done = job.done + n
     job.pending = job.pending - n
