@@ -79,17 +79,24 @@ local function assert_queued(pool)
     end
   end
   assert(vacant == pool._vacant, ("%d slots empty, pool._vacant = %d"):format(vacant, pool._vacant))
-  -- pool._holding counts the live workers holding chunks (saturation's cap)
-  local holding = 0
+  -- pool._cap_held counts the live workers holding chunks of the job
+  -- saturation caps (none without a cap)
+  local held = 0
   for w = 1, pool._n do
     local rec = pool._workers[w]
     if rec.pid then
-      assert((rec.holding or false) == (#rec.chunks > 0),
-        ("worker %d holds %d chunks, holding = %s"):format(w, #rec.chunks, tostring(rec.holding)))
-      if rec.holding then holding = holding + 1 end
+      local has = false
+      for _, ch in ipairs(rec.chunks) do
+        if pool._cap_job and ch.job == pool._cap_job then has = true end
+      end
+      assert((rec.cap_held or false) == has,
+        ("worker %d holds a chunk of the capped job: %s, cap_held = %s"):format(w, tostring(has),
+          tostring(rec.cap_held)))
+      if has then held = held + 1 end
     end
   end
-  assert(holding == pool._holding, ("%d workers hold chunks, pool._holding = %d"):format(holding, pool._holding))
+  assert(held == pool._cap_held, ("%d workers hold chunks of the capped job, pool._cap_held = %d")
+    :format(held, pool._cap_held))
 end
 
 -- Run fn with the saturation reading's threshold and window set (nil: the
@@ -339,7 +346,10 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
         end)
         local chunks = last_chunks(log, pool)
         assert_cover(chunks, M)
-        for _, ch in ipairs(chunks) do most = math.max(most, ch.holding) end
+        for _, ch in ipairs(chunks) do
+          assert(ch.capped, "a chunk of the capped map has no count of its holders")
+          most = math.max(most, ch.busy)
+        end
         assert(most <= cpus, ("%d workers held chunks at once, %d CPUs"):format(most, cpus))
         -- chunks as a pool of cpus workers gets them (the default size for
         -- cpus workers), not n_jobs' small ones
@@ -396,6 +406,51 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
         end
         assert(k > cpus, ("only %d workers ran the sleeping tasks"):format(k))
       end)
+      pool:close()
+    ]=])
+  end)
+
+  it("caps the map's own chunks: a call beside it runs on a worker the map leaves idle", function()
+    child([=[
+      local n = cpus + 2
+      local pool = forkpool.new{ n_jobs = n, keep_alive = true }
+      local mark = os.tmpname()
+      os.remove(mark)
+      saturation(0, 0, function()
+        check_doubles(pool:map(slow, range(400)), 400)
+        assert(pool._saturated)
+        -- a call that waits (at most 20 s) for the map's last item: it
+        -- holds its worker for the whole map
+        local a = pool:apply_async(function(path)
+          for _ = 1, 20000 do
+            local f = io.open(path, "r")
+            if f then f:close(); return "marked" end
+            ffi.C.usleep(1000)
+          end
+          return "no mark"
+        end, { mark })
+        local M = 1000
+        local log = recording(nil, function()
+          check_doubles(pool:map(function(x)
+            if x == M then local f = assert(io.open(mark, "w")); f:close() end
+            return slow(x)
+          end, range(M)), M)
+        end)
+        assert(a:get() == "marked")
+        -- the map had its cap of workers beside the call's: cpus + 1 busy
+        local chunks = last_chunks(log, pool)
+        assert_cover(chunks, M)
+        local most = 0
+        for _, ch in ipairs(chunks) do
+          assert(ch.capped and ch.capped <= cpus,
+            ("%s workers held chunks of the capped map, %d CPUs"):format(tostring(ch.capped), cpus))
+          most = math.max(most, ch.busy)
+        end
+        assert(most == cpus + 1, ("at most %d workers were busy, want the call's and %d of the map's")
+          :format(most, cpus))
+        assert_queued(pool)
+      end)
+      os.remove(mark)
       pool:close()
     ]=])
   end)

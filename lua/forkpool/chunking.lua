@@ -58,8 +58,9 @@ M.SATURATED = 0.9
 -- once than there are CPUs, and loses to them (on 2 cores, 128 workers
 -- each holding a chunk ran a map at 0.50x the throughput of 2 workers:
 -- every chunk a switch into a cold process).  So dispatch holds back:
--- while pool._cap is set, at most that many workers hold chunks (the
--- others stay idle), and the job's chunks are sized as for that many
+-- while pool._cap is set, at most that many workers hold chunks of the
+-- job (the others stay idle, or run other jobs' chunks: an apply_async
+-- beside the map), and the job's chunks are sized as for that many
 -- workers.  Lifted as soon as a reading says the tasks block (I/O, sleep),
 -- and when the job ends (forkpool.dispatch).
 local function saturate(pool, job, on)
@@ -67,13 +68,13 @@ local function saturate(pool, job, on)
   if on then
     if pool._cap_job == job then return end
     local cap = parallelism(pool)
-    pool._cap, pool._cap_job = cap, job
+    J.set_cap(pool, cap, job)
     job.min_chunk0 = job.min_chunk0 or job.min_chunk
     job.min_chunk = max(job.min_chunk0, J.default_chunk(job.total, cap))
     job.chunk_size = max(job.chunk_size, job.min_chunk)
     job.tail_div = J.TAIL_SHARE * cap
   elseif pool._cap_job == job then
-    pool._cap, pool._cap_job = nil, nil
+    J.set_cap(pool, nil)
     job.min_chunk = job.min_chunk0
     job.tail_div = J.TAIL_SHARE * pool._n
   end

@@ -21,8 +21,8 @@
 -- cpu_seen, cpu_items (its CPU time and answered when first and last read
 -- for job cpu_job), sat_cpu, wait_seen, work_seen (its CPU time, time
 -- waiting for a CPU and time running chunks at its last saturation
--- reading): forkpool.chunking; holding (it holds a chunk: counted in
--- pool._holding).
+-- reading): forkpool.chunking; cap_held (it holds a chunk of the job
+-- saturation caps: counted in pool._cap_held, forkpool.job's set_cap).
 --
 -- The feed queues (pool._feed_idle, pool._feed_room: head .. tail, served
 -- from the head; a worker whose chunk just came back joins the idle queue
@@ -133,9 +133,13 @@ end
 function M.note(pool, w, answered)
   local rec = pool._workers[w]
   local n = #rec.chunks
-  if n == 0 and rec.holding then
-    rec.holding = false
-    pool._holding = pool._holding - 1
+  if rec.cap_held then
+    local job, has = pool._cap_job, false
+    for i = 1, n do if rec.chunks[i].job == job then has = true; break end end
+    if not has then
+      rec.cap_held = false
+      pool._cap_held = pool._cap_held - 1
+    end
   end
   if not takes_work(rec) then return end
   if n == 0 then
@@ -153,7 +157,7 @@ end
 function M.vacate(pool, w)
   local rec = pool._workers[w]
   if rec.pid then pool._vacant = pool._vacant + 1 end
-  if rec.holding then pool._holding = pool._holding - 1 end
+  if rec.cap_held then pool._cap_held = pool._cap_held - 1 end
   pool._workers[w] = M.empty_slot()
 end
 
@@ -217,9 +221,9 @@ local function send_chunk(pool, job, w, ch)
     return false
   end
   if ok then
-    if not rec.holding then
-      rec.holding = true
-      pool._holding = pool._holding + 1
+    if job == pool._cap_job and not rec.cap_held then
+      rec.cap_held = true
+      pool._cap_held = pool._cap_held + 1
     end
     rec.chunks[#rec.chunks + 1] = ch
     rec.dispatched = rec.dispatched + ch.count
@@ -229,7 +233,15 @@ local function send_chunk(pool, job, w, ch)
       dbg.sent = (dbg.sent or 0) + 1
       local l = dbg.chunks
       if l then
-        l[#l + 1] = { job = job.id, start = ch.start, count = ch.count, worker = w, holding = pool._holding }
+        -- busy: live workers holding a chunk of any job, counted from
+        -- their lists (not from the books the cap keeps)
+        local busy = 0
+        for v = 1, pool._n do
+          local r = pool._workers[v]
+          if r.pid and #r.chunks > 0 then busy = busy + 1 end
+        end
+        l[#l + 1] = { job = job.id, start = ch.start, count = ch.count, worker = w, busy = busy,
+          capped = job == pool._cap_job and pool._cap_held or nil }
       end
     end
   end
@@ -252,7 +264,9 @@ local function try_send_chunk(pool, job, w, ch)
   return false
 end
 
--- Send worker w one chunk of the oldest job that has one it may take.
+-- Send worker w one chunk of the oldest job that has one it may take (a
+-- job saturation caps is not one while cap workers hold its chunks and w
+-- is not one of them).
 -- Returns true when one was sent; else false and whether no worker could
 -- get one now either (no job has a chunk to give: then dispatch stops
 -- looking; not so when the cause may be this worker's: its lifespan
@@ -263,9 +277,11 @@ local function feed(pool, w)
   local anyone = budget == math.huge
   local rq = pool._rq
   prune_runnable(pool)
+  local capped = pool._cap_job
+  if capped and (rec.cap_held or pool._cap_held < pool._cap) then capped = nil end
   for i = rq.head, rq.tail do
     local job = rq[i]
-    if J.has_work(job) then
+    if job ~= capped and J.has_work(job) then
       if job.wq then anyone = false end
       local ch = next_chunk(pool, job, w, budget)
       if ch then
@@ -297,9 +313,10 @@ end
 
 -- Debugging and specs: a table here gets counts of what dispatch does
 -- (looked: feed-queue entries examined; sent: chunks sent) and, in .chunks,
--- one { job =, start =, count =, worker =, holding = } per chunk sent
--- (holding: workers holding chunks once it was sent).  nil: nothing
--- is recorded.
+-- one { job =, start =, count =, worker =, busy =, capped = } per chunk
+-- sent (busy: live workers holding chunks once it was sent; capped, for a
+-- chunk of the job saturation caps: those holding chunks of that job).
+-- nil: nothing is recorded.
 M.debug = nil
 
 -- Give workers chunks of the jobs that have some, oldest job first, in two
@@ -324,14 +341,11 @@ function M.dispatch(pool)
   local rq = pool._rq
   if rq.head > rq.tail then return false end
   local workers, dbg = pool._workers, M.debug
-  -- saturation (forkpool.chunking): at most pool._cap workers hold chunks
-  -- while the job that set it goes on (forkpool.job lifts it when it ends)
-  local cap = pool._cap
   -- each queue is walked at most once around: a worker that got nothing
   -- goes to the back of its queue
   local q = pool._feed_idle
   for _ = 1, q.tail - q.head + 1 do
-    if q.head > q.tail or (cap and pool._holding >= cap) then break end
+    if q.head > q.tail then break end
     local w = pop(q)
     local rec = workers[w]
     if dbg then dbg.looked = (dbg.looked or 0) + 1 end

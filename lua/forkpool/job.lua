@@ -189,6 +189,31 @@ function M.has_work(job)
   return not job.err and not job.finished and (not source_done(job) or has_queued(job))
 end
 
+-- Saturation's cap (forkpool.chunking): at most cap workers hold chunks of
+-- job (nil: no cap).  The cap is the job's own: other jobs (an apply_async
+-- beside the map) still get the idle workers.  pool._cap_held counts the
+-- live workers holding a chunk of pool._cap_job (rec.cap_held: this one
+-- does; kept by forkpool.dispatch's send_chunk, note and vacate), counted
+-- afresh here whenever the capped job changes (rare: a reading that flips,
+-- a job that ends).
+function M.set_cap(pool, cap, job)
+  if not cap then job = nil end
+  pool._cap, pool._cap_job = cap, job
+  local held = 0
+  for w = 1, pool._n do
+    local rec = pool._workers[w]
+    local has = false
+    if job and rec.pid then
+      for _, ch in ipairs(rec.chunks) do
+        if ch.job == job then has = true; break end
+      end
+    end
+    rec.cap_held = has
+    if has then held = held + 1 end
+  end
+  pool._cap_held = held
+end
+
 -- Store the job's failure (the first one wins) and count it as an end.
 function M.fail(job, err)
   if not job.err then
@@ -196,7 +221,7 @@ function M.fail(job, err)
     local pool = job.pool
     if pool then
       pool._job_ends = pool._job_ends + 1
-      if pool._cap_job == job then pool._cap, pool._cap_job = nil, nil end
+      if pool._cap_job == job then M.set_cap(pool, nil) end
     end
     if job.on_finish then job.on_finish(job) end
   end
@@ -300,7 +325,7 @@ function M.finish(pool, job)
   if job.finished then return end
   job.finished = true
   pool._job_ends = pool._job_ends + 1
-  if pool._cap_job == job then pool._cap, pool._cap_job = nil, nil end -- (forkpool.chunking)
+  if pool._cap_job == job then M.set_cap(pool, nil) end -- (forkpool.chunking)
   pool._jobs[job.id] = nil
   pool._stages[job.id] = nil
   pool._active = pool._active - 1

@@ -52,9 +52,9 @@ function M.new(opts)
     -- workers (forkpool.dispatch: record fields)
     _workers = {},            -- [wid] = worker record: forkpool.spawn, deaths.on_exit
     _vacant = n,              -- slots without a process (spawn.lua, dispatch.vacate)
-    _holding = 0,             -- live workers holding chunks (dispatch: send_chunk, note, vacate)
-    _cap = nil, _cap_job = nil, -- saturation: at most _cap workers hold chunks while
-                              -- _cap_job goes on (forkpool.chunking)
+    _cap = nil, _cap_job = nil, -- saturation: at most _cap workers hold chunks of
+                              -- _cap_job while it goes on (forkpool.chunking)
+    _cap_held = 0,            -- live workers holding chunks of _cap_job (job.set_cap)
     _saturated = false,       -- what the last saturation reading said
     _feed_idle = { head = 1, tail = 0 }, -- workers that may take chunks, holding none (dispatch)
     _feed_room = { head = 1, tail = 0 }, -- ... holding fewer than job.INFLIGHT (dispatch)
