@@ -185,6 +185,11 @@ static const char script[] =
   "row('  buffer', best(function() for _ = 1, N do rbuf:reset(); rbuf:encode(rec); rbuf:decode() end end, 5) / N * 1e9,\n"
   "     best(function() for _ = 1, N do fencb(rec); fdecb() end end, 5) / N * 1e9)\n"
   "row('  C loop', t_sb / N * 1e9, fp.cloop(rec, N, 2) / N * 1e9)\n"
+  "local s_rec = enc(rec)\n"
+  "row('  encode alone (C loop)', best(function() for _ = 1, N do rbuf:reset(); rbuf:encode(rec) end end, 5) / N * 1e9,\n"
+  "     fp.cloop(rec, N, 0) / N * 1e9)\n"
+  "row('  decode alone (C loop)', best(function() for _ = 1, N do local _ = dec(s_rec) end end, 5) / N * 1e9,\n"
+  "     fp.cloop(rec, N, 1) / N * 1e9)\n"
   "print(('  sizes: string.buffer %d bytes, forkpool %d bytes'):format(#enc(rec), #fenc(rec)))\n";
 
 int main(void) {
