@@ -125,6 +125,25 @@ local slow = function(x) ffi.C.usleep(100); return x * 2 end
 local function check_doubles(r, n)
   for i = 1, n do assert(r[i] == i * 2, "result " .. i) end
 end
+
+-- fn(pool, mark) on a pool of cpus + 2 workers (extra options: opts)
+-- whose first map read as saturating (forced), so its next growing map
+-- starts capped; mark: a path that does not exist yet.  The pool is
+-- closed and mark removed afterwards.
+local function capped_pool(opts, fn)
+  local o = { n_jobs = cpus + 2, keep_alive = true }
+  for k, v in pairs(opts) do o[k] = v end
+  local pool = forkpool.new(o)
+  local mark = os.tmpname()
+  os.remove(mark)
+  saturation(0, 0, function()
+    check_doubles(pool:map(slow, range(400)), 400)
+    assert(pool._saturated)
+    fn(pool, mark)
+  end)
+  os.remove(mark)
+  pool:close()
+end
 ]==]
 
 -- Run a case in a fresh luajit (killed after `timeout` s); it prints "OK".
@@ -412,13 +431,7 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
 
   it("caps the map's own chunks: a call beside it runs on a worker the map leaves idle", function()
     child([=[
-      local n = cpus + 2
-      local pool = forkpool.new{ n_jobs = n, keep_alive = true }
-      local mark = os.tmpname()
-      os.remove(mark)
-      saturation(0, 0, function()
-        check_doubles(pool:map(slow, range(400)), 400)
-        assert(pool._saturated)
+      capped_pool({}, function(pool, mark)
         -- a call that waits (at most 20 s) for the map's last item: it
         -- holds its worker for the whole map
         local a = pool:apply_async(function(path)
@@ -450,20 +463,12 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
           :format(most, cpus))
         assert_queued(pool)
       end)
-      os.remove(mark)
-      pool:close()
     ]=])
   end)
 
   it("never stalls a capped map: deaths, task errors, lifespans, apply_async beside it", function()
     child([=[
-      local n = cpus + 2
-      local pool = forkpool.new{ n_jobs = n, keep_alive = true, worker_lifespan = 40 }
-      local mark = os.tmpname()
-      os.remove(mark)
-      saturation(0, 0, function()
-        check_doubles(pool:map(slow, range(400)), 400)
-        assert(pool._saturated)
+      capped_pool({ worker_lifespan = 40 }, function(pool, mark)
         -- a worker dies on item 77 the first time
         local r = pool:map(function(x)
           if x == 77 then
@@ -493,8 +498,6 @@ describe("saturation: more workers than CPUs, tasks that only compute", function
         for i = 1, 20 do assert(as[i]:get() == i + 1) end
         assert_queued(pool)
       end)
-      os.remove(mark)
-      pool:close()
     ]=], 180)
   end)
 end)

@@ -133,13 +133,9 @@ end
 function M.note(pool, w, answered)
   local rec = pool._workers[w]
   local n = #rec.chunks
-  if rec.cap_held then
-    local job, has = pool._cap_job, false
-    for i = 1, n do if rec.chunks[i].job == job then has = true; break end end
-    if not has then
-      rec.cap_held = false
-      pool._cap_held = pool._cap_held - 1
-    end
+  if rec.cap_held and not J.holds_chunk_of(rec, pool._cap_job) then
+    rec.cap_held = false
+    pool._cap_held = pool._cap_held - 1
   end
   if not takes_work(rec) then return end
   if n == 0 then

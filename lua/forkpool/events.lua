@@ -237,11 +237,7 @@ function M.abandon(pool, job, kill_everything)
   J.finish(pool, job)
   for w = 1, pool._n do
     local rec = pool._workers[w]
-    if rec.pid then
-      for _, ch in ipairs(rec.chunks) do
-        if ch.job == job then pool._core:cancel(w, job.id); break end
-      end
-    end
+    if rec.pid and J.holds_chunk_of(rec, job) then pool._core:cancel(w, job.id) end
   end
   if kill_everything or (not pool._keep_alive and pool._active == 0) then
     M.kill_workers(pool, nil)

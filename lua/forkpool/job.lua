@@ -189,6 +189,14 @@ function M.has_work(job)
   return not job.err and not job.finished and (not source_done(job) or has_queued(job))
 end
 
+-- Does worker record rec hold a chunk of job (sent, not answered)?
+function M.holds_chunk_of(rec, job)
+  for _, ch in ipairs(rec.chunks) do
+    if ch.job == job then return true end
+  end
+  return false
+end
+
 -- Saturation's cap (forkpool.chunking): at most cap workers hold chunks of
 -- job (nil: no cap).  The cap is the job's own: other jobs (an apply_async
 -- beside the map) still get the idle workers.  pool._cap_held counts the
@@ -202,12 +210,7 @@ function M.set_cap(pool, cap, job)
   local held = 0
   for w = 1, pool._n do
     local rec = pool._workers[w]
-    local has = false
-    if job and rec.pid then
-      for _, ch in ipairs(rec.chunks) do
-        if ch.job == job then has = true; break end
-      end
-    end
+    local has = job ~= nil and rec.pid ~= nil and M.holds_chunk_of(rec, job)
     rec.cap_held = has
     if has then held = held + 1 end
   end
