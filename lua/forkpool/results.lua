@@ -20,11 +20,13 @@ local M = {}
 local Iter = {}
 Iter.__index = Iter
 
--- it() -> result, index (nil when done).  Results that are nil are skipped
--- (the index, the second value, shows where they were).  Fields: pool,
--- job, closed (no more results), cut (set when the pool was closed or
--- terminated before the job finished: every later call raises it).
-function Iter:__call()
+-- Iter fields: pool, job, closed (no more results), cut (set when the
+-- pool was closed or terminated before the job finished: every later call
+-- raises it).
+
+-- The next result when none is in yet: wait for one (or the end, or the
+-- job's error).
+local function call_slow(self)
   local pool, job = self.pool, self.job
   if self.cut ~= nil then error(self.cut, 0) end
   if self.closed then return nil end
@@ -55,6 +57,21 @@ function Iter:__call()
     local stepped, e = pcall(guarded, pool, E.step, pool, -1)
     if not stepped then J.fail(job, { source_error = e }) end
   end
+end
+
+-- it() -> result, index (nil when done).  Results that are nil are skipped
+-- (the index, the second value, shows where they were).  The common case
+-- first, without a loop: a result already in.  (call_slow's loop, inlined
+-- here, was an inner loop in the trace of the caller's for loop: LuaJIT
+-- gave up compiling both, and the consumer's loop ran interpreted, most
+-- of the parent's time in an imap of small tasks.)
+function Iter:__call()
+  if self.cut == nil and not self.closed then
+    local job = self.job
+    local ok, v, i = job.sink:take(job)
+    if ok then return v, i end
+  end
+  return call_slow(self)
 end
 
 -- it:close(): stop early; the job's work is cancelled, workers stay usable.
