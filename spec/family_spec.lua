@@ -88,16 +88,18 @@ describe("the map family", function()
     local function drain_unordered(it) local s = 0; for v in it do s = s + v end; return s end
     consumers[drain_imap], consumers[drain_unordered] = "imap", "imap_unordered"
     local N = 200000
+    local id = function(x) return x end
     jit.attach(on_trace, "trace")
-    local ok1, s1 = pcall(drain_imap, pool:imap(function(x) return x end, counter(N)))
-    local ok2, s2 = pcall(drain_unordered, pool:imap_unordered(function(x) return x end, items(N)))
+    local ok1, s1 = pcall(drain_imap, pool:imap(id, counter(N)))
+    local ok2, s2 = pcall(drain_unordered, pool:imap_unordered(id, items(N)))
     jit.attach(on_trace)
     assert(ok1, s1)
     assert(ok2, s2)
     assert.are.equal(N * (N + 1) / 2, s1)
     assert.are.equal(N * (N + 1) / 2, s2)
-    assert.is_true(compiled.imap, "no trace of the loop over imap's iterator was completed")
-    assert.is_true(compiled.imap_unordered, "no trace of the loop over imap_unordered's iterator was completed")
+    for _, name in pairs(consumers) do
+      assert.is_true(compiled[name], "no trace of the loop over the iterator of " .. name .. " was completed")
+    end
   end)
 
   it("imap, imap_unordered and map_unordered: nil results, table results, a retried crash", function()
@@ -204,6 +206,33 @@ describe("the map family", function()
     assert.is_false(ok)
     assert.matches("source broke", tostring(err))
     assert.are.equal(5, pool:map(function(x) return x + 1 end, { 4 })[1])
+  end)
+
+  it("an imap consumed in a coroutine: its input iterator may yield that coroutine", function()
+    -- (a producer fed by a scheduler; nothing between the consumer's loop
+    -- and the input iterator may be a C function calling back into Lua)
+    local co = coroutine.create(function()
+      local i = 0
+      local src = function()
+        i = i + 1
+        if i % 10 == 0 then coroutine.yield("need more") end
+        if i <= 100 then return i end
+      end
+      local s = 0
+      for v in pool:imap(function(x) return 2 * x end, src) do s = s + v end
+      return s
+    end)
+    local yields, r = 0
+    while true do
+      local ok
+      ok, r = coroutine.resume(co)
+      assert(ok, r)
+      if coroutine.status(co) == "dead" then break end
+      assert.are.equal("need more", r)
+      yields = yields + 1
+    end
+    assert.are.equal(10100, r)
+    assert.are.equal(10, yields)
   end)
 
   it("imap over a 10-million-line input runs in constant memory", function()

@@ -143,10 +143,26 @@ local function take_fast(self, job)
   return false
 end
 
+-- Past the fast path: the current chunk is done (the common case with
+-- small chunks: once a chunk), or its next result is nil.  Moving on to
+-- the next chunk needs no loop either; only skipping nil results or empty
+-- chunks does (take_from).
+local function take_next(self, next_chunk, job)
+  local i = self.cur_i
+  if not i or i > self.cur_end then
+    local start, cnt, chunk = next_chunk(self)
+    if not start then return false end
+    self.cur, self.cur_i, self.cur_end, self.cur_base = chunk, start, start + cnt - 1, start - 1
+    local ok, v, at = take_fast(self, job)
+    if ok then return ok, v, at end
+  end
+  return take_from(self, next_chunk, job)
+end
+
 function Imap:take(job)
   local ok, v, i = take_fast(self, job)
   if ok then return ok, v, i end
-  return take_from(self, next_in_order, job)
+  return take_next(self, next_in_order, job)
 end
 
 ------------------------------------------------------------------------
@@ -179,7 +195,7 @@ end
 function ImapUnordered:take(job)
   local ok, v, i = take_fast(self, job)
   if ok then return ok, v, i end
-  return take_from(self, next_done, job)
+  return take_next(self, next_done, job)
 end
 
 ------------------------------------------------------------------------
