@@ -84,6 +84,7 @@ describe("the map family", function()
         compiled[consumers[started[tr]]] = true
       end
     end
+    -- two copies on purpose: each loop gets traces of its own
     local function drain_imap(it) local s = 0; for v in it do s = s + v end; return s end
     local function drain_unordered(it) local s = 0; for v in it do s = s + v end; return s end
     consumers[drain_imap], consumers[drain_unordered] = "imap", "imap_unordered"

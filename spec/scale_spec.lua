@@ -85,10 +85,7 @@ local function assert_queued(pool)
   for w = 1, pool._n do
     local rec = pool._workers[w]
     if rec.pid then
-      local has = false
-      for _, ch in ipairs(rec.chunks) do
-        if pool._cap_job and ch.job == pool._cap_job then has = true end
-      end
+      local has = pool._cap_job ~= nil and J.holds_chunk_of(rec, pool._cap_job)
       assert((rec.cap_held or false) == has,
         ("worker %d holds a chunk of the capped job: %s, cap_held = %s"):format(w, tostring(has),
           tostring(rec.cap_held)))

@@ -96,15 +96,21 @@ function Imap:deliver(start, count, chunk)
 end
 
 -- The chunk being read: cur (its results), cur_i (next item index),
--- cur_end (its last index), cur_base (start - 1).
+-- cur_end (its last index), cur_base (start - 1).  Move on to the next
+-- one next_chunk gives; false when none is in.
+local function enter_next(self, next_chunk)
+  local start, cnt, chunk = next_chunk(self)
+  if not start then return false end
+  self.cur, self.cur_i, self.cur_end, self.cur_base = chunk, start, start + cnt - 1, start - 1
+  return true
+end
+
 local function take_from(self, next_chunk, job)
   while true do
     local i = self.cur_i
     if not i or i > self.cur_end then
-      local start, cnt, chunk = next_chunk(self)
-      if not start then return false end
-      self.cur, self.cur_i, self.cur_end, self.cur_base = chunk, start, start + cnt - 1, start - 1
-      i = start
+      if not enter_next(self, next_chunk) then return false end
+      i = self.cur_i
     end
     local cur, at = self.cur, i - self.cur_base
     local v = cur[at]
@@ -150,9 +156,7 @@ end
 local function take_next(self, next_chunk, job)
   local i = self.cur_i
   if not i or i > self.cur_end then
-    local start, cnt, chunk = next_chunk(self)
-    if not start then return false end
-    self.cur, self.cur_i, self.cur_end, self.cur_base = chunk, start, start + cnt - 1, start - 1
+    if not enter_next(self, next_chunk) then return false end
     local ok, v, at = take_fast(self, job)
     if ok then return ok, v, at end
   end
