@@ -53,7 +53,7 @@ TEST_HOOKS := -DFP_TEST_HOOKS
 CFLAGS_MOD := $(CSTD) $(OPT) $(WARN) $(TEST_HOOKS) -fPIC -fvisibility=hidden -Iengine -I$(LUA_INCDIR)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all test ctest ctest-san spec asan fuzz demo bench rock install clean \
+.PHONY: bench-series all test ctest ctest-san spec asan fuzz demo bench rock install clean \
         rock-build rock-install check-symbols lib install-lib check-lib-symbols host
 
 all: $(BUILD)/forkpool/core.so
@@ -311,6 +311,11 @@ demo: all
 
 bench: all
 	LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" $(LUAJIT) bench/run.lua $(if $(QUICK),--quick,)
+
+# the records workload as a series of maps on one pool, each map apart
+# (bench/series.lua; QUICK: 6 maps of 500 records, a smoke run)
+bench-series: all
+	LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" $(LUAJIT) bench/series.lua $(if $(QUICK),--maps 6 --records 500,)
 
 # ---- the source rock, offline: the release rockspec plus the checkout's
 # tracked files (as they are in the work tree) under forkpool/, the directory

@@ -10,6 +10,11 @@ local M = {}
 pcall(ffi.cdef, "struct fpbench_timespec { long tv_sec; long tv_nsec; };")
 pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
 pcall(ffi.cdef, "int getpid(void);")
+-- rest[4] is ru_minflt, rest[12] ru_nvcsw
+pcall(ffi.cdef, [[
+struct fpbench_rusage { long utime_s, utime_us, stime_s, stime_us; long rest[14]; };
+int getrusage(int who, struct fpbench_rusage *ru);
+]])
 
 local CLOCK_MONOTONIC = 1
 local ts = ffi.new("struct fpbench_timespec")
@@ -82,6 +87,35 @@ function M.proc_status_bytes(field)
   end
   f:close()
   return v
+end
+
+-- getrusage(who): CPU seconds (user + system), minor page faults and
+-- voluntary context switches (sleeps).  who: M.RUSAGE_SELF (this process;
+-- its workers are not counted until reaped) or M.RUSAGE_CHILDREN (its
+-- waited-for descendants).
+M.RUSAGE_SELF, M.RUSAGE_CHILDREN = 0, -1
+local ru = ffi.new("struct fpbench_rusage")
+function M.rusage(who)
+  C.getrusage(who, ru)
+  local cpu = tonumber(ru.utime_s) + tonumber(ru.utime_us) * 1e-6
+    + tonumber(ru.stime_s) + tonumber(ru.stime_us) * 1e-6
+  return cpu, tonumber(ru.rest[4]), tonumber(ru.rest[12])
+end
+
+-- Another live process's CPU seconds (user + system, in clock ticks of
+-- 10 ms) and minor page faults, from /proc/<pid>/stat; nil when it is gone.
+function M.proc_cpu(pid)
+  local f = io.open(("/proc/%d/stat"):format(pid), "r")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  -- fields after the command (which may hold spaces), from field 3 on
+  local rest = s:match("^%d+ %(.*%) (.*)$")
+  if not rest then return nil end
+  local fields = {}
+  for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
+  -- field k of proc(5) is fields[k - 2]: minflt 10, utime 14, stime 15
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100, tonumber(fields[8])
 end
 
 function M.read_first_line(path)

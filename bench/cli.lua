@@ -33,20 +33,9 @@ local measure, protected, wrong, verdict = W.measure, W.protected, W.wrong, W.ve
 
 local TARGET = 1.6
 
-local ffi = require "ffi"
-pcall(ffi.cdef, [[
-struct fpbench_rusage { long utime_s, utime_us, stime_s, stime_us; long rest[14]; };
-int getrusage(int who, struct fpbench_rusage *ru);
-]])
-local RUSAGE_CHILDREN = -1
-local ru = ffi.new("struct fpbench_rusage")
-
 -- CPU seconds (user + system) of this process's waited-for descendants: a
 -- command's workers count once the command has waited for them
-local function children_cpu()
-  ffi.C.getrusage(RUSAGE_CHILDREN, ru)
-  return tonumber(ru.utime_s) + tonumber(ru.stime_s) + (tonumber(ru.utime_us) + tonumber(ru.stime_us)) * 1e-6
-end
+local function children_cpu() return (util.rusage(util.RUSAGE_CHILDREN)) end
 
 local M = {}
 

@@ -26,22 +26,12 @@ local fmt_time, fmt_bytes, fmt_ratio = util.fmt_time, util.fmt_bytes, util.fmt_r
 local protected, wrong, verdict = W.protected, W.wrong, W.verdict
 local VERBOSE = (os.getenv("FPBENCH_VERBOSE") or "") ~= ""
 
--- the same declaration as bench/cli.lua's (both may be loaded in one
--- process with --inline); rest[12] is ru_nvcsw
-pcall(ffi.cdef, [[
-struct fpbench_rusage { long utime_s, utime_us, stime_s, stime_us; long rest[14]; };
-int getrusage(int who, struct fpbench_rusage *ru);
-]])
-local ru = ffi.new("struct fpbench_rusage")
-
 -- This process's CPU seconds (user + system, RUSAGE_SELF: the workers are
 -- not counted until reaped, and they are reaped only at close) and its
 -- voluntary context switches (sleeps).
 local function usage()
-  ffi.C.getrusage(0, ru)
-  local cpu = tonumber(ru.utime_s) + tonumber(ru.utime_us) * 1e-6
-    + tonumber(ru.stime_s) + tonumber(ru.stime_us) * 1e-6
-  return cpu, tonumber(ru.rest[12])
+  local cpu, _, nvcsw = util.rusage(util.RUSAGE_SELF)
+  return cpu, nvcsw
 end
 
 local M = {}

@@ -81,6 +81,13 @@ else
   tail -n 40 "$LOG/bench-quick.log"; add 0 1
 fi
 
+step "benchmarks, records series smoke run (make bench-series QUICK=1: 6 maps of 500 records on each pool; results verified)"
+if make -s bench-series QUICK=1 >"$LOG/bench-series.log" 2>&1; then
+  tail -n 3 "$LOG/bench-series.log"; add 1 0
+else
+  tail -n 40 "$LOG/bench-series.log"; add 0 1
+fi
+
 # A script that prints one "N passed, N failed" line of its own.
 run_counted() {
   name=$1; shift
