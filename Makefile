@@ -53,7 +53,7 @@ TEST_HOOKS := -DFP_TEST_HOOKS
 CFLAGS_MOD := $(CSTD) $(OPT) $(WARN) $(TEST_HOOKS) -fPIC -fvisibility=hidden -Iengine -I$(LUA_INCDIR)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: bench-series all test ctest ctest-san spec asan fuzz demo bench rock install clean \
+.PHONY: all test ctest ctest-san spec asan fuzz demo bench bench-series rock install clean \
         rock-build rock-install check-symbols lib install-lib check-lib-symbols host
 
 all: $(BUILD)/forkpool/core.so

@@ -173,10 +173,7 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
     local sq = function(x) return x * x end
     local ident = function(r) return r end
     local items = range(N)
-    local recs = table_new(NR, 0)
-    for i = 1, NR do
-      recs[i] = { id = i, name = "user" .. i, tags = { "alpha", "beta", "t" .. (i % 10) }, score = i * 0.5 }
-    end
+    local recs = W.small_records(NR)
     local pool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true })
     pool:map(sq, items) -- warm: workers forked, JIT warm
     pool:map(ident, recs)
@@ -199,16 +196,7 @@ M.parent = { id = "parent", title = "parent CPU per item / per chunk", run = fun
         if res[i] ~= i * i then wrong("%s: result[%d] = %s, want %d", who, i, tostring(res[i]), i * i) end
       end
     end
-    local function check_recs(res, who)
-      for i = 1, NR do
-        local r, e = res[i], recs[i]
-        if type(r) ~= "table" or r.id ~= e.id or r.name ~= e.name or r.score ~= e.score
-          or type(r.tags) ~= "table" or #r.tags ~= 3 or r.tags[1] ~= "alpha" or r.tags[2] ~= "beta"
-          or r.tags[3] ~= e.tags[3] then
-          wrong("%s: record %d differs", who, i)
-        end
-      end
-    end
+    local function check_recs(res, who) W.check_small_records(res, recs, who) end
     local function check_sum(r, who)
       if r ~= want_sum then wrong("%s: %s, want %s", who, tostring(r), tostring(want_sum)) end
     end

@@ -20,8 +20,8 @@ local script_dir = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 package.path = script_dir .. "/?.lua;" .. package.path
 
 local util = require "bench_util"
+local W = require "workloads"
 local buffer = require "string.buffer"
-local table_new = require "table.new"
 
 local opts = { pool = "both", maps = 12, records = 100000 }
 do
@@ -55,21 +55,9 @@ if opts.pool == "both" then
 end
 
 local N = opts.records
-local recs = table_new(N, 0)
-for i = 1, N do
-  recs[i] = { id = i, name = "user" .. i, tags = { "alpha", "beta", "t" .. (i % 10) }, score = i * 0.5 }
-end
+local recs = W.small_records(N)
 local fn = function(r) return r end
-
-local function check(res)
-  for i = 1, N do
-    local r, e = res[i], recs[i]
-    if type(r) ~= "table" or r.id ~= e.id or r.name ~= e.name or r.score ~= e.score
-      or type(r.tags) ~= "table" or #r.tags ~= 3 or r.tags[3] ~= e.tags[3] then
-      error(("%s: record %d differs"):format(opts.pool, i), 0)
-    end
-  end
-end
+local function check(res, who) W.check_small_records(res, recs, who or opts.pool) end
 
 -- The pool is made after the records, as in the bench: its workers inherit
 -- them through fork.  map() -> results; pids() -> the workers' pids.
@@ -122,15 +110,10 @@ close()
 local sbuf, sb = buffer.new(), {}
 for k = 1, 5 do
   util.gc()
-  local out = table_new(N, 0)
   local t0 = util.now()
-  for i = 1, N do
-    sbuf:reset()
-    sbuf:encode(recs[i])
-    out[i] = sbuf:decode()
-  end
+  local out = W.sb_round_trip(recs, sbuf)
   sb[k] = util.now() - t0
-  check(out)
+  check(out, "string.buffer")
 end
 
 local function med(a, b)

@@ -113,6 +113,42 @@ local function verdict(pass) return pass and "PASS" or "MISS" end
 -- for workloads kept in files of their own (bench/cli.lua)
 W.measure, W.protected, W.wrong, W.verdict = measure, protected, wrong, verdict
 
+-- The small record of the `records` workload (also bench/scale.lua's
+-- `parent` and bench/series.lua): n of them, and the check that res holds
+-- the same values (a copy; raises WRONG RESULT naming who and the record).
+function W.small_records(n)
+  local recs = table_new(n, 0)
+  for i = 1, n do
+    recs[i] = { id = i, name = "user" .. i, tags = { "alpha", "beta", "t" .. (i % 10) }, score = i * 0.5 }
+  end
+  return recs
+end
+
+function W.check_small_records(res, recs, who)
+  for i = 1, #recs do
+    local r, e = res[i], recs[i]
+    if type(r) ~= "table" or r.id ~= e.id or r.name ~= e.name or r.score ~= e.score
+      or type(r.tags) ~= "table" or #r.tags ~= 3 or r.tags[1] ~= "alpha" or r.tags[2] ~= "beta"
+      or r.tags[3] ~= e.tags[3] then
+      wrong("%s: record %d differs", who, i)
+    end
+  end
+end
+
+-- string.buffer's round trip of each value of an array in one process
+-- (the records and doubles rows' baseline): a fresh array of the decoded
+-- copies.
+function W.sb_round_trip(values, sbuf)
+  local n = #values
+  local out = table_new(n, 0)
+  for i = 1, n do
+    sbuf:reset()
+    sbuf:encode(values[i])
+    out[i] = sbuf:decode()
+  end
+  return out
+end
+
 local function range(n)
   local t = table_new(n, 0)
   for i = 1, n do t[i] = i end
@@ -518,15 +554,8 @@ W[#W + 1] = { id = "doubles", title = "8 tasks → array of 1e6 doubles", run = 
     local med = measure(ctx.runs, {
       { name = "fp", run = function() return pool:map(get, items, { chunk_size = 1 }) end,
         verify = function(r) check(r, "forkpool") end },
-      { name = "sb", run = function()
-          local out = {}
-          for i = 1, NT do
-            sbuf:reset()
-            sbuf:encode(arrays[i])
-            out[i] = sbuf:decode()
-          end
-          return out
-        end, verify = function(r) check(r, "string.buffer") end },
+      { name = "sb", run = function() return W.sb_round_trip(arrays, sbuf) end,
+        verify = function(r) check(r, "string.buffer") end },
       { name = "b", run = function() return pb:map(items, 1) end,
         verify = function(r) check(r, "baseline (b)") end },
     })
@@ -551,38 +580,19 @@ W[#W + 1] = { id = "records", title = "small record through the codec", run = fu
   local N = ctx.quick and 2000 or 100000
   local fp, bp = ctx.forkpool, ctx.bp
   return protected(function(s)
-    local recs = table_new(N, 0)
-    for i = 1, N do
-      recs[i] = { id = i, name = "user" .. i, tags = { "alpha", "beta", "t" .. (i % 10) }, score = i * 0.5 }
-    end
+    local recs = W.small_records(N)
     local fn = function(r) return r end
     local pool = s.add(fp.new{ n_jobs = ctx.n_jobs, keep_alive = true })
     pool:map(fn, recs)
     local pb = s.add(bp.new{ fn = fn, n_jobs = ctx.n_jobs, mode = "chunk" })
     pb:map(recs)
     local sbuf = buffer.new()
-    local function check(res, who)
-      for i = 1, N do
-        local r, e = res[i], recs[i]
-        if type(r) ~= "table" or r.id ~= e.id or r.name ~= e.name or r.score ~= e.score
-          or type(r.tags) ~= "table" or #r.tags ~= 3 or r.tags[1] ~= "alpha" or r.tags[2] ~= "beta"
-          or r.tags[3] ~= e.tags[3] then
-          wrong("%s: record %d differs", who, i)
-        end
-      end
-    end
+    local function check(res, who) W.check_small_records(res, recs, who) end
     local med = measure(ctx.runs, {
       { name = "fp", run = function() return pool:map(fn, recs) end,
         verify = function(r) check(r, "forkpool") end },
-      { name = "sb", run = function()
-          local out = table_new(N, 0)
-          for i = 1, N do
-            sbuf:reset()
-            sbuf:encode(recs[i])
-            out[i] = sbuf:decode()
-          end
-          return out
-        end, verify = function(r) check(r, "string.buffer") end },
+      { name = "sb", run = function() return W.sb_round_trip(recs, sbuf) end,
+        verify = function(r) check(r, "string.buffer") end },
       { name = "b", run = function() return pb:map(recs) end,
         verify = function(r) check(r, "baseline (b)") end },
     })
